@@ -1,0 +1,234 @@
+"""Configuration: ``pollcast.toml`` → typed, validated :class:`Config`.
+
+Every string may use ``${NAME}`` (or ``${NAME:-default}``) to read the
+environment, so secrets stay out of the file. Every error names the key
+path (``providers.ailab.api_key: environment variable AILAB_API_KEY is not
+set``) and is raised before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from gateway.core.model import TaskKey
+from gateway.exceptions import ConfigError, InvalidTaskKey
+from gateway.poller.provider import ProviderRuntime
+from gateway.providers import adapter_class
+from gateway.providers.base import Adapter, PolicySettings
+
+__all__ = [
+    "AuthConfig",
+    "BackendConfig",
+    "Config",
+    "PollingConfig",
+    "ProviderConfig",
+    "ServerConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    heartbeat_s: float = 15.0  # SSE ": ping" comment interval
+    retry_ms: int = 3000  # SSE "retry:" sent at the start of each stream
+    max_tasks_per_stream: int = 100  # GET /v1/events?tasks=...
+    max_tasks_per_ws: int = 100  # subscriptions per WebSocket connection
+    max_frame_bytes: int = 65536  # WebSocket client frame size
+    ws_frames_per_s: float = 50.0  # client frames per second per connection
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    queue_size: int = 256  # per-subscriber queue bound
+    shutdown_timeout_s: float = 5.0  # SIGTERM: streams get a last notice within this
+    ws_ping_s: float = 20.0
+    log_format: Literal["text", "json"] = "text"
+
+
+class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    kind: Literal["local", "redis"] = "local"
+    path: str = "pollcast-state.db"
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "pollcast"
+    history_limit: int = 256
+
+
+class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    mode: Literal["open", "token"] = "open"
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    token_secret: str | None = None
+    token_ttl_s: float = 3600.0
+
+
+class PollingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    grace_s: float = 30.0  # stop polling a task nobody follows after this long
+    deadline_s: float = 7200.0  # give up on a task (expired, gateway_deadline)
+    coalesce_s: float = 0.25  # batch providers: tasks due this close share a request
+
+
+class ProviderConfig(msgspec.Struct, frozen=True):
+    name: str
+    kind: str
+    settings: msgspec.Struct
+    policy: PolicySettings
+
+    def adapter_class(self) -> type[Adapter]:
+        return adapter_class(self.kind)
+
+
+class Config(msgspec.Struct, frozen=True):
+    server: ServerConfig = ServerConfig()
+    backend: BackendConfig = BackendConfig()
+    auth: AuthConfig = AuthConfig()
+    polling: PollingConfig = PollingConfig()
+    providers: dict[str, ProviderConfig] = msgspec.field(default_factory=dict)
+
+    def runtimes(self) -> dict[str, ProviderRuntime]:
+        return {
+            name: ProviderRuntime.build(
+                name,
+                p.adapter_class(),
+                p.settings,
+                p.policy,
+                default_deadline_s=self.polling.deadline_s,
+            )
+            for name, p in self.providers.items()
+        }
+
+    def secret_values(self) -> list[str]:
+        """Credential values (upstream and our own) that must never be emitted."""
+        found = [v for v in self.auth.api_keys if v]
+        if self.auth.token_secret:
+            found.append(self.auth.token_secret)
+        for runtime in self.runtimes().values():
+            found.extend(v for v in runtime.adapter.secret_values() if v)
+        return found
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is not set", path=path)
+
+        return _ENV_RE.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, f"{path}.{k}" if path else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+T = TypeVar("T")
+
+
+def _convert(data: Any, kind: type[T], path: str) -> T:
+    """msgspec.convert with the error's ``$.a.b`` turned into ``path.a.b``."""
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _MSGSPEC_PATH.search(text)
+        where = path
+        if match:
+            where = path + match.group(1)
+            text = text[: match.start()]
+        if text.startswith("Object contains unknown field"):
+            field = text.split("`")[1] if "`" in text else ""
+            raise ConfigError("unknown key", path=f"{where}.{field}".lstrip(".")) from exc
+        raise ConfigError(text, path=where) from exc
+
+
+def _provider(name: str, table: Any, path: str) -> ProviderConfig:
+    try:
+        TaskKey.of(name, "x")
+    except InvalidTaskKey as exc:
+        raise ConfigError(exc.message, path=path) from exc
+    if not isinstance(table, dict):
+        raise ConfigError("must be a table", path=path)
+    kind = table.get("kind")
+    if not isinstance(kind, str):
+        raise ConfigError('a provider needs kind = "ailab" | "aholo" | ...', path=f"{path}.kind")
+    try:
+        cls = adapter_class(kind)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), path=f"{path}.kind") from exc
+    adapter_fields = set(cls.Settings.__struct_fields__)
+    settings = {k: v for k, v in table.items() if k in adapter_fields}
+    policy = {k: v for k, v in table.items() if k not in adapter_fields and k != "kind"}
+    provider = ProviderConfig(
+        name=name,
+        kind=kind,
+        settings=_convert(settings, cls.Settings, path),
+        policy=_convert(policy, PolicySettings, path),
+    )
+    for key, value in msgspec.structs.asdict(provider.policy).items():
+        if isinstance(value, int | float) and value <= 0:
+            raise ConfigError("must be positive", path=f"{path}.{key}")
+    return provider
+
+
+def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed TOML document.
+
+    Raises:
+        ConfigError: naming the key path and what is wrong with it.
+    """
+    data = _interpolate(dict(data), os.environ if env is None else env, "")
+    unknown = set(data) - {"server", "backend", "auth", "polling", "providers"}
+    if unknown:
+        raise ConfigError("unknown section", path=sorted(unknown)[0])
+    providers_raw = data.get("providers", {})
+    if not isinstance(providers_raw, dict):
+        raise ConfigError("must be a table of providers", path="providers")
+    providers = {
+        name: _provider(name, table, f"providers.{name}") for name, table in providers_raw.items()
+    }
+    config = Config(
+        server=_convert(data.get("server", {}), ServerConfig, "server"),
+        backend=_convert(data.get("backend", {}), BackendConfig, "backend"),
+        auth=_convert(data.get("auth", {}), AuthConfig, "auth"),
+        polling=_convert(data.get("polling", {}), PollingConfig, "polling"),
+        providers=providers,
+    )
+    if config.auth.mode == "token" and not config.auth.token_secret:
+        raise ConfigError("token mode needs a token_secret", path="auth.token_secret")
+    try:
+        config.runtimes()
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc), path="providers") from exc
+    return config
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML file.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or invalid (with the key path).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", path=str(path)) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=str(path)) from exc
+    return parse_config(data, env)

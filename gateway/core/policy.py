@@ -1,0 +1,126 @@
+"""Polling policy: when to ask an upstream again. Pure; time and randomness injected.
+
+The upstream docs ask for the same things (ailab: "实现指数退避算法避免频繁请求";
+tryon: "too frequent will be blocked by the firewall"), so the policy is one
+shape for every provider:
+
+* after a change, poll again at the provider's base interval;
+* while nothing changes, let the interval grow gently up to a maximum;
+* after a failed poll, back off exponentially with *full jitter*
+  (delay = uniform(0, min(cap, base · 2^failures))), never sooner than the
+  upstream's ``Retry-After``;
+* after a few refusals of our credentials, give up instead of hammering.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from gateway.core.model import Fault
+
+__all__ = ["CostBudget", "Decision", "IntervalPolicy", "PollState", "TokenBucket"]
+
+
+@dataclass(frozen=True, slots=True)
+class PollState:
+    """Per-task policy state: the current quiet interval and consecutive failures."""
+
+    interval_s: float
+    failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    state: PollState
+    delay_s: float
+    give_up: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalPolicy:
+    base_s: float
+    max_s: float
+    growth: float = 1.25
+    backoff_cap_s: float = 120.0
+    min_delay_s: float = 0.05
+    max_auth_failures: int = 3
+
+    def start(self) -> PollState:
+        return PollState(self.base_s)
+
+    def after_change(self, state: PollState) -> Decision:
+        return Decision(PollState(self.base_s), self.base_s)
+
+    def after_no_change(self, state: PollState) -> Decision:
+        interval = min(self.max_s, max(self.base_s, state.interval_s * self.growth))
+        return Decision(PollState(interval), interval)
+
+    def after_fault(self, state: PollState, fault: Fault, rng: random.Random) -> Decision:
+        failures = state.failures + 1
+        ceiling = min(self.backoff_cap_s, self.base_s * 2.0**failures)
+        delay = max(self.min_delay_s, rng.uniform(0.0, ceiling))
+        if fault.retry_after_s is not None:
+            delay = max(delay, fault.retry_after_s)
+        give_up = not fault.retryable and failures >= self.max_auth_failures
+        return Decision(PollState(state.interval_s, failures), delay, give_up)
+
+
+class TokenBucket:
+    """Requests-per-second limit. ``reserve`` books a slot and says how long to wait."""
+
+    def __init__(self, rate_per_s: float, burst: float | None = None) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        self.rate = rate_per_s
+        self.capacity = burst if burst is not None else max(1.0, rate_per_s)
+        self._tokens = self.capacity
+        self._stamp: float | None = None
+
+    def reserve(self, now: float) -> float:
+        """Take one token (possibly going into debt); seconds until it is really ours."""
+        if self._stamp is not None:
+            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class CostBudget:
+    """A strict cap on spend in any sliding window (default: one hour).
+
+    ``wait_time`` says how long until one more call fits; ``spend`` records a
+    call. A strict window, not a token bucket, because a budget is a promise:
+    no window of ``window_s`` may ever hold more than ``limit``.
+    """
+
+    def __init__(self, limit: float, cost_per_call: float, window_s: float = 3600.0) -> None:
+        if cost_per_call <= 0:
+            raise ValueError("cost_per_call must be positive")
+        self.limit = limit
+        self.cost = cost_per_call
+        self.window_s = window_s
+        self._calls: deque[float] = deque()
+        # Compare in whole calls, not floating coins (0.1 * 3 > 0.3).
+        self._max_calls = int(limit / cost_per_call + 1e-9)
+
+    def _expire(self, now: float) -> None:
+        while self._calls and self._calls[0] <= now - self.window_s:
+            self._calls.popleft()
+
+    def wait_time(self, now: float) -> float:
+        self._expire(now)
+        if len(self._calls) < self._max_calls:
+            return 0.0
+        if self._max_calls == 0:
+            return self.window_s
+        return self._calls[0] + self.window_s - now
+
+    def spend(self, now: float) -> None:
+        self._expire(now)
+        self._calls.append(now)
+
+    def spent(self, now: float) -> float:
+        self._expire(now)
+        return len(self._calls) * self.cost

@@ -1,0 +1,141 @@
+"""Event encoding for the wire: encoded once, written to every subscriber.
+
+SSE framing follows the WHATWG HTML "Server-sent events" section
+(https://html.spec.whatwg.org/multipage/server-sent-events.html):
+a message is ``field: value`` lines ended by a blank line; ``data`` may be
+repeated (lines are joined with LF by the reader); ``id`` sets the stream's
+last event ID, and a message *without* ``id`` leaves it unchanged — which is
+why notices, which carry no new seq, are sent without one.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from gateway.core.model import Event, EventKind
+from gateway.exceptions import InvalidCursor
+
+__all__ = [
+    "PING",
+    "Encoded",
+    "decode_cursor",
+    "encode",
+    "encode_cursor",
+    "parse_last_event_id",
+    "retry_frame",
+    "sse_message",
+]
+
+_encoder = msgspec.json.Encoder()
+
+#: A comment line keeps proxies from timing the stream out; browsers ignore it.
+PING = b": ping\n\n"
+
+
+def retry_frame(retry_ms: int) -> bytes:
+    return b"retry: %d\n\n" % retry_ms
+
+
+def sse_message(data: bytes, *, event: str | None = None, id: str | None = None) -> bytes:
+    """One SSE message. ``data`` must not contain CR or LF (JSON from msgspec never does)."""
+    parts = []
+    if id is not None:
+        parts.append(b"id: " + id.encode() + b"\n")
+    if event is not None:
+        parts.append(b"event: " + event.encode() + b"\n")
+    parts.append(b"data: " + data + b"\n\n")
+    return b"".join(parts)
+
+
+class Encoded:
+    """An event with its bytes, computed once and shared by every subscriber.
+
+    ``sse`` carries ``id: <seq>`` (omitted for notices); ``sse_tail`` is the
+    same message without the ``id`` line, for streams whose id is a cursor.
+    """
+
+    __slots__ = ("_text", "event", "json", "line", "sse", "sse_tail")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.json = _encoder.encode(event)
+        self.line = self.json + b"\n"
+        self.sse_tail = b"event: " + event.event.value.encode() + b"\ndata: " + self.json + b"\n\n"
+        if event.event is EventKind.NOTICE:
+            self.sse = self.sse_tail
+        else:
+            self.sse = b"id: %d\n" % event.seq + self.sse_tail
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The JSON as ``str``, for WebSocket text frames (decoded once, on first use)."""
+        if self._text is None:
+            self._text = self.json.decode()
+        return self._text
+
+    @property
+    def key(self) -> str:
+        return self.event.task
+
+    @property
+    def counts_for_resume(self) -> bool:
+        """Notices are not part of the seq history and are never replayed."""
+        return self.event.event is not EventKind.NOTICE
+
+
+def encode(event: Event) -> Encoded:
+    return Encoded(event)
+
+
+_MAX_SEQ = 2**53
+
+
+def parse_last_event_id(raw: str | None) -> int | None:
+    """``Last-Event-ID`` / ``?last_event_id=`` of a single-task stream: a seq.
+
+    Raises:
+        InvalidCursor: on anything but a non-negative integer.
+    """
+    if raw is None or raw == "":
+        return None
+    if len(raw) > 20 or not raw.isdigit() or not raw.isascii():
+        raise InvalidCursor(
+            "Last-Event-ID must be the integer seq of the last event received",
+            field="last_event_id",
+        )
+    value = int(raw)
+    if value > _MAX_SEQ:
+        raise InvalidCursor("Last-Event-ID is out of range", field="last_event_id")
+    return value
+
+
+_CURSOR_PREFIX = "c1."
+
+
+def encode_cursor(seqs: list[int]) -> str:
+    """The multiplexed stream's ``id:``: seqs in the order of the ``tasks`` parameter."""
+    return _CURSOR_PREFIX + ".".join(map(str, seqs))
+
+
+def decode_cursor(raw: str, n_tasks: int) -> list[int]:
+    """Inverse of :func:`encode_cursor`, checked against the stream's task count.
+
+    Raises:
+        InvalidCursor: naming what is wrong with it.
+    """
+    if not raw.startswith(_CURSOR_PREFIX) or len(raw) > 24 * n_tasks + 8:
+        raise InvalidCursor(
+            "cursor is not one this gateway issued (expected 'c1.<seq>.<seq>…')", field="cursor"
+        )
+    parts = raw[len(_CURSOR_PREFIX) :].split(".")
+    if len(parts) != n_tasks:
+        raise InvalidCursor(
+            f"cursor covers {len(parts)} tasks but the stream has {n_tasks}", field="cursor"
+        )
+    seqs = []
+    for part in parts:
+        if not part.isdigit() or not part.isascii() or len(part) > 16:
+            raise InvalidCursor(f"cursor part {part[:20]!r} is not a seq", field="cursor")
+        seqs.append(int(part))
+    return seqs

@@ -1,0 +1,79 @@
+"""pollcast's exception tree. Library errors are translated at the boundary.
+
+::
+
+    PollcastError
+    ├── ConfigError            a bad configuration (names the key path)
+    ├── InputError             bad client input → HTTP 4xx / WS error frame
+    │   ├── InvalidTaskKey     malformed provider name or task id (422)
+    │   ├── UnknownProvider    no such provider configured (404)
+    │   ├── InvalidCursor      garbage Last-Event-ID / cursor / since (400)
+    │   └── LimitExceeded      too many tasks, frames, bytes (429 / 413)
+    ├── UpstreamError          a request to an upstream API failed
+    └── BackendError           the hub's store is unreachable or refused a write
+        └── SeqConflict        another writer already committed that seq
+"""
+
+from __future__ import annotations
+
+
+class PollcastError(Exception):
+    """Base of every error pollcast raises on purpose."""
+
+
+class ConfigError(PollcastError):
+    """The configuration is wrong. ``path`` names the key, e.g. ``providers.ailab.api_key``."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class InputError(PollcastError):
+    """Client input that cannot be served. ``status`` is the HTTP status to answer."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.message = message
+        self.field = field
+        super().__init__(message)
+
+
+class InvalidTaskKey(InputError):
+    status = 422
+    code = "invalid_task"
+
+
+class UnknownProvider(InputError):
+    status = 404
+    code = "unknown_provider"
+
+
+class InvalidCursor(InputError):
+    status = 400
+    code = "invalid_cursor"
+
+
+class LimitExceeded(InputError):
+    status = 429
+    code = "limit_exceeded"
+
+    def __init__(
+        self, message: str, *, field: str | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamError(PollcastError):
+    """An upstream request failed at the transport level (timeout, reset, refused)."""
+
+
+class BackendError(PollcastError):
+    """The hub backend (SQLite, Redis) failed."""
+
+
+class SeqConflict(BackendError):
+    """Another writer committed the same seq first; re-read and re-observe."""

@@ -1,0 +1,115 @@
+"""A subscriber's bounded queue and its overflow policy.
+
+Policy ``COALESCE_PROGRESS`` (DESIGN.md: "slow subscribers never slow the
+others"): when the queue holds ``maxsize`` items, the *oldest queued
+progress event* is discarded to make room, so intermediate progress
+collapses toward the latest while the order of what remains is kept.
+``state`` events are never discarded: if they alone exceed ``hard_limit``
+the queue is closed with :attr:`CloseReason.OVERFLOW` and the client resumes
+later from its last seq with nothing lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from enum import StrEnum
+
+from gateway.core.model import EventKind
+from gateway.core.sse import Encoded
+
+__all__ = ["CloseReason", "QueueClosed", "SubscriberQueue"]
+
+
+class CloseReason(StrEnum):
+    OVERFLOW = "overflow"  # too slow: resume from the last seq
+    DRAINING = "server_draining"  # this node is shutting down: reconnect elsewhere
+    BACKEND_LOST = "backend_unavailable"
+    TOKEN_EXPIRED = "token_expired"
+
+
+class QueueClosed(Exception):
+    def __init__(self, reason: CloseReason) -> None:
+        self.reason = reason
+        super().__init__(reason.value)
+
+
+class SubscriberQueue:
+    """Single-consumer queue of :class:`Encoded` events. Not thread-safe (one loop)."""
+
+    __slots__ = ("_closed", "_items", "_waiter", "coalesced", "hard_limit", "maxsize")
+
+    def __init__(self, maxsize: int = 256, hard_limit: int | None = None) -> None:
+        self.maxsize = maxsize
+        self.hard_limit = hard_limit or maxsize * 4
+        self._items: deque[Encoded] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed: CloseReason | None = None
+        self.coalesced = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> CloseReason | None:
+        return self._closed
+
+    def put_nowait(self, item: Encoded) -> None:
+        if self._closed is not None:
+            return
+        items = self._items
+        if len(items) >= self.maxsize:
+            self._make_room()
+            if len(items) >= self.hard_limit:
+                self.close(CloseReason.OVERFLOW)
+                return
+        items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _make_room(self) -> None:
+        for i, queued in enumerate(self._items):
+            if queued.event.event is EventKind.PROGRESS:
+                del self._items[i]
+                self.coalesced += 1
+                return
+
+    def close(self, reason: CloseReason) -> None:
+        """Stop accepting; the consumer drains what is queued, then gets :class:`QueueClosed`."""
+        if self._closed is None:
+            self._closed = reason
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get_batch(self, max_wait_s: float | None = None) -> list[Encoded]:
+        """Everything queued (waiting for at least one item), or ``[]`` after ``max_wait_s``.
+
+        Raises:
+            QueueClosed: once closed and empty.
+        """
+        if not self._items:
+            if self._closed is not None:
+                raise QueueClosed(self._closed)
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(max_wait_s, _wake, waiter) if max_wait_s is not None else None
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not self._items:
+                if self._closed is not None:
+                    raise QueueClosed(self._closed)
+                return []
+        batch = list(self._items)
+        self._items.clear()
+        return batch
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -1,0 +1,95 @@
+"""Running the gateway under uvicorn, with a graceful drain on SIGTERM/SIGINT.
+
+uvicorn waits for open connections before shutting down, and an SSE stream
+never ends on its own; so on the first signal the gateway is drained first:
+``/readyz`` turns false and every open stream gets a last ``server_draining``
+notice and ends, and clients reconnect (elsewhere) with ``Last-Event-ID``.
+``timeout_graceful_shutdown`` is the backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from types import FrameType
+
+import uvicorn
+from litestar import Litestar
+
+from gateway.config import Config
+from gateway.exceptions import ConfigError
+from gateway.service import Gateway
+from gateway.web.app import create_app
+
+__all__ = ["DrainingServer", "is_loopback", "serve", "uvicorn_config"]
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.gateway.drain)
+        super().handle_exit(sig, frame)
+
+
+def uvicorn_config(app: Litestar, config: Config) -> uvicorn.Config:
+    server = config.server
+    return uvicorn.Config(
+        app,
+        host=server.host,
+        port=server.port,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=max(1, round(server.shutdown_timeout_s)),
+        ws_ping_interval=server.ws_ping_s,
+        ws_ping_timeout=server.ws_ping_s,
+        # Frames above our own limit still reach the handler (and get a precise
+        # error frame) up to this size; beyond it uvicorn closes with 1009.
+        ws_max_size=max(2 * 1024 * 1024, server.max_frame_bytes * 2),
+        timeout_keep_alive=15,
+        h11_max_incomplete_event_size=16 * 1024,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(config: Config, *, allow_open_public: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT (blocking).
+
+    Raises:
+        ConfigError: open mode on a non-loopback address without the override.
+    """
+    if config.auth.mode == "open" and not is_loopback(config.server.host):
+        if not allow_open_public:
+            raise ConfigError(
+                f"auth mode 'open' serves anyone who can reach {config.server.host}; "
+                'use mode = "token" or pass --allow-open-public',
+                path="auth.mode",
+            )
+        import logging
+
+        logging.getLogger("pollcast").warning(
+            "auth mode 'open' on a public address: anyone can read tasks and spend upstream calls"
+        )
+    app = create_app(config)
+    server = DrainingServer(uvicorn_config(app, config), app.state.gateway)
+    server.run()

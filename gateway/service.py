@@ -1,0 +1,239 @@
+"""The gateway as the transports see it: tasks, feeds, draining.
+
+A :class:`Feed` is one subscriber's view of some tasks, shared by SSE,
+NDJSON and WebSocket. It attaches to the hub *first*, then reads the
+snapshot or the missed history, and afterwards accepts only events newer
+than what it has delivered — so nothing falls between catch-up and live,
+and nothing is delivered twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import httpx
+
+from gateway.config import Config
+from gateway.core import tracker
+from gateway.core.model import Event, TaskKey
+from gateway.core.sse import Encoded
+from gateway.exceptions import BackendError, LimitExceeded
+from gateway.hub.base import Hub
+from gateway.hub.local import LocalHub
+from gateway.hub.queue import CloseReason, SubscriberQueue
+from gateway.poller.engine import Poller
+
+__all__ = ["Feed", "Gateway"]
+
+log = logging.getLogger("pollcast.gateway")
+
+
+class Gateway:
+    """Owns the hub, the poller and the set of open feeds."""
+
+    def __init__(self, config: Config, *, hub: Hub | None = None) -> None:
+        self.config = config
+        self.runtimes = config.runtimes()
+        self.hub = hub or LocalHub(config.backend.path, history_limit=config.backend.history_limit)
+        self.http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self.poller = Poller(
+            self.hub,
+            self.runtimes,
+            self.http,
+            grace_s=config.polling.grace_s,
+            coalesce_s=config.polling.coalesce_s,
+        )
+        self.feeds: set[Feed] = set()
+        self.draining = False
+
+    async def start(self) -> None:
+        await self.hub.start()
+        await self.poller.start()
+
+    async def close(self) -> None:
+        await self.poller.close()
+        await self.http.aclose()
+        await self.hub.close()
+
+    async def ready(self) -> bool:
+        if self.draining or not self.poller.running:
+            return False
+        try:
+            return await self.hub.ready()
+        except BackendError:
+            return False
+
+    def drain(self) -> None:
+        """Stop taking streams; every open feed ends with a ``server_draining`` notice."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining %d open stream(s)", len(self.feeds))
+        for feed in list(self.feeds):
+            feed.queue.close(CloseReason.DRAINING)
+
+    def key(self, provider: str, task_id: str) -> TaskKey:
+        """Validate a task key against the wire rules and the provider's own.
+
+        Raises:
+            InvalidTaskKey, UnknownProvider: with a precise message.
+        """
+        key = TaskKey.of(provider, task_id)
+        self.poller.check(key)
+        return key
+
+    def parse_key(self, text: str) -> TaskKey:
+        key = TaskKey.parse(text)
+        self.poller.check(key)
+        return key
+
+    def open_feed(self) -> Feed:
+        feed = Feed(self, self.config.server.queue_size)
+        self.feeds.add(feed)
+        return feed
+
+    def notice(self, current: Event | None, task: str, code: str, message: str) -> Encoded:
+        return Encoded(
+            tracker.notice(current, task=task, code=code, message=message, now=self.poller.wall())
+        )
+
+
+class Feed:
+    """One subscriber's tasks: catch-up then live, in seq order, without duplicates."""
+
+    def __init__(self, gateway: Gateway, queue_size: int) -> None:
+        self.gateway = gateway
+        self.queue = SubscriberQueue(queue_size)
+        self.seqs: dict[str, int] = {}  # task → last seq delivered
+        self.keys: dict[str, TaskKey] = {}
+        self.finished: set[str] = set()  # tasks whose terminal event was delivered
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def done(self) -> bool:
+        """Every task in the feed has delivered its terminal event."""
+        return bool(self.keys) and len(self.finished) == len(self.keys)
+
+    async def add(self, key: TaskKey, since: int | None = None) -> list[Encoded]:
+        """Follow ``key``; the events to send first (snapshot, or what was missed).
+
+        ``since`` is the last seq the client holds (``Last-Event-ID``): the
+        missed events are replayed; if history no longer reaches back, a
+        ``history_gap`` notice and a snapshot take their place.
+        """
+        gw = self.gateway
+        name = str(key)
+        if name in self.keys:
+            return []
+        self.keys[name] = key
+        gw.hub.attach(self.queue, [name])
+        try:
+            await gw.poller.follow(key)
+            current = await gw.hub.snapshot(name)
+            items = await self._catch_up(name, current, since)
+        except BaseException:
+            self._drop(name)
+            raise
+        latest = max(
+            [current.seq if current is not None else 0]
+            + [enc.event.seq for enc in items if enc.counts_for_resume]
+        )
+        self.seqs[name] = latest
+        if current is not None and current.terminal and latest >= current.seq:
+            self.finished.add(name)
+        return items
+
+    async def _catch_up(self, name: str, current: Event | None, since: int | None) -> list[Encoded]:
+        gw = self.gateway
+        snapshot = current or tracker.initial_snapshot(name, gw.poller.wall())
+        if since is None:
+            return [Encoded(tracker.as_snapshot(snapshot))]
+        if since == snapshot.seq:
+            return []
+        if since > snapshot.seq:
+            return [
+                gw.notice(
+                    current,
+                    name,
+                    "resync",
+                    f"resume point {since} is ahead of this task's latest seq "
+                    f"{snapshot.seq}; starting again from the current snapshot",
+                ),
+                Encoded(tracker.as_snapshot(snapshot)),
+            ]
+        missed = await gw.hub.history(name, since)
+        if missed is None:
+            return [
+                gw.notice(
+                    current,
+                    name,
+                    "history_gap",
+                    f"events after seq {since} are no longer kept; here is the current snapshot",
+                ),
+                Encoded(tracker.as_snapshot(snapshot)),
+            ]
+        return missed
+
+    def accept(self, enc: Encoded) -> bool:
+        """Whether a live event is news to this subscriber (and note it as delivered)."""
+        name = enc.event.task
+        last = self.seqs.get(name)
+        if last is None:
+            return False
+        if not enc.counts_for_resume:
+            return name not in self.finished
+        if enc.event.seq <= last:
+            return False
+        self.seqs[name] = enc.event.seq
+        if enc.event.terminal:
+            self.finished.add(name)
+        return True
+
+    def remove(self, names: Iterable[str]) -> list[str]:
+        removed = [name for name in names if name in self.keys]
+        for name in removed:
+            self._drop(name)
+        return removed
+
+    def _drop(self, name: str) -> None:
+        key = self.keys.pop(name, None)
+        self.seqs.pop(name, None)
+        self.finished.discard(name)
+        self.gateway.hub.detach(self.queue, [name])
+        if key is not None:
+            self.gateway.poller.unfollow(key)
+
+    def close(self) -> None:
+        """Synchronous on purpose: it runs while the stream is being cancelled."""
+        if self.closed:
+            return
+        self.closed = True
+        for name in list(self.keys):
+            self._drop(name)
+        self.gateway.feeds.discard(self)
+
+    def closing_notice(self, reason: CloseReason) -> bytes | None:
+        """The last message's JSON when the queue was closed under us."""
+        messages = {
+            CloseReason.DRAINING: "this server is shutting down; reconnect to resume",
+            CloseReason.OVERFLOW: "this stream fell too far behind; reconnect to resume",
+            CloseReason.BACKEND_LOST: "the state backend is unavailable; reconnect to resume",
+            CloseReason.TOKEN_EXPIRED: "the subscriber token expired",
+        }
+        task = next(iter(self.keys), "")
+        if not task:
+            return None
+        return self.gateway.notice(None, task, reason.value, messages[reason]).json
+
+
+def check_task_count(n: int, limit: int, what: str) -> None:
+    if n > limit:
+        raise LimitExceeded(f"{n} tasks in one {what}; the limit is {limit}", field="tasks")

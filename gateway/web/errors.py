@@ -1,0 +1,72 @@
+"""Every error as ``application/problem+json`` (RFC 9457)."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from gateway.exceptions import InputError, LimitExceeded
+
+__all__ = ["EXCEPTION_HANDLERS", "problem"]
+
+log = logging.getLogger("pollcast.web")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if code:
+        body["code"] = code
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _input_error(request: Request[Any, Any, Any], exc: InputError) -> Response[dict[str, Any]]:
+    headers = None
+    if isinstance(exc, LimitExceeded) and exc.retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+    return problem(exc.status, exc.message, code=exc.code, field=exc.field, headers=headers)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    detail = exc.detail or HTTPStatus(exc.status_code).phrase
+    errors = None
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        errors = [
+            {"key": e.get("key"), "message": e.get("message"), "source": e.get("source")}
+            for e in exc.extra
+            if isinstance(e, dict)
+        ]
+        if errors:
+            detail = "; ".join(f"{e['key']}: {e['message']}" for e in errors)
+    return problem(exc.status_code, detail, errors=errors, headers=exc.headers)
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "internal error; the gateway logged it")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    InputError: _input_error,
+    HTTPException: _http_error,
+    Exception: _internal_error,
+}

@@ -1,0 +1,197 @@
+"""HTTP routes. They translate between HTTP and :class:`Gateway`; no polling or state logic."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, cast
+
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from gateway.core.model import Event, TaskKey
+from gateway.core.sse import decode_cursor, parse_last_event_id
+from gateway.core.tracker import as_snapshot
+from gateway.exceptions import InputError
+from gateway.service import Gateway, check_task_count
+from gateway.web.errors import problem
+from gateway.web.streams import Framing, feed_body, mux_sse, ndjson, single_sse
+
+__all__ = ["ROUTES"]
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+NDJSON = "application/x-ndjson"
+
+
+def gateway_of(state: State) -> Gateway:
+    return cast(Gateway, state.gateway)
+
+
+class WatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    provider: str
+    task_id: str
+    deadline_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 24 * 3600)] | None = None
+
+
+class Watching(msgspec.Struct):
+    task: str
+    snapshot: Event
+    events_url: str
+    ws_url: str
+    token: str | None
+
+
+def _unavailable() -> Response[Any]:
+    return problem(
+        503,
+        "this server is draining; connect to another node",
+        code="server_draining",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _wants_ndjson(request: Request[Any, Any, Any]) -> bool:
+    return NDJSON in request.headers.get("accept", "")
+
+
+@get("/v1/tasks/{provider:str}/{task_id:str}/events")
+async def task_events(
+    request: Request[Any, Any, Any],
+    state: State,
+    provider: str,
+    task_id: str,
+    last_event_id: Annotated[str | None, Parameter(query="last_event_id")] = None,
+) -> Response[Any]:
+    """SSE (or NDJSON) stream of one task; resumes from ``Last-Event-ID``."""
+    gw = gateway_of(state)
+    key = gw.key(provider, task_id)
+    since = parse_last_event_id(request.headers.get("last-event-id") or last_event_id)
+    if gw.draining:
+        return _unavailable()
+    framing = ndjson() if _wants_ndjson(request) else single_sse(gw.config.server.retry_ms)
+    return await _open_stream(gw, [key], [since], framing)
+
+
+@get("/v1/events")
+async def many_events(
+    request: Request[Any, Any, Any],
+    state: State,
+    tasks: str,
+    cursor: Annotated[str | None, Parameter(query="cursor")] = None,
+) -> Response[Any]:
+    """One SSE stream for many tasks; ``id:`` is a cursor that resumes all of them."""
+    gw = gateway_of(state)
+    names = list(dict.fromkeys(t for t in tasks.split(",") if t))
+    if not names:
+        raise InputError("tasks must list at least one 'provider:task_id'", field="tasks")
+    check_task_count(len(names), gw.config.server.max_tasks_per_stream, "stream")
+    keys = [gw.parse_key(name) for name in names]
+    order = [str(k) for k in keys]
+    raw = request.headers.get("last-event-id") or cursor
+    since: list[int | None] = list(decode_cursor(raw, len(keys))) if raw else [None] * len(keys)
+    if gw.draining:
+        return _unavailable()
+    if _wants_ndjson(request):
+        framing = ndjson()
+    else:
+        framing = mux_sse(gw.config.server.retry_ms, order, [s or 0 for s in since])
+    return await _open_stream(gw, keys, since, framing)
+
+
+async def _open_stream(
+    gw: Gateway, keys: list[TaskKey], since: list[int | None], framing: Framing
+) -> Response[Any]:
+    feed = gw.open_feed()
+    initial = []
+    try:
+        for key, last in zip(keys, since, strict=True):
+            initial.extend(await feed.add(key, last))
+    except BaseException:
+        feed.close()
+        raise
+    if feed.done and not initial:
+        # Already has everything up to the terminal event: 204 tells
+        # EventSource to stop reconnecting (WHATWG SSE, "204 No Content").
+        feed.close()
+        return Response(content=None, status_code=204)
+    body = feed_body(feed, initial, framing, gw.config.server.heartbeat_s)
+    return Stream(body, media_type=framing.media_type, headers=STREAM_HEADERS)
+
+
+@get("/v1/tasks/{provider:str}/{task_id:str}")
+async def task_snapshot(state: State, provider: str, task_id: str) -> Event:
+    """The current snapshot; a task never seen is polled once (shared) first."""
+    gw = gateway_of(state)
+    key = gw.key(provider, task_id)
+    return as_snapshot(await gw.poller.observe_now(key))
+
+
+@post("/v1/tasks", status_code=201)
+async def watch_task(request: Request[Any, Any, Any], state: State, data: WatchRequest) -> Watching:
+    """Follow a task until it ends, whether or not anyone subscribes."""
+    gw = gateway_of(state)
+    key = gw.key(data.provider, data.task_id)
+    await gw.poller.watch(key, data.deadline_s)
+    snapshot = await gw.poller.observe_now(key)
+    base = str(request.base_url).rstrip("/")
+    path = f"/v1/tasks/{key.provider}/{key.task_id}/events"
+    ws_base = "ws" + base[4:] if base.startswith("http") else base
+    return Watching(
+        task=str(key),
+        snapshot=as_snapshot(snapshot),
+        events_url=base + path,
+        ws_url=ws_base + "/v1/ws",
+        token=None,
+    )
+
+
+@delete("/v1/tasks/{provider:str}/{task_id:str}", status_code=204)
+async def unwatch_task(state: State, provider: str, task_id: str) -> None:
+    gw = gateway_of(state)
+    key = gw.key(provider, task_id)
+    if not await gw.poller.unwatch(key):
+        raise NotWatched(f"{key} is not being watched", field="task")
+
+
+class NotWatched(InputError):
+    status = 404
+    code = "not_watched"
+
+
+@get("/v1/providers")
+async def providers(state: State) -> dict[str, Any]:
+    gw = gateway_of(state)
+    tracked = gw.poller.tracked()
+    return {
+        "providers": [
+            {**rt.describe(), "tasks_polled": tracked.get(name, 0)}
+            for name, rt in gw.runtimes.items()
+        ]
+    }
+
+
+@get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz")
+async def readyz(state: State) -> Response[dict[str, Any]]:
+    gw = gateway_of(state)
+    if await gw.ready():
+        return Response({"status": "ready"})
+    reason = "draining" if gw.draining else "backend unavailable"
+    return Response({"status": "not ready", "reason": reason}, status_code=503)
+
+
+ROUTES = [
+    task_events,
+    many_events,
+    task_snapshot,
+    watch_task,
+    unwatch_task,
+    providers,
+    healthz,
+    readyz,
+]

@@ -1,0 +1,174 @@
+"""``/v1/ws``: many tasks per connection (DESIGN.md, "WebSocket").
+
+A raw handler, not ``@websocket_listener``, so that every bad frame gets an
+error frame and the connection stays open. One task reads frames, one
+writes events; a lock keeps a subscription's catch-up ahead of its live
+events on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from litestar import WebSocket, websocket
+from litestar.datastructures import State
+
+from gateway.core.policy import TokenBucket
+from gateway.core.protocol import (
+    ErrorFrame,
+    Ping,
+    Pong,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    decode_client_message,
+    encode_frame,
+)
+from gateway.core.sse import Encoded
+from gateway.exceptions import InputError
+from gateway.hub.queue import QueueClosed
+from gateway.service import Feed, Gateway
+from gateway.web.routes import gateway_of
+
+__all__ = ["ws_endpoint"]
+
+# Close codes (RFC 6455 §7.4.1): 1001 going away (draining), 1013 try again later.
+GOING_AWAY = 1001
+TRY_AGAIN_LATER = 1013
+
+
+class Connection:
+    def __init__(self, socket: WebSocket[Any, Any, Any], gw: Gateway) -> None:
+        self.socket = socket
+        self.gw = gw
+        self.feed: Feed = gw.open_feed()
+        self.lock = asyncio.Lock()
+        server = gw.config.server
+        self.frames = TokenBucket(server.ws_frames_per_s, burst=server.ws_frames_per_s * 2)
+
+    async def send(self, data: str | bytes) -> None:
+        text = data if isinstance(data, str) else data.decode()
+        await self.socket.send_text(text)
+
+    async def error(self, code: str, message: str, task: str | None = None) -> None:
+        async with self.lock:
+            await self.send(encode_frame(ErrorFrame(code=code, message=message, task=task)))
+
+    async def read(self) -> None:
+        limit = self.gw.config.server.max_frame_bytes
+        while True:
+            message = await self.socket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text, raw = message.get("text"), message.get("bytes")
+            data: str | bytes = (
+                text if isinstance(text, str) else raw if isinstance(raw, bytes) else b""
+            )
+            if len(data) > limit:
+                await self.error("frame_too_large", f"frame of {len(data)} bytes; limit {limit}")
+                continue
+            if self.frames.reserve(time.monotonic()) > 0:
+                await self.error("rate_limited", "too many frames per second; frame ignored")
+                continue
+            try:
+                await self.handle(decode_client_message(data))
+            except InputError as exc:
+                await self.error(exc.code, exc.message)
+
+    async def handle(self, msg: Subscribe | Unsubscribe | Ping) -> None:
+        match msg:
+            case Ping():
+                async with self.lock:
+                    await self.send(encode_frame(Pong()))
+            case Subscribe(tasks=tasks, since=since):
+                await self.subscribe(tasks, since)
+            case Unsubscribe(tasks=tasks):
+                removed = self.feed.remove(tasks)
+                async with self.lock:
+                    await self.send(encode_frame(Unsubscribed(tasks=removed)))
+
+    async def subscribe(self, tasks: list[str], since: dict[str, int]) -> None:
+        limit = self.gw.config.server.max_tasks_per_ws
+        accepted: list[str] = []
+        for text in tasks:
+            try:
+                key = self.gw.parse_key(text)
+            except InputError as exc:
+                await self.error(exc.code, exc.message, task=text[:300])
+                continue
+            name = str(key)
+            if name not in self.feed.keys and len(self.feed) >= limit:
+                await self.error(
+                    "too_many_tasks",
+                    f"this connection already follows {limit} tasks; unsubscribe first",
+                    task=name,
+                )
+                continue
+            last = since.get(text, since.get(name))
+            if last is not None and last < 0:
+                await self.error("invalid_cursor", "since must be a non-negative seq", task=name)
+                continue
+            async with self.lock:
+                initial = await self.feed.add(key, last)
+                await self.send(encode_frame(Subscribed(tasks=[name])))
+                for enc in initial:
+                    await self.send(enc.text)
+            accepted.append(name)
+
+    async def write(self) -> None:
+        feed = self.feed
+        while True:
+            try:
+                batch = await feed.queue.get_batch()
+            except QueueClosed as closed:
+                data = feed.closing_notice(closed.reason)
+                async with self.lock:
+                    if data is not None:
+                        await self.send(data)
+                await self.socket.close(code=GOING_AWAY, reason=closed.reason.value)
+                return
+            async with self.lock:
+                for enc in batch:
+                    if feed.accept(enc):
+                        await self.send(enc.text)
+                        self.forget_if_done(enc)
+
+    def forget_if_done(self, enc: Encoded) -> None:
+        """A terminal task frees its slot on the connection."""
+        if enc.event.terminal:
+            self.feed.remove([enc.event.task])
+
+
+@websocket("/v1/ws")
+async def ws_endpoint(socket: WebSocket[Any, Any, Any], state: State) -> None:
+    gw = gateway_of(state)
+    if gw.draining:
+        await socket.close(code=TRY_AGAIN_LATER, reason="server draining")
+        return
+    await socket.accept()
+    conn = Connection(socket, gw)
+    try:
+        reader = asyncio.create_task(conn.read())
+        writer = asyncio.create_task(conn.write())
+        done, pending = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not _is_disconnect(exc):
+                raise exc
+    finally:
+        conn.feed.close()
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    from litestar.exceptions import WebSocketDisconnect
+
+    return isinstance(exc, WebSocketDisconnect | OSError)
