@@ -69,7 +69,7 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class PollingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     grace_s: float = 30.0  # stop polling a task nobody follows after this long
     deadline_s: float = 7200.0  # give up on a task (expired, gateway_deadline)
-    coalesce_s: float = 0.25  # batch providers: tasks due this close share a request
+    coalesce_s: float = 0.1  # batch providers: wait this long after a task falls due
 
 
 class ProviderConfig(msgspec.Struct, frozen=True):

@@ -17,6 +17,7 @@ A concrete adapter declares:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -131,6 +132,9 @@ def fault_observations(task_ids: Sequence[str], fault: Fault) -> list[Observatio
     return [Observation(task_id=t, fault=fault) for t in task_ids]
 
 
+MAX_RETRY_AFTER_S = 3600.0
+
+
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """``Retry-After`` as seconds (RFC 9110 §10.2.3: delay-seconds form only)."""
     value = headers.get("retry-after")
@@ -140,7 +144,10 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    # "inf"/"nan" parse as floats; an upstream cannot ask us to wait forever.
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_S)
 
 
 def fault_for_status(response: UpstreamResponse, what: str) -> Fault | None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, cast
 import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Stream
 
 from gateway.core.model import Event, TaskKey
@@ -59,9 +59,9 @@ def _wants_ndjson(request: Request[Any, Any, Any]) -> bool:
 async def task_events(
     request: Request[Any, Any, Any],
     state: State,
-    provider: str,
-    task_id: str,
-    last_event_id: Annotated[str | None, Parameter(query="last_event_id")] = None,
+    provider: FromPath[str],
+    task_id: FromPath[str],
+    last_event_id: FromQuery[str | None] = None,
 ) -> Response[Any]:
     """SSE (or NDJSON) stream of one task; resumes from ``Last-Event-ID``."""
     gw = gateway_of(state)
@@ -77,8 +77,8 @@ async def task_events(
 async def many_events(
     request: Request[Any, Any, Any],
     state: State,
-    tasks: str,
-    cursor: Annotated[str | None, Parameter(query="cursor")] = None,
+    tasks: FromQuery[str],
+    cursor: FromQuery[str | None] = None,
 ) -> Response[Any]:
     """One SSE stream for many tasks; ``id:`` is a cursor that resumes all of them."""
     gw = gateway_of(state)
@@ -120,7 +120,7 @@ async def _open_stream(
 
 
 @get("/v1/tasks/{provider:str}/{task_id:str}")
-async def task_snapshot(state: State, provider: str, task_id: str) -> Event:
+async def task_snapshot(state: State, provider: FromPath[str], task_id: FromPath[str]) -> Event:
     """The current snapshot; a task never seen is polled once (shared) first."""
     gw = gateway_of(state)
     key = gw.key(provider, task_id)
@@ -128,7 +128,9 @@ async def task_snapshot(state: State, provider: str, task_id: str) -> Event:
 
 
 @post("/v1/tasks", status_code=201)
-async def watch_task(request: Request[Any, Any, Any], state: State, data: WatchRequest) -> Watching:
+async def watch_task(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[WatchRequest]
+) -> Watching:
     """Follow a task until it ends, whether or not anyone subscribes."""
     gw = gateway_of(state)
     key = gw.key(data.provider, data.task_id)
@@ -147,7 +149,9 @@ async def watch_task(request: Request[Any, Any, Any], state: State, data: WatchR
 
 
 @delete("/v1/tasks/{provider:str}/{task_id:str}", status_code=204)
-async def unwatch_task(state: State, provider: str, task_id: str) -> None:
+async def unwatch_task(
+    state: State, provider: FromPath[str], task_id: FromPath[str]
+) -> None:
     gw = gateway_of(state)
     key = gw.key(provider, task_id)
     if not await gw.poller.unwatch(key):
@@ -165,7 +169,11 @@ async def providers(state: State) -> dict[str, Any]:
     tracked = gw.poller.tracked()
     return {
         "providers": [
-            {**rt.describe(), "tasks_polled": tracked.get(name, 0)}
+            {
+                **rt.describe(),
+                "tasks_polled": tracked.get(name, 0),
+                "requests_sent": gw.poller.lanes[name].requests_sent,
+            }
             for name, rt in gw.runtimes.items()
         ]
     }

@@ -1,0 +1,219 @@
+"""The hub contract: every backend passes this same suite.
+
+A backend joins by adding a factory to ``BACKENDS`` (and, if it keeps state
+across restarts, to ``DURABLE``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.core.model import ErrorInfo, Event, EventKind, Result, State
+from gateway.core.sse import Encoded
+from gateway.core.tracker import notice
+from gateway.exceptions import SeqConflict
+from gateway.hub.base import Hub, Watch
+from gateway.hub.local import LocalHub
+from gateway.hub.queue import SubscriberQueue
+
+HubFactory = Callable[[Path, int], Awaitable[Hub]]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _local_memory(tmp: Path, history: int, clock: Clock) -> Hub:
+    return LocalHub(":memory:", history_limit=history, clock=clock)
+
+
+async def _local_file(tmp: Path, history: int, clock: Clock) -> Hub:
+    return LocalHub(str(tmp / "state.db"), history_limit=history, clock=clock)
+
+
+BACKENDS = {"local-memory": _local_memory, "local-file": _local_file}
+DURABLE = {"local-file": _local_file}
+
+
+def ev(task: str, seq: int, state: State = State.RUNNING, progress: int | None = None) -> Event:
+    return Event(
+        event=EventKind.STATE if progress is None else EventKind.PROGRESS,
+        task=task,
+        seq=seq,
+        state=state,
+        terminal=state.terminal,
+        progress=progress,
+        position=None,
+        message=None,
+        result=Result(urls=("https://x/1.png",)) if state is State.SUCCEEDED else None,
+        error=ErrorInfo("e", "boom") if state is State.FAILED else None,
+        upstream={"status": seq},
+        updated_at="2026-11-21T10:00:00.000Z",
+        observed_at="2026-11-21T10:00:00.000Z",
+    )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def make_hub(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Callable[[int], Awaitable[Hub]]]:
+    factory = BACKENDS[request.param]
+    hubs: list[Hub] = []
+
+    async def make(history: int = 256) -> Hub:
+        hub = await factory(tmp_path, history, clock)
+        await hub.start()
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        await hub.close()
+
+
+@pytest.fixture
+async def hub(make_hub: Callable[[int], Awaitable[Hub]]) -> Hub:
+    return await make_hub(256)
+
+
+async def test_unknown_task_has_no_snapshot_and_empty_history(hub: Hub) -> None:
+    assert await hub.snapshot("ailab:nope") is None
+    assert await hub.history("ailab:nope", 0) == []
+    assert await hub.ready()
+
+
+async def test_commit_stores_snapshot_and_history_in_order(hub: Hub) -> None:
+    await hub.commit([ev("ailab:a", 1), ev("ailab:a", 2, progress=5)], terminal_ttl_s=60)
+    await hub.commit([ev("ailab:a", 3, progress=9)], terminal_ttl_s=60)
+    snap = await hub.snapshot("ailab:a")
+    assert snap is not None and snap.seq == 3 and snap.progress == 9
+    missed = await hub.history("ailab:a", 1)
+    assert missed is not None
+    assert [e.event.seq for e in missed] == [2, 3]
+    assert await hub.history("ailab:a", 3) == []
+
+
+async def test_commit_rejects_a_seq_that_does_not_follow(hub: Hub) -> None:
+    await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+    with pytest.raises(SeqConflict):
+        await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+    with pytest.raises(SeqConflict):
+        await hub.commit([ev("ailab:a", 3)], terminal_ttl_s=60)
+    snap = await hub.snapshot("ailab:a")
+    assert snap is not None and snap.seq == 1
+
+
+async def test_fan_out_reaches_attached_queues_only(hub: Hub) -> None:
+    q1, q2, other = SubscriberQueue(), SubscriberQueue(), SubscriberQueue()
+    hub.attach(q1, ["ailab:a"])
+    hub.attach(q2, ["ailab:a"])
+    hub.attach(other, ["ailab:b"])
+    assert hub.subscriber_count("ailab:a") == 2
+    await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+    got1 = await q1.get_batch(max_wait_s=2)
+    got2 = await q2.get_batch(max_wait_s=2)
+    assert [e.event.seq for e in got1] == [1]
+    assert got1[0].json == got2[0].json
+    assert len(other) == 0
+    hub.detach(q2, ["ailab:a"])
+    assert hub.subscriber_count("ailab:a") == 1
+    await hub.commit([ev("ailab:a", 2)], terminal_ttl_s=60)
+    assert [e.event.seq for e in await q1.get_batch(max_wait_s=2)] == [2]
+    assert len(q2) == 0
+
+
+async def test_fan_out_shares_one_encoding(hub: Hub) -> None:
+    queues = [SubscriberQueue() for _ in range(5)]
+    for q in queues:
+        hub.attach(q, ["ailab:a"])
+    await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+    items = [(await q.get_batch(max_wait_s=2))[0] for q in queues]
+    assert all(isinstance(i, Encoded) for i in items)
+    assert len({i.json for i in items}) == 1
+
+
+async def test_notices_fan_out_but_are_not_stored(hub: Hub, clock: Clock) -> None:
+    await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+    q = SubscriberQueue()
+    hub.attach(q, ["ailab:a"])
+    current = await hub.snapshot("ailab:a")
+    n = notice(current, task="ailab:a", code="upstream_server", message="500", now=clock())
+    await hub.announce(n)
+    got = await q.get_batch(max_wait_s=2)
+    assert got[0].event.event is EventKind.NOTICE and got[0].event.code == "upstream_server"
+    stored = await hub.history("ailab:a", 0)
+    assert stored is not None
+    assert [(e.event.seq, e.event.event) for e in stored] == [(1, EventKind.STATE)]
+    snap = await hub.snapshot("ailab:a")
+    assert snap is not None and snap.event is EventKind.STATE
+    with pytest.raises(ValueError):
+        await hub.announce(ev("ailab:a", 2))
+
+
+async def test_history_reports_a_gap_once_trimmed(
+    make_hub: Callable[[int], Awaitable[Hub]],
+) -> None:
+    hub = await make_hub(3)
+    for seq in range(1, 7):
+        await hub.commit([ev("ailab:a", seq, progress=seq)], terminal_ttl_s=60)
+    assert await hub.history("ailab:a", 1) is None  # 2 was trimmed
+    kept = await hub.history("ailab:a", 3)
+    assert kept is not None and [e.event.seq for e in kept] == [4, 5, 6]
+
+
+async def test_terminal_tasks_are_purged_after_their_ttl(hub: Hub, clock: Clock) -> None:
+    await hub.commit([ev("ailab:a", 1), ev("ailab:a", 2, State.SUCCEEDED)], terminal_ttl_s=100)
+    await hub.commit([ev("ailab:b", 1)], terminal_ttl_s=100)
+    clock.now += 99
+    assert await hub.purge(clock.now) == 0
+    clock.now += 2
+    assert await hub.purge(clock.now) == 1
+    assert await hub.snapshot("ailab:a") is None
+    assert await hub.snapshot("ailab:b") is not None
+
+
+async def test_watches_round_trip(hub: Hub) -> None:
+    await hub.put_watch(Watch(task="ailab:a", created_at=1.0, deadline_at=100.0))
+    await hub.put_watch(Watch(task="aholo:b", created_at=2.0))
+    await hub.put_watch(Watch(task="ailab:a", created_at=1.0, deadline_at=200.0))
+    watches = sorted(await hub.watches(), key=lambda w: w.task)
+    assert [(w.task, w.deadline_at) for w in watches] == [("aholo:b", None), ("ailab:a", 200.0)]
+    assert await hub.drop_watch("ailab:a") is True
+    assert await hub.drop_watch("ailab:a") is False
+    assert [w.task for w in await hub.watches()] == ["aholo:b"]
+
+
+@pytest.mark.parametrize("backend", sorted(DURABLE))
+async def test_state_survives_a_restart(backend: str, tmp_path: Path, clock: Clock) -> None:
+    factory = DURABLE[backend]
+    first = await factory(tmp_path, 256, clock)
+    await first.start()
+    await first.commit([ev("ailab:a", 1), ev("ailab:a", 2, progress=50)], terminal_ttl_s=60)
+    await first.put_watch(Watch(task="ailab:a", created_at=1.0, deadline_at=9.0))
+    await first.close()
+
+    second = await factory(tmp_path, 256, clock)
+    await second.start()
+    try:
+        snap = await second.snapshot("ailab:a")
+        assert snap is not None and (snap.seq, snap.progress) == (2, 50)
+        missed = await second.history("ailab:a", 0)
+        assert missed is not None and [e.event.seq for e in missed] == [1, 2]
+        assert [w.task for w in await second.watches()] == ["ailab:a"]
+        with pytest.raises(SeqConflict):
+            await second.commit([ev("ailab:a", 2)], terminal_ttl_s=60)
+        await second.commit([ev("ailab:a", 3, State.SUCCEEDED)], terminal_ttl_s=60)
+    finally:
+        await second.close()
