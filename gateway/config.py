@@ -8,12 +8,13 @@ set``) and is raised before anything starts.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -35,19 +36,25 @@ __all__ = [
 ]
 
 
+# NaN and infinity never pass these (msgspec compares, and NaN compares false).
+Positive = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
+Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+
+
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
-    port: int = 8000
-    heartbeat_s: float = 15.0  # SSE ": ping" comment interval
-    retry_ms: int = 3000  # SSE "retry:" sent at the start of each stream
-    max_tasks_per_stream: int = 100  # GET /v1/events?tasks=...
-    max_tasks_per_ws: int = 100  # subscriptions per WebSocket connection
-    max_frame_bytes: int = 65536  # WebSocket client frame size
-    ws_frames_per_s: float = 50.0  # client frames per second per connection
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    heartbeat_s: Positive = 15.0  # SSE ": ping" comment interval
+    # SSE "retry:" sent at the start of each stream
+    retry_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 3000
+    max_tasks_per_stream: Count = 100  # GET /v1/events?tasks=...
+    max_tasks_per_ws: Count = 100  # subscriptions per WebSocket connection
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=256)] = 65536  # WebSocket client frame size
+    ws_frames_per_s: Positive = 50.0  # client frames per second per connection
     cors_origins: list[str] = msgspec.field(default_factory=list)
-    queue_size: int = 256  # per-subscriber queue bound
-    shutdown_timeout_s: float = 5.0  # SIGTERM: streams get a last notice within this
-    ws_ping_s: float = 20.0
+    queue_size: Annotated[int, msgspec.Meta(ge=8)] = 256  # per-subscriber queue bound
+    shutdown_timeout_s: Positive = 5.0  # SIGTERM: streams get a last notice within this
+    ws_ping_s: Positive = 20.0
     log_format: Literal["text", "json"] = "text"
 
 
@@ -56,20 +63,22 @@ class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str = "pollcast-state.db"
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "pollcast"
-    history_limit: int = 256
+    history_limit: Count = 256
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mode: Literal["open", "token"] = "open"
     api_keys: list[str] = msgspec.field(default_factory=list)
     token_secret: str | None = None
-    token_ttl_s: float = 3600.0
+    token_ttl_s: Positive = 3600.0
 
 
 class PollingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    grace_s: float = 30.0  # stop polling a task nobody follows after this long
-    deadline_s: float = 7200.0  # give up on a task (expired, gateway_deadline)
-    coalesce_s: float = 0.1  # batch providers: wait this long after a task falls due
+    # stop polling a task nobody follows after this long
+    grace_s: Annotated[float, msgspec.Meta(ge=0, le=1e9)] = 30.0
+    deadline_s: Positive = 7200.0  # give up on a task (expired, gateway_deadline)
+    # batch providers: wait this long after a task falls due
+    coalesce_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.1
 
 
 class ProviderConfig(msgspec.Struct, frozen=True):
@@ -150,6 +159,9 @@ def _convert(data: Any, kind: type[T], path: str) -> T:
         if match:
             where = path + match.group(1)
             text = text[: match.start()]
+        if text.startswith("Object missing required field"):
+            field = text.split("`")[1] if "`" in text else ""
+            raise ConfigError("required key is missing", path=f"{where}.{field}") from exc
         if text.startswith("Object contains unknown field"):
             field = text.split("`")[1] if "`" in text else ""
             raise ConfigError("unknown key", path=f"{where}.{field}".lstrip(".")) from exc
@@ -180,8 +192,8 @@ def _provider(name: str, table: Any, path: str) -> ProviderConfig:
         policy=_convert(policy, PolicySettings, path),
     )
     for key, value in msgspec.structs.asdict(provider.policy).items():
-        if isinstance(value, int | float) and value <= 0:
-            raise ConfigError("must be positive", path=f"{path}.{key}")
+        if isinstance(value, int | float) and (not math.isfinite(value) or value <= 0):
+            raise ConfigError("must be a positive, finite number", path=f"{path}.{key}")
     return provider
 
 

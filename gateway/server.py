@@ -39,6 +39,9 @@ class DrainingServer(uvicorn.Server):
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.gateway.drain)
         super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal once shut down, so the process dies
+        # "by SIGTERM". A completed drain is a clean exit: status 0.
+        self._captured_signals.clear()
 
 
 def uvicorn_config(app: Litestar, config: Config) -> uvicorn.Config:

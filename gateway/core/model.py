@@ -161,7 +161,7 @@ class TaskKey(msgspec.Struct, frozen=True, order=True):
         Raises:
             InvalidTaskKey: naming the part and the rule it breaks.
         """
-        if not _PROVIDER_RE.match(provider):
+        if not _PROVIDER_RE.fullmatch(provider):
             raise InvalidTaskKey(
                 f"provider name {_clip(provider)!r} must match ^[a-z][a-z0-9_-]{{0,31}}$",
                 field="provider",

@@ -83,3 +83,8 @@ def decode_client_message(data: bytes | str) -> Subscribe | Unsubscribe | Ping:
         return message
     except msgspec.DecodeError as exc:
         raise BadFrame(f"bad frame: {exc}") from exc
+    except RecursionError as exc:
+        # msgspec recurses while skipping values that precede the "op" tag.
+        raise BadFrame("bad frame: JSON nested too deeply") from exc
+    except UnicodeError as exc:
+        raise BadFrame("bad frame: not valid UTF-8") from exc

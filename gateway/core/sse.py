@@ -16,6 +16,7 @@ from gateway.core.model import Event, EventKind
 from gateway.exceptions import InvalidCursor
 
 __all__ = [
+    "MAX_SEQ",
     "PING",
     "Encoded",
     "decode_cursor",
@@ -88,7 +89,7 @@ def encode(event: Event) -> Encoded:
     return Encoded(event)
 
 
-_MAX_SEQ = 2**53
+MAX_SEQ = 2**53
 
 
 def parse_last_event_id(raw: str | None) -> int | None:
@@ -105,7 +106,7 @@ def parse_last_event_id(raw: str | None) -> int | None:
             field="last_event_id",
         )
     value = int(raw)
-    if value > _MAX_SEQ:
+    if value > MAX_SEQ:
         raise InvalidCursor("Last-Event-ID is out of range", field="last_event_id")
     return value
 
@@ -135,7 +136,7 @@ def decode_cursor(raw: str, n_tasks: int) -> list[int]:
         )
     seqs = []
     for part in parts:
-        if not part.isdigit() or not part.isascii() or len(part) > 16:
+        if not part.isdigit() or not part.isascii() or len(part) > 16 or int(part) > MAX_SEQ:
             raise InvalidCursor(f"cursor part {part[:20]!r} is not a seq", field="cursor")
         seqs.append(int(part))
     return seqs

@@ -185,8 +185,10 @@ class ProviderLane:
 
     async def _poll(self, chunk: list[Tracked]) -> None:
         try:
+            started = self.poller.monotonic()
             observations = await self._request([rec.key.task_id for rec in chunk])
-            await self._absorb(chunk, observations)
+            slow = self.poller.monotonic() - started > self.rt.timeout_s / 2
+            await self._absorb(chunk, observations, slow=slow)
         except Exception:
             log.exception("poll of %s failed unexpectedly", self.rt.name)
             for rec in chunk:
@@ -226,7 +228,9 @@ class ProviderLane:
         )
         return rt.adapter.parse(request, response)
 
-    async def _absorb(self, chunk: list[Tracked], observations: list[Observation]) -> None:
+    async def _absorb(
+        self, chunk: list[Tracked], observations: list[Observation], *, slow: bool = False
+    ) -> None:
         poller = self.poller
         rt = self.rt
         now = poller.wall()
@@ -247,7 +251,14 @@ class ProviderLane:
                 continue
             previous = await poller.hub.snapshot(rec.name)
             event = tracker.observe(previous, obs, task=rec.name, now=now)
-            if rec.degraded:
+            if slow and not rec.degraded:
+                rec.degraded = True
+                await poller.notify(
+                    [rec.name],
+                    "upstream_slow",
+                    f"{rt.name} took more than half its {rt.timeout_s:g} s timeout to answer",
+                )
+            elif rec.degraded and not slow:
                 rec.degraded = False
                 await poller.notify([rec.name], "upstream_recovered", f"{rt.name} answers again")
             if event is None:

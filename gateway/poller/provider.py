@@ -48,7 +48,7 @@ class ProviderRuntime:
             policy=IntervalPolicy(
                 base_s=base,
                 max_s=max(base, overrides.max_interval_s or d.max_interval_s),
-                backoff_cap_s=max(60.0, base * 8),
+                backoff_cap_s=overrides.backoff_max_s or max(60.0, base * 8),
             ),
             batch_size=batch_size,
             concurrency=overrides.concurrency or d.concurrency,
@@ -70,6 +70,7 @@ class ProviderRuntime:
             "batch_size": self.batch_size,
             "interval_s": self.policy.base_s,
             "max_interval_s": self.policy.max_s,
+            "backoff_max_s": self.policy.backoff_cap_s,
             "concurrency": self.concurrency,
             "rate_per_s": self.rate_per_s,
             "timeout_s": self.timeout_s,

@@ -81,6 +81,7 @@ class PolicySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rate_per_s: float | None = None
     timeout_s: float | None = None
     result_ttl_s: float | None = None
+    backoff_max_s: float | None = None  # the longest wait after repeated failures
     budget_per_hour: float | None = None  # spend cap for paid providers
     deadline_s: float | None = None
 

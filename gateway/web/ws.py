@@ -28,7 +28,7 @@ from gateway.core.protocol import (
     decode_client_message,
     encode_frame,
 )
-from gateway.core.sse import Encoded
+from gateway.core.sse import MAX_SEQ, Encoded
 from gateway.exceptions import InputError
 from gateway.hub.queue import QueueClosed
 from gateway.service import Feed, Gateway
@@ -109,8 +109,8 @@ class Connection:
                 )
                 continue
             last = since.get(text, since.get(name))
-            if last is not None and last < 0:
-                await self.error("invalid_cursor", "since must be a non-negative seq", task=name)
+            if last is not None and not 0 <= last <= MAX_SEQ:
+                await self.error("invalid_cursor", "since must be a seq (0 … 2^53)", task=name)
                 continue
             async with self.lock:
                 initial = await self.feed.add(key, last)

@@ -1,0 +1,15 @@
+"""Simulated upstreams: the five status APIs of ``upstream-docs/`` in one server.
+
+``create_sim_app()`` builds the Litestar app, ``serve_sim()`` runs it, and
+``SIM_CREDENTIALS`` holds the public demo credentials it accepts. See
+DESIGN.md, "Simulated upstreams".
+"""
+
+from __future__ import annotations
+
+from gateway.sim.app import create_sim_app
+from gateway.sim.credentials import SIM_CREDENTIALS, SimConfig
+from gateway.sim.server import serve_sim
+from gateway.sim.simulator import Simulator
+
+__all__ = ["SIM_CREDENTIALS", "SimConfig", "Simulator", "create_sim_app", "serve_sim"]

@@ -1,0 +1,178 @@
+"""Live gateways for integration tests.
+
+* :func:`running_gateway` — uvicorn in a background thread on a free port,
+  for tests that need the in-process :class:`Gateway` too.
+* :class:`GatewayProcess` — ``pollcast serve`` as a real child process, for
+  tests that restart, drain or kill it.
+
+Both are wired to a live simulator by :func:`sim_config`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.config import Config, parse_config
+from gateway.server import DrainingServer, uvicorn_config
+from gateway.service import Gateway
+from gateway.sim.credentials import SIM_CREDENTIALS
+from gateway.web.app import create_app
+
+__all__ = ["GatewayProcess", "free_port", "running_gateway", "sim_config", "to_toml"]
+
+STARTUP_TIMEOUT_S = 15.0
+FAST = {"interval_s": 0.2, "max_interval_s": 0.4, "timeout_s": 2.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sim_config(
+    sim_url: str,
+    *,
+    providers: Mapping[str, Mapping[str, Any]] | None = None,
+    **sections: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A config document for all five providers on the simulator, polling fast.
+
+    ``providers`` adds or overrides keys per provider; ``sections`` overrides
+    whole top-level tables (``server={...}``).
+    """
+    creds = SIM_CREDENTIALS.provider_credentials(sim_url)
+    doc: dict[str, Any] = {
+        "backend": {"kind": "local", "path": ":memory:"},
+        "polling": {"grace_s": 5.0},
+        "providers": {
+            kind: {"kind": kind, **table, **FAST, **(providers or {}).get(kind, {})}
+            for kind, table in creds.items()
+        },
+    }
+    for name, table in sections.items():
+        doc[name] = {**doc.get(name, {}), **table}
+    return doc
+
+
+@contextmanager
+def running_gateway(doc: Mapping[str, Any]) -> Iterator[tuple[str, Gateway]]:
+    """Serve ``doc`` on a free port in a thread; yield (base URL, gateway)."""
+    config: Config = parse_config(doc, env={})
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    app = create_app(config)
+    uv = uvicorn_config(app, config)
+    uv.port = port
+    server = DrainingServer(uv, app.state.gateway)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [listener]}, name=f"gateway:{port}", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"gateway did not start on port {port}")
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}", app.state.gateway
+    finally:
+        server.should_exit = True
+        thread.join(timeout=STARTUP_TIMEOUT_S)
+        listener.close()
+
+
+def to_toml(doc: Mapping[str, Any]) -> str:
+    """Just enough TOML for test configs (tables of scalars and lists)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(type(v))
+
+    lines: list[str] = []
+
+    def table(prefix: str, body: Mapping[str, Any]) -> None:
+        scalars = {k: v for k, v in body.items() if not isinstance(v, dict)}
+        lines.append(f"[{prefix}]")
+        lines.extend(f"{k} = {value(v)}" for k, v in scalars.items())
+        for k, v in body.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}", v)
+
+    for name, body in doc.items():
+        table(name, body)
+    return "\n".join(lines) + "\n"
+
+
+class GatewayProcess:
+    """``pollcast serve`` in a child process with its own config file."""
+
+    def __init__(self, doc: Mapping[str, Any], workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        full = dict(doc)
+        full["server"] = {**doc.get("server", {}), "host": "127.0.0.1", "port": self.port}
+        self.config_path = workdir / f"pollcast-{self.port}.toml"
+        self.config_path.write_text(to_toml(full))
+        self.log_path = workdir / f"gateway-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready: {self.log_path.read_text()[-2000:]}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text()

@@ -1,0 +1,97 @@
+"""One upstream poll per task, however many subscribers — over SSE and WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import httpx
+
+from tests.integration.conftest import create_sim_task, events_url, sim_stats
+from tests.integration.gateway_server import running_gateway, sim_config
+from tests.integration.readers import read_sse, read_ws, transitions
+
+SSE_SUBSCRIBERS = 500
+WS_SUBSCRIBERS = 100
+
+
+async def test_500_sse_and_100_ws_subscribers_share_one_poll(
+    sim: str, client: httpx.AsyncClient
+) -> None:
+    # Queued long enough for every subscriber to connect, then four transitions.
+    timeline = [
+        {"at": 0, "state": "queued"},
+        {"at": 6.0, "state": "running", "progress": 10},
+        {"at": 6.8, "state": "running", "progress": 60, "message": "transcoding"},
+        {"at": 7.6, "state": "succeeded"},
+    ]
+    task = await create_sim_task(client, sim, "videoproc", timeline)
+    with running_gateway(sim_config(sim)) as (base, _gw):
+        provider, _, task_id = task.partition(":")
+        first = (await client.get(f"{base}/v1/tasks/{provider}/{task_id}")).json()
+        assert first["event"] == "snapshot" and first["seq"] == 1
+
+        sse = [
+            asyncio.create_task(read_sse(client, events_url(base, task)))
+            for _ in range(SSE_SUBSCRIBERS)
+        ]
+        ws = [
+            asyncio.create_task(read_ws(base.replace("http", "ws") + "/v1/ws", [task]))
+            for _ in range(WS_SUBSCRIBERS)
+        ]
+        sse_results = await asyncio.wait_for(asyncio.gather(*sse), 60)
+        ws_results = await asyncio.wait_for(asyncio.gather(*ws), 60)
+
+        stats = await sim_stats(client, sim)
+        providers = (await client.get(f"{base}/v1/providers")).json()["providers"]
+        sent = next(p for p in providers if p["name"] == "videoproc")["requests_sent"]
+
+    expected = transitions(sse_results[0])
+    assert expected[0][0] == "snapshot"
+    assert expected[-1][2] == "succeeded"
+    assert [t[2] for t in expected[1:]] == ["running", "running", "succeeded"]
+    seqs = [t[1] for t in expected]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    for got in sse_results:
+        assert transitions(got) == expected
+    for frames in ws_results:
+        assert frames[0] == {"event": "subscribed", "tasks": [task]}
+        assert transitions(frames) == expected
+    # One upstream request per poll: the simulator saw exactly what the
+    # gateway sent, and that is a handful, not one per subscriber.
+    assert stats["tasks"][task] == sent
+    assert sent <= 8.0 / 0.2 + 5
+
+
+async def test_batch_provider_polls_250_tasks_in_3_requests_per_round(
+    sim: str, client: httpx.AsyncClient
+) -> None:
+    n, batch = 250, 100
+    tasks = [
+        await create_sim_task(client, sim, "aholo", [{"at": 0, "state": "queued"}])
+        for _ in range(n)
+    ]
+    doc = sim_config(sim, providers={"aholo": {"interval_s": 0.3, "max_interval_s": 0.3}})
+    with running_gateway(doc) as (base, _gw):
+        semaphore = asyncio.Semaphore(50)
+
+        async def watch(task: str) -> None:
+            provider, _, task_id = task.partition(":")
+            async with semaphore:
+                reply = await client.post(
+                    f"{base}/v1/tasks", json={"provider": provider, "task_id": task_id}
+                )
+                assert reply.status_code == 201, reply.text
+
+        await asyncio.gather(*(watch(t) for t in tasks))
+        await asyncio.sleep(1.0)  # a round or two to fall into step
+        before = await sim_stats(client, sim)
+        await asyncio.sleep(2.0)
+        after = await sim_stats(client, sim)
+
+    rounds = {after["tasks"][t] - before["tasks"].get(t, 0) for t in tasks}
+    assert len(rounds) == 1, f"tasks were polled unevenly: {sorted(rounds)}"
+    (per_task,) = rounds
+    assert per_task >= 4
+    requests = after["requests"]["aholo"] - before["requests"]["aholo"]
+    assert requests == per_task * math.ceil(n / batch)
