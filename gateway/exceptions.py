@@ -8,7 +8,10 @@
     │   ├── InvalidTaskKey     malformed provider name or task id (422)
     │   ├── UnknownProvider    no such provider configured (404)
     │   ├── InvalidCursor      garbage Last-Event-ID / cursor / since (400)
-    │   └── LimitExceeded      too many tasks, frames, bytes (429 / 413)
+    │   ├── TooManyTasks       more tasks in one request than allowed (400)
+    │   ├── Unauthorized       no, wrong or expired credentials (401 + WWW-Authenticate)
+    │   ├── Forbidden          a valid principal asking for more than it may (403)
+    │   └── LimitExceeded      a rate or quota ran out (429 + Retry-After)
     ├── UpstreamError          a request to an upstream API failed
     └── BackendError           the hub's store is unreachable or refused a write
         └── SeqConflict        another writer already committed that seq
@@ -54,6 +57,40 @@ class UnknownProvider(InputError):
 class InvalidCursor(InputError):
     status = 400
     code = "invalid_cursor"
+
+
+class TooManyTasks(InputError):
+    status = 400
+    code = "too_many_tasks"
+
+
+class Unauthorized(InputError):
+    """``code`` is ``unauthorized`` (no credentials), ``invalid_token`` or ``token_expired``."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, code: str = "unauthorized") -> None:
+        super().__init__(message, field="authorization")
+        self.code = code
+
+    @property
+    def challenge(self) -> str:
+        """The ``WWW-Authenticate`` value (RFC 6750 §3)."""
+        if self.code == "unauthorized":
+            return 'Bearer realm="pollcast"'
+        return f'Bearer realm="pollcast", error="invalid_token", error_description="{self.code}"'
+
+
+class Forbidden(InputError):
+    """``code`` is ``forbidden`` (not granted) or ``not_watched`` (would start upstream polling)."""
+
+    status = 403
+    code = "forbidden"
+
+    def __init__(self, message: str, *, code: str = "forbidden", field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.code = code
 
 
 class LimitExceeded(InputError):

@@ -9,6 +9,7 @@ and nothing is delivered twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 
@@ -18,7 +19,7 @@ from gateway.config import Config
 from gateway.core import tracker
 from gateway.core.model import Event, TaskKey
 from gateway.core.sse import Encoded
-from gateway.exceptions import BackendError, LimitExceeded
+from gateway.exceptions import BackendError, TooManyTasks
 from gateway.hub.base import Hub
 from gateway.hub.local import LocalHub
 from gateway.hub.queue import CloseReason, SubscriberQueue
@@ -92,6 +93,12 @@ class Gateway:
         self.poller.check(key)
         return key
 
+    def is_watched(self, task: str) -> bool:
+        """Whether this node watches ``task`` (registered with ``POST /v1/tasks``, not ended)."""
+        lane = self.poller.lanes.get(task.partition(":")[0])
+        rec = lane.tasks.get(task) if lane is not None else None
+        return rec is not None and rec.watched
+
     def open_feed(self) -> Feed:
         feed = Feed(self, self.config.server.queue_size)
         self.feeds.add(feed)
@@ -113,6 +120,7 @@ class Feed:
         self.keys: dict[str, TaskKey] = {}
         self.finished: set[str] = set()  # tasks whose terminal event was delivered
         self.closed = False
+        self._expiry: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -216,9 +224,22 @@ class Feed:
         if self.closed:
             return
         self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
         for name in list(self.keys):
             self._drop(name)
         self.gateway.feeds.discard(self)
+
+    def expire_at(self, wall_s: float) -> None:
+        """End the feed at ``wall_s`` (epoch s) with a last ``token_expired`` notice.
+
+        Set from the subscriber token's ``exp``: a stream must not outlive
+        the credential that opened it.
+        """
+        delay = max(0.0, wall_s - self.gateway.poller.wall())
+        self._expiry = asyncio.get_running_loop().call_later(
+            delay, self.queue.close, CloseReason.TOKEN_EXPIRED
+        )
 
     def closing_notice(self, reason: CloseReason) -> bytes | None:
         """The last message's JSON when the queue was closed under us."""
@@ -236,4 +257,4 @@ class Feed:
 
 def check_task_count(n: int, limit: int, what: str) -> None:
     if n > limit:
-        raise LimitExceeded(f"{n} tasks in one {what}; the limit is {limit}", field="tasks")
+        raise TooManyTasks(f"{n} tasks in one {what}; the limit is {limit}", field="tasks")
