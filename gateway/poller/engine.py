@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 
 import httpx
 
@@ -34,10 +32,11 @@ from gateway.core.model import (
     State,
     TaskKey,
 )
-from gateway.core.policy import CostBudget, PollState, TokenBucket
-from gateway.exceptions import BackendError, UnknownProvider
+from gateway.core.policy import CostBudget, TokenBucket
+from gateway.exceptions import BackendError, SeqConflict, UnknownProvider
 from gateway.hub.base import Hub, Watch
 from gateway.poller.provider import ProviderRuntime
+from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
 from gateway.providers.base import UpstreamRequest, UpstreamResponse, fault_observations
 
 __all__ = ["Poller", "ProviderLane"]
@@ -45,32 +44,13 @@ __all__ = ["Poller", "ProviderLane"]
 log = logging.getLogger("pollcast.poller")
 
 
-@dataclass(slots=True)
-class Tracked:
-    """What the poller knows about one task it is polling."""
-
-    key: TaskKey
-    name: str  # str(key), cached
-    poll: PollState
-    due: float = 0.0
-    version: int = 0
-    followers: int = 0
-    watched: bool = False
-    deadline_at: float | None = None  # wall clock
-    idle_since: float | None = None  # monotonic; set while nobody follows it
-    in_flight: bool = False
-    degraded: bool = False
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
-
-
 class ProviderLane:
-    """Schedules and performs the polls of one provider."""
+    """Claims, performs and reschedules the polls of one provider."""
 
     def __init__(self, poller: Poller, runtime: ProviderRuntime) -> None:
         self.poller = poller
         self.rt = runtime
-        self.tasks: dict[str, Tracked] = {}
-        self._heap: list[tuple[float, int, str]] = []
+        self.schedule = poller.schedule
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(runtime.concurrency)
         self._rate = TokenBucket(runtime.rate_per_s)
@@ -80,85 +60,74 @@ class ProviderLane:
             else None
         )
         self._budget_noticed = False
-        self.paused_until = 0.0
+        self.paused_until = 0.0  # wall clock
         self._inflight: set[asyncio.Task[None]] = set()
         self.requests_sent = 0
 
-    # -- scheduling ---------------------------------------------------------
+    @property
+    def tasks(self) -> Mapping[str, Entry]:
+        """The tasks this node knows are scheduled for this provider."""
+        return self.schedule.known(self.rt.name)
 
-    def schedule(self, rec: Tracked, delay_s: float) -> None:
-        now = self.poller.monotonic()
-        due = now + delay_s
-        if rec.deadline_at is not None:
-            due = min(due, now + max(0.0, rec.deadline_at - self.poller.wall()))
-        rec.due = due
-        rec.version += 1
-        heapq.heappush(self._heap, (due, rec.version, rec.name))
-        if self._heap[0][2] == rec.name:
-            self._wake.set()
+    def wake(self) -> None:
+        self._wake.set()
 
-    def _pop_due(self, horizon: float) -> list[Tracked]:
-        due: list[Tracked] = []
-        heap = self._heap
-        while heap and heap[0][0] <= horizon:
-            _, version, name = heapq.heappop(heap)
-            rec = self.tasks.get(name)
-            if rec is None or rec.version != version or rec.in_flight:
-                continue
-            due.append(rec)
-        return due
-
-    def _take(self, now: float) -> list[Tracked]:
-        """The tasks to poll now.
-
-        A batch provider's round also takes every task due within half a
-        base interval: polling those a little early puts all of the
-        provider's tasks on one beat, so after one round a round costs
-        ⌈tasks / batch_size⌉ requests however the tasks arrived.
-        """
-        if self.rt.batch_size > 1:
-            return self._pop_due(now + self.rt.policy.base_s / 2)
-        return self._pop_due(now)
+    def new_entry(self, task: str, deadline_at: float | None = None) -> Entry:
+        wall = self.poller.wall()
+        return Entry(
+            task=task,
+            interval_s=self.rt.policy.base_s,
+            deadline_at=deadline_at if deadline_at is not None else wall + self.rt.deadline_s,
+        )
 
     async def run(self) -> None:
-        window = self.poller.coalesce_s if self.rt.batch_size > 1 else 0.0
+        poller = self.poller
+        batch = self.rt.batch_size > 1
+        # Batch providers wait a moment after the first task falls due so that
+        # tasks registered together share one request.
+        window = poller.coalesce_s if batch else 0.0
         while True:
-            now = self.poller.monotonic()
+            now = poller.wall()
             if self.paused_until > now:
                 await asyncio.sleep(self.paused_until - now)
                 continue
-            # Batch providers wait a moment after the first task falls due so
-            # that tasks registered together share one request.
-            if self._heap and self._heap[0][0] + window <= now:
-                due = self._take(now)
-                if due:
-                    await self._dispatch(due)
+            first = await self.schedule.next_due(self.rt.name)
+            if first is not None and first + window <= now:
+                # A batch round also takes every task due within half a base
+                # interval: polling those a little early puts all of the
+                # provider's tasks on one beat, so after one round a round
+                # costs ⌈tasks / batch_size⌉ requests however they arrived.
+                horizon = now + self.rt.policy.base_s / 2 if batch else now
+                claimed = await self.schedule.claim(self.rt.name, now, horizon)
+                if claimed:
+                    await self._dispatch(claimed)
                 continue
             self._wake.clear()
-            timeout = self._heap[0][0] + window - now if self._heap else None
+            wait = poller.tick_s
+            if first is not None:
+                wait = min(wait, max(0.0, first + window - now))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(self._wake.wait(), wait)
 
-    async def _dispatch(self, due: list[Tracked]) -> None:
-        ready: list[Tracked] = []
+    async def _dispatch(self, claimed: list[Entry]) -> None:
+        ready: list[Entry] = []
         wall = self.poller.wall()
-        for rec in due:
-            if rec.deadline_at is not None and wall >= rec.deadline_at:
-                await self._expire(rec)
+        for entry in claimed:
+            if entry.deadline_at is not None and wall >= entry.deadline_at:
+                error = ErrorInfo("gateway_deadline", "the task did not finish before its deadline")
+                await self._end(entry, State.EXPIRED, error)
             else:
-                ready.append(rec)
+                ready.append(entry)
         size = self.rt.batch_size
         for i in range(0, len(ready), size):
             chunk = ready[i : i + size]
-            for rec in chunk:
-                rec.in_flight = True
             await self._admit(chunk)
             await self._slots.acquire()
             task = asyncio.create_task(self._poll(chunk))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    async def _admit(self, chunk: list[Tracked]) -> None:
+    async def _admit(self, chunk: list[Entry]) -> None:
         """Wait for the request rate and the cost budget to allow one more call."""
         wait = self._rate.reserve(self.poller.monotonic())
         if wait > 0:
@@ -171,7 +140,7 @@ class ProviderLane:
                 self._budget_noticed = True
                 budget = self.rt.budget_per_hour
                 await self.poller.notify(
-                    [rec.name for rec in chunk],
+                    [entry.task for entry in chunk],
                     "budget_limited",
                     f"{self.rt.name}: cost budget of {budget} per hour reached; "
                     f"polling slowed for {wait:.0f} s",
@@ -183,20 +152,22 @@ class ProviderLane:
 
     # -- polling ------------------------------------------------------------
 
-    async def _poll(self, chunk: list[Tracked]) -> None:
+    async def _poll(self, chunk: list[Entry]) -> None:
         try:
             started = self.poller.monotonic()
-            observations = await self._request([rec.key.task_id for rec in chunk])
+            observations = await self._request([TaskKey.parse(e.task).task_id for e in chunk])
             slow = self.poller.monotonic() - started > self.rt.timeout_s / 2
             await self._absorb(chunk, observations, slow=slow)
         except Exception:
             log.exception("poll of %s failed unexpectedly", self.rt.name)
-            for rec in chunk:
-                rec.in_flight = False
-                if rec.name in self.tasks:
-                    self.schedule(rec, self.rt.policy.base_s)
+            later = self.poller.wall() + self.rt.policy.base_s
+            with contextlib.suppress(Exception):
+                await self.schedule.release(self.rt.name, [(e, later) for e in chunk])
+            self.wake()
         finally:
             self._slots.release()
+            for entry in chunk:
+                self.poller.release_waiters(entry.task)
 
     async def _request(self, task_ids: list[str]) -> list[Observation]:
         rt = self.rt
@@ -229,60 +200,67 @@ class ProviderLane:
         return rt.adapter.parse(request, response)
 
     async def _absorb(
-        self, chunk: list[Tracked], observations: list[Observation], *, slow: bool = False
+        self, chunk: list[Entry], observations: list[Observation], *, slow: bool = False
     ) -> None:
         poller = self.poller
         rt = self.rt
         now = poller.wall()
         by_id = {obs.task_id: obs for obs in observations}
         changes: list[Event] = []
-        for rec in chunk:
-            rec.in_flight = False
-            if self.tasks.get(rec.name) is not rec:
-                continue  # forgotten while in flight
-            obs = by_id.get(rec.key.task_id)
+        again: list[tuple[Entry, float]] = []
+        for entry in chunk:
+            task_id = TaskKey.parse(entry.task).task_id
+            obs = by_id.get(task_id)
             if obs is None:
                 obs = Observation(
-                    task_id=rec.key.task_id,
+                    task_id=task_id,
                     fault=Fault(FaultKind.MALFORMED, f"{rt.name} reply did not cover this task"),
                 )
             if obs.fault is not None:
-                await self._fault(rec, obs.fault)
+                delay = await self._fault(entry, obs.fault)
+                if delay is not None:
+                    again.append((entry, now + delay))
                 continue
-            previous = await poller.hub.snapshot(rec.name)
-            event = tracker.observe(previous, obs, task=rec.name, now=now)
-            if slow and not rec.degraded:
-                rec.degraded = True
+            previous = await poller.hub.snapshot(entry.task)
+            event = tracker.observe(previous, obs, task=entry.task, now=now)
+            if slow and not entry.degraded:
+                entry.degraded = True
                 await poller.notify(
-                    [rec.name],
+                    [entry.task],
                     "upstream_slow",
                     f"{rt.name} took more than half its {rt.timeout_s:g} s timeout to answer",
                 )
-            elif rec.degraded and not slow:
-                rec.degraded = False
-                await poller.notify([rec.name], "upstream_recovered", f"{rt.name} answers again")
+            elif entry.degraded and not slow:
+                entry.degraded = False
+                await poller.notify([entry.task], "upstream_recovered", f"{rt.name} answers again")
+            if previous is not None and previous.terminal:
+                await poller.finish([entry.task], rt)
+                continue
             if event is None:
-                decision = rt.policy.after_no_change(rec.poll)
+                decision = rt.policy.after_no_change(entry.poll)
             else:
                 changes.append(event)
-                decision = rt.policy.after_change(rec.poll)
-            rec.poll = decision.state
-            self.schedule(rec, decision.delay_s)
+                decision = rt.policy.after_change(entry.poll)
+            entry.apply(decision.state)
+            if event is None or not event.terminal:
+                again.append((entry, now + decision.delay_s))
         if changes:
             await poller.commit(changes, rt)
-        for rec in chunk:
-            poller.release_waiters(rec)
+        if again:
+            await self.schedule.release(rt.name, again)
+            self.wake()
 
-    async def _fault(self, rec: Tracked, fault: Fault) -> None:
+    async def _fault(self, entry: Entry, fault: Fault) -> float | None:
+        """Back off from a failed poll; the delay, or ``None`` if the task was ended."""
         poller = self.poller
         rt = self.rt
-        decision = rt.policy.after_fault(rec.poll, fault, poller.rng)
-        rec.poll = decision.state
+        decision = rt.policy.after_fault(entry.poll, fault, poller.rng)
+        entry.apply(decision.state)
         log.warning(
             "upstream error",
             extra={
                 "provider": rt.name,
-                "task": rec.name,
+                "task": entry.task,
                 "fault": fault.kind.value,
                 "detail": fault.message,
                 "failures": decision.state.failures,
@@ -291,36 +269,30 @@ class ProviderLane:
         )
         if fault.kind is FaultKind.RATE_LIMITED and fault.retry_after_s is not None:
             # A 429 is about this client as a whole, not about one task.
-            self.paused_until = max(self.paused_until, poller.monotonic() + fault.retry_after_s)
+            self.paused_until = max(self.paused_until, poller.wall() + fault.retry_after_s)
         if decision.give_up:
             error = ErrorInfo("upstream_auth", f"{rt.name} refused the gateway's credentials")
-            await self._end(rec, State.FAILED, error)
-            return
-        if not rec.degraded:
-            rec.degraded = True
+            await self._end(entry, State.FAILED, error)
+            return None
+        if not entry.degraded:
+            entry.degraded = True
             await poller.notify(
-                [rec.name],
+                [entry.task],
                 f"upstream_{fault.kind.value}",
                 f"{fault.message}; retrying in {decision.delay_s:.1f} s",
             )
-        self.schedule(rec, decision.delay_s)
-        poller.release_waiters(rec)
+        return decision.delay_s
 
-    async def _expire(self, rec: Tracked) -> None:
-        error = ErrorInfo("gateway_deadline", "the task did not finish before its deadline")
-        await self._end(rec, State.EXPIRED, error)
-
-    async def _end(self, rec: Tracked, state: State, error: ErrorInfo) -> None:
+    async def _end(self, entry: Entry, state: State, error: ErrorInfo) -> None:
         poller = self.poller
-        previous = await poller.hub.snapshot(rec.name)
+        previous = await poller.hub.snapshot(entry.task)
         event = tracker.force_state(
-            previous, task=rec.name, state=state, error=error, now=poller.wall()
+            previous, task=entry.task, state=state, error=error, now=poller.wall()
         )
         if event is not None:
             await poller.commit([event], self.rt)
         else:
-            poller.forget(rec)
-        poller.release_waiters(rec)
+            await poller.finish([entry.task], self.rt)
 
 
 class Poller:
@@ -332,25 +304,34 @@ class Poller:
         providers: Mapping[str, ProviderRuntime],
         http: httpx.AsyncClient,
         *,
+        schedule: Schedule | None = None,
         grace_s: float = 30.0,
         coalesce_s: float = 0.1,
+        tick_s: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.hub = hub
         self.http = http
+        self.schedule = schedule or LocalSchedule()
         self.grace_s = grace_s
         self.coalesce_s = coalesce_s
+        # How long a lane sleeps without news; a shared schedule is re-read this often.
+        self.tick_s = tick_s
         self.monotonic = monotonic
         self.wall = wall
         self.rng = rng or random.Random()
         self.lanes = {name: ProviderLane(self, rt) for name, rt in providers.items()}
+        self.followers: dict[str, int] = {}  # task → local subscribers
+        self.watching: set[str] = set()  # tasks watched through this node
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._runner: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
+        await self.schedule.start()
         for watch in await self.hub.watches():
             try:
                 key = TaskKey.parse(watch.task)
@@ -359,11 +340,8 @@ class Poller:
                 log.warning("dropping a stored watch for an unknown provider: %s", watch.task)
                 await self.hub.drop_watch(watch.task)
                 continue
-            rec = await self._track(lane, key)
-            if rec is not None:
-                rec.watched = True
-                rec.idle_since = None
-                rec.deadline_at = watch.deadline_at
+            await self._schedule(lane, key, keep_until=FOREVER, deadline_at=watch.deadline_at)
+            self.watching.add(watch.task)
         self._runner = asyncio.create_task(self._run(), name="pollcast-poller")
 
     async def _run(self) -> None:
@@ -378,30 +356,37 @@ class Poller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
             self._runner = None
-        for lane in self.lanes.values():
-            for task in list(lane._inflight):
-                task.cancel()
+        inflight = [task for lane in self.lanes.values() for task in lane._inflight]
+        for task in inflight:
+            task.cancel()
+        await asyncio.gather(*inflight, return_exceptions=True)
+        await self.schedule.close()
 
     @property
     def running(self) -> bool:
         return self._runner is not None and not self._runner.done()
 
     async def _housekeeping(self) -> None:
+        """Keep followed tasks wanted; purge expired results."""
+        every = max(0.1, min(self.grace_s / 3, 5.0))
+        purged_at = 0.0
         while True:
-            await asyncio.sleep(1.0)
-            now = self.monotonic()
-            for lane in self.lanes.values():
-                for rec in list(lane.tasks.values()):
-                    if (
-                        rec.idle_since is not None
-                        and now - rec.idle_since >= self.grace_s
-                        and not rec.in_flight
-                    ):
-                        self.forget(rec)
-            try:
-                await self.hub.purge(self.wall())
-            except BackendError:
-                log.warning("purge of expired tasks failed; will retry")
+            await asyncio.sleep(every)
+            until = self.wall() + self.grace_s
+            by_provider: dict[str, list[str]] = {}
+            for task in self.followers:
+                by_provider.setdefault(task.partition(":")[0], []).append(task)
+            for provider, tasks in by_provider.items():
+                try:
+                    await self.schedule.keep(provider, tasks, until)
+                except BackendError:
+                    log.warning("could not refresh interest in %d task(s)", len(tasks))
+            if self.monotonic() - purged_at > 10:
+                purged_at = self.monotonic()
+                try:
+                    await self.hub.purge(self.wall())
+                except BackendError:
+                    log.warning("purge of expired tasks failed; will retry")
 
     # -- what the web layer calls ---------------------------------------------
 
@@ -424,40 +409,40 @@ class Poller:
 
     async def follow(self, key: TaskKey) -> None:
         """A subscriber wants this task: make sure it is being polled."""
-        rec = await self._track(self.lane(key.provider), key)
-        if rec is not None:
-            rec.followers += 1
-            rec.idle_since = None
+        name = str(key)
+        self.followers[name] = self.followers.get(name, 0) + 1
+        await self._schedule(self.lane(key.provider), key, keep_until=self.wall() + self.grace_s)
 
     def unfollow(self, key: TaskKey) -> None:
-        rec = self.lanes[key.provider].tasks.get(str(key))
-        if rec is None:
-            return
-        rec.followers = max(0, rec.followers - 1)
-        if rec.followers == 0 and not rec.watched:
-            rec.idle_since = self.monotonic()
+        """The last subscriber leaving starts the grace period (the housekeeper
+        stops extending the task's interest)."""
+        name = str(key)
+        left = self.followers.get(name, 0) - 1
+        if left > 0:
+            self.followers[name] = left
+        else:
+            self.followers.pop(name, None)
 
     async def watch(self, key: TaskKey, deadline_s: float | None = None) -> None:
         lane = self.lane(key.provider)
         wall = self.wall()
         deadline_at = wall + (deadline_s or lane.rt.deadline_s)
-        snapshot = await self.hub.snapshot(str(key))
+        name = str(key)
+        snapshot = await self.hub.snapshot(name)
         if snapshot is not None and snapshot.terminal:
             return
-        await self.hub.put_watch(Watch(task=str(key), created_at=wall, deadline_at=deadline_at))
-        rec = await self._track(lane, key)
-        if rec is not None:
-            rec.watched = True
-            rec.idle_since = None
-            rec.deadline_at = deadline_at
+        await self.hub.put_watch(Watch(task=name, created_at=wall, deadline_at=deadline_at))
+        self.watching.add(name)
+        await self._schedule(lane, key, keep_until=FOREVER, deadline_at=deadline_at)
+        await self.schedule.keep(key.provider, [name], FOREVER)
+        await self.schedule.set_deadline(key.provider, name, deadline_at)
 
     async def unwatch(self, key: TaskKey) -> bool:
+        self.lane(key.provider)
         existed = await self.hub.drop_watch(str(key))
-        rec = self.lane(key.provider).tasks.get(str(key))
-        if rec is not None and rec.watched:
-            rec.watched = False
-            if rec.followers == 0:
-                rec.idle_since = self.monotonic()
+        self.watching.discard(str(key))
+        if existed:
+            await self.schedule.lapse(key.provider, str(key), self.wall() + self.grace_s)
         return existed
 
     async def observe_now(self, key: TaskKey, timeout_s: float | None = None) -> Event:
@@ -467,67 +452,64 @@ class Poller:
         if snapshot is not None:
             return snapshot
         lane = self.lane(key.provider)
-        rec = await self._track(lane, key)
-        if rec is not None:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            rec.waiters.append(waiter)
+        await self._schedule(lane, key, keep_until=self.wall() + self.grace_s)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(name, []).append(waiter)
+        deadline = self.monotonic() + (timeout_s or lane.rt.timeout_s + 2.0)
+        # Another node may poll it: look at the store now and then as well.
+        while not waiter.done() and self.monotonic() < deadline:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, timeout_s or lane.rt.timeout_s + 2.0)
+                await asyncio.wait_for(asyncio.shield(waiter), min(0.2, self.tick_s))
+            if await self.hub.snapshot(name) is not None:
+                break
+        if not waiter.done():
+            waiter.cancel()
         return await self.hub.snapshot(name) or tracker.initial_snapshot(name, self.wall())
 
     # -- shared by lanes ----------------------------------------------------
 
-    async def _track(self, lane: ProviderLane, key: TaskKey) -> Tracked | None:
-        """The task's record, creating and scheduling it now; ``None`` if terminal."""
+    async def _schedule(
+        self,
+        lane: ProviderLane,
+        key: TaskKey,
+        *,
+        keep_until: float,
+        deadline_at: float | None = None,
+    ) -> None:
+        """Make sure ``key`` is scheduled (unless it is terminal) and wanted until ``keep_until``."""
         name = str(key)
-        rec = lane.tasks.get(name)
-        if rec is not None:
-            return rec
         snapshot = await self.hub.snapshot(name)
         if snapshot is not None and snapshot.terminal:
-            return None
-        rec = lane.tasks.get(name)  # another caller may have won while we awaited
-        if rec is not None:
-            return rec
-        rec = Tracked(
-            key=key,
-            name=name,
-            poll=lane.rt.policy.start(),
-            idle_since=self.monotonic(),
-            deadline_at=self.wall() + lane.rt.deadline_s,
-        )
-        lane.tasks[name] = rec
-        lane.schedule(rec, 0.0)
-        return rec
+            return
+        entry = lane.new_entry(name, deadline_at)
+        if await self.schedule.add(lane.rt.name, entry, keep_until=keep_until):
+            lane.wake()
 
-    def forget(self, rec: Tracked) -> None:
-        lane = self.lanes[rec.key.provider]
-        if lane.tasks.get(rec.name) is rec:
-            del lane.tasks[rec.name]
-        rec.version += 1
-        self.release_waiters(rec)
-
-    @staticmethod
-    def release_waiters(rec: Tracked) -> None:
-        waiters, rec.waiters = rec.waiters, []
-        for waiter in waiters:
+    def release_waiters(self, task: str) -> None:
+        for waiter in self._waiters.pop(task, []):
             if not waiter.done():
                 waiter.set_result(None)
 
     async def commit(self, events: list[Event], rt: ProviderRuntime) -> None:
         try:
             await self.hub.commit(events, terminal_ttl_s=rt.result_ttl_s)
+        except SeqConflict:
+            log.info("another node already recorded a newer state of %s", events[0].task)
+            return
         except BackendError:
             log.exception("could not store %d event(s) of %s", len(events), rt.name)
             return
-        lane = self.lanes[rt.name]
-        for event in events:
-            if event.terminal:
-                rec = lane.tasks.get(event.task)
-                if rec is not None:
-                    self.forget(rec)
-                if rec is not None and rec.watched:
-                    await self.hub.drop_watch(event.task)
+        done = [event.task for event in events if event.terminal]
+        if done:
+            await self.finish(done, rt)
+
+    async def finish(self, tasks: list[str], rt: ProviderRuntime) -> None:
+        """Terminal: never polled again, no longer watched."""
+        await self.schedule.remove(rt.name, tasks)
+        for task in tasks:
+            await self.hub.drop_watch(task)
+            self.watching.discard(task)
+            self.release_waiters(task)
 
     async def notify(self, tasks: Iterable[str], code: str, message: str) -> None:
         now = self.wall()
@@ -538,5 +520,5 @@ class Poller:
             )
 
     def tracked(self) -> dict[str, int]:
-        """How many tasks each provider is polling."""
+        """How many tasks each provider is polling (as this node knows it)."""
         return {name: len(lane.tasks) for name, lane in self.lanes.items()}
