@@ -1,8 +1,9 @@
-"""``pollcast`` command line: serve, demo, sim, check-config."""
+"""``pollcast`` command line: serve, demo, sim, check-config, watch."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -61,6 +62,22 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch(args: argparse.Namespace) -> int:
+    # The watcher lives in the separate client package (clients/python), which
+    # the gateway does not depend on: import it by name, only when asked for.
+    try:
+        watch_cli = importlib.import_module("pollcast_client.watch_cli")
+    except ImportError as exc:
+        print(
+            f"pollcast watch needs the pollcast-client package "
+            f"(pip install -e clients/python): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    code: int = watch_cli.main(args.argv, prog="pollcast watch")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pollcast", description="Poll each upstream task once; push every transition."
@@ -94,6 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file and show the policies")
     p.add_argument("--config", "-c", default="pollcast.toml")
     p.set_defaults(func=_check_config)
+
+    # Every argument goes to the watcher's own parser (its --help included):
+    # with no prefix characters, nothing here is read as an option.
+    p = sub.add_parser(
+        "watch",
+        help="follow tasks live in the terminal (needs pollcast-client)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    p.add_argument("argv", nargs="*")
+    p.set_defaults(func=_watch)
     return parser
 
 

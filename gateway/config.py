@@ -23,6 +23,8 @@ from gateway.exceptions import ConfigError, InvalidTaskKey
 from gateway.poller.provider import ProviderRuntime
 from gateway.providers import adapter_class
 from gateway.providers.base import Adapter, PolicySettings
+from gateway.webhooks.settings import WebhooksConfig
+from gateway.webhooks.signing import decode_secret
 
 __all__ = [
     "AuthConfig",
@@ -56,6 +58,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_timeout_s: Positive = 5.0  # SIGTERM: streams get a last notice within this
     ws_ping_s: Positive = 20.0
     log_format: Literal["text", "json"] = "text"
+    # Abuse limits (gateway/web/transport.py, limits.py); in memory, per node.
+    max_connections_per_ip: Count = 1024  # open TCP connections of one client address
+    handshake_timeout_s: Positive = 10.0  # a request head must arrive within this (slowloris)
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 65536  # line + headers
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 24)] = 65536  # JSON bodies
 
 
 class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -64,13 +71,21 @@ class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "pollcast"
     history_limit: Count = 256
+    lease_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0  # redis: claim lease
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mode: Literal["open", "token"] = "open"
     api_keys: list[str] = msgspec.field(default_factory=list)
-    token_secret: str | None = None
-    token_ttl_s: Positive = 3600.0
+    token_secret: str | None = None  # signs subscriber tokens (HS256; 32+ random bytes)
+    # Still accepted when verifying: tokens signed before a rotation live out their ttl.
+    previous_token_secrets: list[str] = msgspec.field(default_factory=list)
+    token_ttl_s: Positive = 3600.0  # lifetime of a token minted by POST /v1/tasks
+    max_token_ttl_s: Positive = 86400.0  # the longest POST /v1/tokens may ask for
+    # Per principal (an API key; the client address in open mode):
+    max_watched_tasks: Count = 10000  # tasks registered with POST /v1/tasks and not yet ended
+    registrations_per_s: Positive = 100.0  # POST /v1/tasks, sustained …
+    registration_burst: Count = 1000  # … and in a burst
 
 
 class PollingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -96,6 +111,7 @@ class Config(msgspec.Struct, frozen=True):
     backend: BackendConfig = BackendConfig()
     auth: AuthConfig = AuthConfig()
     polling: PollingConfig = PollingConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     providers: dict[str, ProviderConfig] = msgspec.field(default_factory=dict)
 
     def runtimes(self) -> dict[str, ProviderRuntime]:
@@ -115,6 +131,9 @@ class Config(msgspec.Struct, frozen=True):
         found = [v for v in self.auth.api_keys if v]
         if self.auth.token_secret:
             found.append(self.auth.token_secret)
+        found.extend(v for v in self.auth.previous_token_secrets if v)
+        if self.webhooks.secret:
+            found.append(self.webhooks.secret)
         for runtime in self.runtimes().values():
             found.extend(v for v in runtime.adapter.secret_values() if v)
         return found
@@ -168,6 +187,15 @@ def _convert(data: Any, kind: type[T], path: str) -> T:
         raise ConfigError(text, path=where) from exc
 
 
+def _check_settings(cls: type[Adapter], settings: msgspec.Struct, path: str) -> msgspec.Struct:
+    """The adapter's own checks, with the key path made absolute."""
+    try:
+        cls.check_settings(settings)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, path=f"{path}.{exc.path}" if exc.path else path) from exc
+    return settings
+
+
 def _provider(name: str, table: Any, path: str) -> ProviderConfig:
     try:
         TaskKey.of(name, "x")
@@ -188,7 +216,7 @@ def _provider(name: str, table: Any, path: str) -> ProviderConfig:
     provider = ProviderConfig(
         name=name,
         kind=kind,
-        settings=_convert(settings, cls.Settings, path),
+        settings=_check_settings(cls, _convert(settings, cls.Settings, path), path),
         policy=_convert(policy, PolicySettings, path),
     )
     for key, value in msgspec.structs.asdict(provider.policy).items():
@@ -204,7 +232,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         ConfigError: naming the key path and what is wrong with it.
     """
     data = _interpolate(dict(data), os.environ if env is None else env, "")
-    unknown = set(data) - {"server", "backend", "auth", "polling", "providers"}
+    unknown = set(data) - {"server", "backend", "auth", "polling", "providers", "webhooks"}
     if unknown:
         raise ConfigError("unknown section", path=sorted(unknown)[0])
     providers_raw = data.get("providers", {})
@@ -218,8 +246,14 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         backend=_convert(data.get("backend", {}), BackendConfig, "backend"),
         auth=_convert(data.get("auth", {}), AuthConfig, "auth"),
         polling=_convert(data.get("polling", {}), PollingConfig, "polling"),
+        webhooks=_convert(data.get("webhooks", {}), WebhooksConfig, "webhooks"),
         providers=providers,
     )
+    if config.webhooks.secret is not None:
+        try:
+            decode_secret(config.webhooks.secret)
+        except ValueError as exc:
+            raise ConfigError(str(exc), path="webhooks.secret") from exc
     if config.auth.mode == "token" and not config.auth.token_secret:
         raise ConfigError("token mode needs a token_secret", path="auth.token_secret")
     try:

@@ -11,7 +11,8 @@
     │   ├── TooManyTasks       more tasks in one request than allowed (400)
     │   ├── Unauthorized       no, wrong or expired credentials (401 + WWW-Authenticate)
     │   ├── Forbidden          a valid principal asking for more than it may (403)
-    │   └── LimitExceeded      a rate or quota ran out (429 + Retry-After)
+    │   ├── LimitExceeded      a rate or quota ran out (429 + Retry-After)
+    │   └── InvalidWebhook     a webhook URL pollcast will not call (422)
     ├── UpstreamError          a request to an upstream API failed
     └── BackendError           the hub's store is unreachable or refused a write
         └── SeqConflict        another writer already committed that seq
@@ -29,6 +30,7 @@ class ConfigError(PollcastError):
 
     def __init__(self, message: str, *, path: str = "") -> None:
         self.path = path
+        self.message = message
         super().__init__(f"{path}: {message}" if path else message)
 
 
@@ -102,6 +104,16 @@ class LimitExceeded(InputError):
     ) -> None:
         super().__init__(message, field=field)
         self.retry_after_s = retry_after_s
+
+
+class InvalidWebhook(InputError):
+    """A webhook URL refused by the gateway's rules (scheme, allow-list, private address)."""
+
+    status = 422
+    code = "invalid_webhook"
+
+    def __init__(self, message: str, *, field: str | None = "webhook.url") -> None:
+        super().__init__(message, field=field)
 
 
 class UpstreamError(PollcastError):

@@ -21,6 +21,7 @@ from gateway.config import Config
 from gateway.exceptions import ConfigError
 from gateway.service import Gateway
 from gateway.web.app import create_app
+from gateway.web.transport import guarded_http_protocol
 
 __all__ = ["DrainingServer", "is_loopback", "serve", "uvicorn_config"]
 
@@ -51,7 +52,8 @@ def uvicorn_config(app: Litestar, config: Config) -> uvicorn.Config:
         host=server.host,
         port=server.port,
         loop="auto",
-        http="auto",
+        # httptools plus a guard: head deadline (slowloris), head size, per-address cap.
+        http=guarded_http_protocol(server),
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -62,7 +64,7 @@ def uvicorn_config(app: Litestar, config: Config) -> uvicorn.Config:
         # error frame) up to this size; beyond it uvicorn closes with 1009.
         ws_max_size=max(2 * 1024 * 1024, server.max_frame_bytes * 2),
         timeout_keep_alive=15,
-        h11_max_incomplete_event_size=16 * 1024,
+        h11_max_incomplete_event_size=server.max_header_bytes,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Iterable
 
 import httpx
@@ -23,7 +24,11 @@ from gateway.exceptions import BackendError, TooManyTasks
 from gateway.hub.base import Hub
 from gateway.hub.local import LocalHub
 from gateway.hub.queue import CloseReason, SubscriberQueue
+from gateway.hub.redis import RedisHub
+from gateway.hub.redis import connect as redis_connect
 from gateway.poller.engine import Poller
+from gateway.poller.redis_schedule import RedisSchedule
+from gateway.poller.schedule import Schedule
 
 __all__ = ["Feed", "Gateway"]
 
@@ -36,7 +41,18 @@ class Gateway:
     def __init__(self, config: Config, *, hub: Hub | None = None) -> None:
         self.config = config
         self.runtimes = config.runtimes()
-        self.hub = hub or LocalHub(config.backend.path, history_limit=config.backend.history_limit)
+        backend = config.backend
+        self.node_id = uuid.uuid4().hex[:12]
+        schedule: Schedule | None = None
+        tick_s = 1.0
+        if hub is None and backend.kind == "redis":
+            client = redis_connect(backend.url)
+            hub = RedisHub(client, prefix=backend.prefix, history_limit=backend.history_limit)
+            schedule = RedisSchedule(
+                client, prefix=backend.prefix, lease_s=backend.lease_s, node_id=self.node_id
+            )
+            tick_s = 0.25  # other nodes add tasks: look at the shared schedule this often
+        self.hub = hub or LocalHub(backend.path, history_limit=backend.history_limit)
         self.http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
             follow_redirects=False,
@@ -46,8 +62,10 @@ class Gateway:
             self.hub,
             self.runtimes,
             self.http,
+            schedule=schedule,
             grace_s=config.polling.grace_s,
             coalesce_s=config.polling.coalesce_s,
+            tick_s=tick_s,
         )
         self.feeds: set[Feed] = set()
         self.draining = False
@@ -95,9 +113,7 @@ class Gateway:
 
     def is_watched(self, task: str) -> bool:
         """Whether this node watches ``task`` (registered with ``POST /v1/tasks``, not ended)."""
-        lane = self.poller.lanes.get(task.partition(":")[0])
-        rec = lane.tasks.get(task) if lane is not None else None
-        return rec is not None and rec.watched
+        return task in self.poller.watching
 
     def open_feed(self) -> Feed:
         feed = Feed(self, self.config.server.queue_size)

@@ -19,6 +19,7 @@ from gateway.core.model import Event, EventKind
 from gateway.core.sse import Encoded
 from gateway.exceptions import BackendError, SeqConflict
 from gateway.hub.base import Hub, Watch
+from gateway.hub.fanout import FanOut
 from gateway.hub.queue import CloseReason, SubscriberQueue
 
 __all__ = ["LocalHub"]
@@ -62,7 +63,7 @@ class LocalHub(Hub):
         self._snapshots: dict[str, Event] = {}
         self._expires: dict[str, float] = {}
         self._history: dict[str, deque[Encoded]] = {}
-        self._subscribers: dict[str, set[SubscriberQueue]] = {}
+        self._fanout = FanOut()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -83,9 +84,7 @@ class LocalHub(Hub):
             self._history_of(task).append(Encoded(_event_decoder.decode(body)))
 
     async def close(self) -> None:
-        for queues in self._subscribers.values():
-            for queue in queues:
-                queue.close(CloseReason.DRAINING)
+        self._fanout.close_all(CloseReason.DRAINING)
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -147,19 +146,13 @@ class LocalHub(Hub):
             if enc.event.terminal:
                 self._expires[task] = now + terminal_ttl_s
             self._history_of(task).append(enc)
-            self._fan_out(task, enc)
+            self._fanout.deliver(enc)
         return encoded
 
     async def announce(self, event: Event) -> None:
         if event.event is not EventKind.NOTICE:
             raise ValueError("announce() is for notices; state changes go through commit()")
-        self._fan_out(event.task, Encoded(event))
-
-    def _fan_out(self, task: str, enc: Encoded) -> None:
-        queues = self._subscribers.get(task)
-        if queues:
-            for queue in tuple(queues):
-                queue.put_nowait(enc)
+        self._fanout.deliver(Encoded(event))
 
     async def history(self, task: str, after_seq: int) -> list[Encoded] | None:
         events = self._history.get(task)
@@ -180,22 +173,13 @@ class LocalHub(Hub):
     # -- fan-out ------------------------------------------------------------
 
     def attach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
-        for task in tasks:
-            self._subscribers.setdefault(task, set()).add(queue)
+        self._fanout.attach(queue, tasks)
 
     def detach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
-        for task in tasks:
-            queues = self._subscribers.get(task)
-            if queues is not None:
-                queues.discard(queue)
-                if not queues:
-                    del self._subscribers[task]
+        self._fanout.detach(queue, tasks)
 
     def subscriber_count(self, task: str) -> int:
-        return len(self._subscribers.get(task, ()))
-
-    def all_queues(self) -> list[SubscriberQueue]:
-        return list({q for queues in self._subscribers.values() for q in queues})
+        return self._fanout.subscriber_count(task)
 
     # -- watches ------------------------------------------------------------
 

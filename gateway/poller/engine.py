@@ -81,6 +81,17 @@ class ProviderLane:
         )
 
     async def run(self) -> None:
+        """Poll until cancelled; a failing schedule store is waited out, not fatal."""
+        delay = 0.2
+        while True:
+            try:
+                await self._run()
+            except BackendError as exc:
+                log.warning("%s: schedule unavailable (%s); retrying", self.rt.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _run(self) -> None:
         poller = self.poller
         batch = self.rt.batch_size > 1
         # Batch providers wait a moment after the first task falls due so that

@@ -39,12 +39,12 @@ class ProviderRuntime:
         default_deadline_s: float,
     ) -> ProviderRuntime:
         """Merge the adapter's documented defaults with the config's overrides."""
-        d = adapter_cls.defaults
+        d = adapter_cls.defaults_for(settings)
         base = overrides.interval_s or d.interval_s
         batch_size = overrides.batch_size or d.batch_size
         return cls(
             name=name,
-            adapter=adapter_cls(settings, batch_size=batch_size),
+            adapter=adapter_cls(settings, batch_size=batch_size, name=name),
             policy=IntervalPolicy(
                 base_s=base,
                 max_s=max(base, overrides.max_interval_s or d.max_interval_s),
@@ -62,7 +62,7 @@ class ProviderRuntime:
 
     def describe(self) -> dict[str, object]:
         """The public policy (``GET /v1/providers``): no URL, no credential."""
-        d = self.adapter.defaults
+        d = self.adapter.defaults_for(self.adapter.settings)
         return {
             "name": self.name,
             "kind": self.kind,

@@ -103,7 +103,9 @@ class LocalSchedule(Schedule):
         self._heaps: dict[str, list[tuple[float, str]]] = {}
         self._interest: dict[str, float] = {}
 
-    def _of(self, provider: str) -> tuple[dict[str, Entry], dict[str, float], list[tuple[float, str]]]:
+    def _of(
+        self, provider: str
+    ) -> tuple[dict[str, Entry], dict[str, float], list[tuple[float, str]]]:
         return (
             self._entries.setdefault(provider, {}),
             self._due.setdefault(provider, {}),

@@ -1,6 +1,7 @@
 """Upstream provider adapters and the registry of built-in kinds.
 
-A provider's ``kind`` in the configuration picks its adapter class here.
+A provider's ``kind`` in the configuration picks its adapter class here;
+``kind = "http"`` is the declarative one (:mod:`gateway.providers.http`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from gateway.providers.aholo import AholoAdapter
 from gateway.providers.ailab import AilabAdapter
 from gateway.providers.base import Adapter
 from gateway.providers.genpic import GenpicAdapter
+from gateway.providers.http import HttpAdapter
 from gateway.providers.tryon import TryonAdapter
 from gateway.providers.videoproc import VideoprocAdapter
 
@@ -17,7 +19,14 @@ __all__ = ["ADAPTERS", "adapter_class"]
 
 ADAPTERS: dict[str, type[Adapter]] = {
     adapter.kind: adapter
-    for adapter in (AilabAdapter, AholoAdapter, TryonAdapter, GenpicAdapter, VideoprocAdapter)
+    for adapter in (
+        AilabAdapter,
+        AholoAdapter,
+        TryonAdapter,
+        GenpicAdapter,
+        VideoprocAdapter,
+        HttpAdapter,
+    )
 }
 
 

@@ -221,7 +221,7 @@ class ReplyAdapter(Adapter):
         try:
             return decode_reply(response.body, reply_type)
         except MalformedReply:
-            status_fault = fault_for_status(response, self.kind)
+            status_fault = fault_for_status(response, self.name)
             if status_fault is None:
                 raise
             return status_fault
@@ -232,13 +232,13 @@ class ReplyAdapter(Adapter):
         try:
             outcome = self.read(request, response)
         except MalformedReply as exc:
-            outcome = Fault(FaultKind.MALFORMED, f"{self.kind} reply: {exc}")
+            outcome = Fault(FaultKind.MALFORMED, f"{self.name} reply: {exc}")
         except Exception as exc:
             # The contract (Adapter.parse) is "never raises": a reply shape no
             # check above anticipated must not take the poller down with it.
             outcome = Fault(
                 FaultKind.MALFORMED,
-                f"{self.kind} reply could not be interpreted ({type(exc).__name__})",
+                f"{self.name} reply could not be interpreted ({type(exc).__name__})",
             )
         if isinstance(outcome, Fault):
             return fault_observations(task_ids, self._scrub_fault(outcome))

@@ -93,9 +93,30 @@ class Adapter(ABC):
     Settings: ClassVar[type[msgspec.Struct]]
     defaults: ClassVar[ProviderDefaults]
 
-    def __init__(self, settings: Any, *, batch_size: int | None = None) -> None:
+    def __init__(
+        self, settings: Any, *, batch_size: int | None = None, name: str | None = None
+    ) -> None:
         self.settings = settings
-        self.batch_size = batch_size or self.defaults.batch_size
+        self.batch_size = batch_size or self.defaults_for(settings).batch_size
+        self.name = name or self.kind  # the configured provider name, for messages
+
+    @classmethod
+    def defaults_for(cls, settings: Any) -> ProviderDefaults:
+        """The polling defaults of a provider with these settings.
+
+        A built-in adapter's come from its upstream's doc (:attr:`defaults`); a
+        declarative adapter derives some of them (batch size, cost) from its settings.
+        """
+        return cls.defaults
+
+    @classmethod
+    def check_settings(cls, settings: Any) -> None:
+        """Reject settings their ``Struct`` types alone cannot (e.g. a mapping's path syntax).
+
+        Raises:
+            ConfigError: whose ``path`` names the key relative to the provider's table.
+        """
+        return None
 
     @abstractmethod
     def build_request(

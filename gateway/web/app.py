@@ -7,12 +7,16 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from gateway.config import Config
 from gateway.hub.base import Hub
 from gateway.service import Gateway
+from gateway.web.auth import Authenticator, provide_principal
+from gateway.web.dashboard import DASHBOARD_ROUTES
 from gateway.web.errors import EXCEPTION_HANDLERS
+from gateway.web.limits import Limits
 from gateway.web.routes import ROUTES
 from gateway.web.ws import ws_endpoint
 
@@ -33,9 +37,12 @@ def create_app(config: Config, *, hub: Hub | None = None) -> Litestar:
             await gateway.close()
 
     app = Litestar(
-        route_handlers=[*ROUTES, ws_endpoint],
+        route_handlers=[*ROUTES, ws_endpoint, *DASHBOARD_ROUTES],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
+        # Handlers that take a ``principal`` are authenticated (gateway/web/auth.py).
+        dependencies={"principal": Provide(provide_principal)},
+        request_max_body_size=config.server.max_body_bytes,
         openapi_config=OpenAPIConfig(title="pollcast", version="1"),
         cors_config=(
             CORSConfig(allow_origins=config.server.cors_origins, allow_credentials=True)
@@ -46,4 +53,6 @@ def create_app(config: Config, *, hub: Hub | None = None) -> Litestar:
         logging_config=None,
     )
     app.state.gateway = gateway
+    app.state.auth = Authenticator(config.auth)
+    app.state.limits = Limits(config)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -10,7 +11,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from gateway.exceptions import InputError, LimitExceeded
+from gateway.exceptions import InputError, LimitExceeded, Unauthorized
 
 __all__ = ["EXCEPTION_HANDLERS", "problem"]
 
@@ -42,7 +43,10 @@ def problem(
 def _input_error(request: Request[Any, Any, Any], exc: InputError) -> Response[dict[str, Any]]:
     headers = None
     if isinstance(exc, LimitExceeded) and exc.retry_after_s is not None:
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        # Whole seconds, rounded up: retrying at the stated time must succeed.
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": exc.challenge}
     return problem(exc.status, exc.message, code=exc.code, field=exc.field, headers=headers)
 
 

@@ -7,15 +7,25 @@ from typing import Annotated, Any, cast
 import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import Stream
 
-from gateway.core.model import Event, TaskKey
+from gateway.core.model import Event, TaskKey, format_timestamp
 from gateway.core.sse import decode_cursor, parse_last_event_id
 from gateway.core.tracker import as_snapshot
-from gateway.exceptions import InputError
+from gateway.exceptions import InputError, TooManyTasks
 from gateway.service import Gateway, check_task_count
+from gateway.web.auth import (
+    Authenticated,
+    Principal,
+    SubscriberPrincipal,
+    authenticator_of,
+    authorize_read,
+    limit_key,
+    require_backend,
+)
 from gateway.web.errors import problem
+from gateway.web.limits import limits_of
 from gateway.web.streams import Framing, feed_body, mux_sse, ndjson, single_sse
 
 __all__ = ["ROUTES"]
@@ -61,16 +71,18 @@ async def task_events(
     state: State,
     provider: FromPath[str],
     task_id: FromPath[str],
+    principal: Authenticated,
     last_event_id: FromQuery[str | None] = None,
 ) -> Response[Any]:
     """SSE (or NDJSON) stream of one task; resumes from ``Last-Event-ID``."""
     gw = gateway_of(state)
     key = gw.key(provider, task_id)
     since = parse_last_event_id(request.headers.get("last-event-id") or last_event_id)
+    await authorize_read(gw, principal, [key])
     if gw.draining:
         return _unavailable()
     framing = ndjson() if _wants_ndjson(request) else single_sse(gw.config.server.retry_ms)
-    return await _open_stream(gw, [key], [since], framing)
+    return await _open_stream(gw, [key], [since], framing, principal)
 
 
 @get("/v1/events")
@@ -78,6 +90,7 @@ async def many_events(
     request: Request[Any, Any, Any],
     state: State,
     tasks: FromQuery[str],
+    principal: Authenticated,
     cursor: FromQuery[str | None] = None,
 ) -> Response[Any]:
     """One SSE stream for many tasks; ``id:`` is a cursor that resumes all of them."""
@@ -90,19 +103,26 @@ async def many_events(
     order = [str(k) for k in keys]
     raw = request.headers.get("last-event-id") or cursor
     since: list[int | None] = list(decode_cursor(raw, len(keys))) if raw else [None] * len(keys)
+    await authorize_read(gw, principal, keys)
     if gw.draining:
         return _unavailable()
     if _wants_ndjson(request):
         framing = ndjson()
     else:
         framing = mux_sse(gw.config.server.retry_ms, order, [s or 0 for s in since])
-    return await _open_stream(gw, keys, since, framing)
+    return await _open_stream(gw, keys, since, framing, principal)
 
 
 async def _open_stream(
-    gw: Gateway, keys: list[TaskKey], since: list[int | None], framing: Framing
+    gw: Gateway,
+    keys: list[TaskKey],
+    since: list[int | None],
+    framing: Framing,
+    principal: Principal,
 ) -> Response[Any]:
     feed = gw.open_feed()
+    if isinstance(principal, SubscriberPrincipal):
+        feed.expire_at(principal.expires_at)
     initial = []
     try:
         for key, last in zip(keys, since, strict=True):
@@ -120,40 +140,126 @@ async def _open_stream(
 
 
 @get("/v1/tasks/{provider:str}/{task_id:str}")
-async def task_snapshot(state: State, provider: FromPath[str], task_id: FromPath[str]) -> Event:
+async def task_snapshot(
+    state: State, provider: FromPath[str], task_id: FromPath[str], principal: Authenticated
+) -> Event:
     """The current snapshot; a task never seen is polled once (shared) first."""
     gw = gateway_of(state)
     key = gw.key(provider, task_id)
+    await authorize_read(gw, principal, [key])
     return as_snapshot(await gw.poller.observe_now(key))
 
 
 @post("/v1/tasks", status_code=201)
 async def watch_task(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[WatchRequest]
+    request: Request[Any, Any, Any],
+    state: State,
+    data: JSONBody[WatchRequest],
+    principal: Authenticated,
 ) -> Watching:
-    """Follow a task until it ends, whether or not anyone subscribes."""
+    """Follow a task until it ends, whether or not anyone subscribes.
+
+    Takes an API key (in token mode); the answer carries a subscriber token
+    for this task, to hand to a browser.
+    """
     gw = gateway_of(state)
+    require_backend(principal, "register tasks")
+    limits = limits_of(state)
+    limits.registrations.check(limit_key(principal))
     key = gw.key(data.provider, data.task_id)
+    limits.watched.admit(limit_key(principal), str(key), gw.is_watched)
     await gw.poller.watch(key, data.deadline_s)
     snapshot = await gw.poller.observe_now(key)
     base = str(request.base_url).rstrip("/")
     path = f"/v1/tasks/{key.provider}/{key.task_id}/events"
     ws_base = "ws" + base[4:] if base.startswith("http") else base
+    auth = authenticator_of(state)
     return Watching(
         task=str(key),
         snapshot=as_snapshot(snapshot),
         events_url=base + path,
         ws_url=ws_base + "/v1/ws",
-        token=None,
+        token=auth.mint([str(key)]).token if auth.mode == "token" else None,
     )
+
+
+class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    tasks: list[str]
+    ttl_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+class Grant(msgspec.Struct):
+    token: str
+    expires_at: str  # RFC 3339, like every timestamp on the wire
+    tasks: list[str]
+
+
+@post("/v1/tokens", status_code=201)
+async def mint_token(state: State, data: JSONBody[TokenRequest], principal: Authenticated) -> Grant:
+    """A subscriber token for a browser: reads these tasks (and no others) for ``ttl_s``."""
+    gw = gateway_of(state)
+    auth = authenticator_of(state)
+    require_backend(principal, "mint tokens")
+    if auth.mode != "token":
+        raise InputError(
+            "this gateway runs in auth mode 'open': streams need no token", field="auth"
+        )
+    if not data.tasks:
+        raise InputError("tasks must name at least one 'provider:task_id'", field="tasks")
+    limit = gw.config.server.max_tasks_per_stream
+    if len(data.tasks) > limit:
+        raise TooManyTasks(f"{len(data.tasks)} tasks in one token; the limit is {limit}")
+    if data.ttl_s is not None and data.ttl_s > auth.config.max_token_ttl_s:
+        raise InputError(
+            f"ttl_s may be at most {auth.config.max_token_ttl_s:g} seconds", field="ttl_s"
+        )
+    minted = auth.mint([str(gw.parse_key(t)) for t in data.tasks], data.ttl_s)
+    return Grant(
+        token=minted.token, expires_at=format_timestamp(minted.expires_at), tasks=minted.tasks
+    )
+
+
+class PolledTask(msgspec.Struct):
+    task: str
+    watched: bool
+    followers: int
+    snapshot: Event | None
+
+
+@get("/v1/tasks")
+async def polled_tasks(
+    state: State,
+    principal: Authenticated,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    """The tasks this node is polling right now, with their latest snapshot (dashboard).
+
+    A subscriber token sees only the tasks it names.
+    """
+    gw = gateway_of(state)
+    records = [task for lane in gw.poller.lanes.values() for task in lane.tasks]
+    if isinstance(principal, SubscriberPrincipal):
+        records = [task for task in records if task in principal.tasks]
+    listed = [
+        PolledTask(
+            task=task,
+            watched=task in gw.poller.watching,
+            followers=gw.poller.followers.get(task, 0),
+            snapshot=await gw.hub.snapshot(task),
+        )
+        for task in records[:limit]
+    ]
+    return {"tasks": listed, "total": len(records)}
 
 
 @delete("/v1/tasks/{provider:str}/{task_id:str}", status_code=204)
 async def unwatch_task(
-    state: State, provider: FromPath[str], task_id: FromPath[str]
+    state: State, provider: FromPath[str], task_id: FromPath[str], principal: Authenticated
 ) -> None:
     gw = gateway_of(state)
+    require_backend(principal, "unwatch tasks")
     key = gw.key(provider, task_id)
+    limits_of(state).watched.release(str(key))
     if not await gw.poller.unwatch(key):
         raise NotWatched(f"{key} is not being watched", field="task")
 
@@ -164,7 +270,7 @@ class NotWatched(InputError):
 
 
 @get("/v1/providers")
-async def providers(state: State) -> dict[str, Any]:
+async def providers(state: State, principal: Authenticated) -> dict[str, Any]:
     gw = gateway_of(state)
     tracked = gw.poller.tracked()
     return {
@@ -180,8 +286,8 @@ async def providers(state: State) -> dict[str, Any]:
 
 
 @get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz(state: State) -> dict[str, str]:
+    return {"status": "ok", "node": gateway_of(state).node_id}
 
 
 @get("/readyz")
@@ -198,6 +304,8 @@ ROUTES = [
     many_events,
     task_snapshot,
     watch_task,
+    mint_token,
+    polled_tasks,
     unwatch_task,
     providers,
     healthz,

@@ -16,7 +16,6 @@ from typing import Any
 from litestar import WebSocket, websocket
 from litestar.datastructures import State
 
-from gateway.core.policy import TokenBucket
 from gateway.core.protocol import (
     ErrorFrame,
     Ping,
@@ -29,26 +28,39 @@ from gateway.core.protocol import (
     encode_frame,
 )
 from gateway.core.sse import MAX_SEQ, Encoded
-from gateway.exceptions import InputError
-from gateway.hub.queue import QueueClosed
+from gateway.exceptions import Forbidden, InputError, Unauthorized
+from gateway.hub.queue import CloseReason, QueueClosed
 from gateway.service import Feed, Gateway
+from gateway.web.auth import (
+    Principal,
+    SubscriberPrincipal,
+    authenticator_of,
+    authorize_read,
+    check_socket_origin,
+)
+from gateway.web.limits import RefundingBucket
 from gateway.web.routes import gateway_of
 
 __all__ = ["ws_endpoint"]
 
-# Close codes (RFC 6455 §7.4.1): 1001 going away (draining), 1013 try again later.
+# Close codes (RFC 6455 §7.4.1): 1001 going away (draining), 1013 try again later;
+# 4000 + HTTP status (4401, 4403) for credentials, the private-use range (§7.4.2).
 GOING_AWAY = 1001
 TRY_AGAIN_LATER = 1013
+CREDENTIALS_BASE = 4000
 
 
 class Connection:
-    def __init__(self, socket: WebSocket[Any, Any, Any], gw: Gateway) -> None:
+    def __init__(self, socket: WebSocket[Any, Any, Any], gw: Gateway, principal: Principal) -> None:
         self.socket = socket
         self.gw = gw
+        self.principal = principal
         self.feed: Feed = gw.open_feed()
+        if isinstance(principal, SubscriberPrincipal):
+            self.feed.expire_at(principal.expires_at)
         self.lock = asyncio.Lock()
         server = gw.config.server
-        self.frames = TokenBucket(server.ws_frames_per_s, burst=server.ws_frames_per_s * 2)
+        self.frames = RefundingBucket(server.ws_frames_per_s, burst=server.ws_frames_per_s * 2)
 
     async def send(self, data: str | bytes) -> None:
         text = data if isinstance(data, str) else data.decode()
@@ -71,7 +83,7 @@ class Connection:
             if len(data) > limit:
                 await self.error("frame_too_large", f"frame of {len(data)} bytes; limit {limit}")
                 continue
-            if self.frames.reserve(time.monotonic()) > 0:
+            if self.frames.try_take(time.monotonic()) > 0:
                 await self.error("rate_limited", "too many frames per second; frame ignored")
                 continue
             try:
@@ -97,6 +109,7 @@ class Connection:
         for text in tasks:
             try:
                 key = self.gw.parse_key(text)
+                await authorize_read(self.gw, self.principal, [key])
             except InputError as exc:
                 await self.error(exc.code, exc.message, task=text[:300])
                 continue
@@ -129,7 +142,12 @@ class Connection:
                 async with self.lock:
                     if data is not None:
                         await self.send(data)
-                await self.socket.close(code=GOING_AWAY, reason=closed.reason.value)
+                code = (
+                    CREDENTIALS_BASE + Unauthorized.status
+                    if closed.reason is CloseReason.TOKEN_EXPIRED
+                    else GOING_AWAY
+                )
+                await self.socket.close(code=code, reason=closed.reason.value)
                 return
             async with self.lock:
                 for enc in batch:
@@ -149,8 +167,14 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any], state: State) -> None:
     if gw.draining:
         await socket.close(code=TRY_AGAIN_LATER, reason="server draining")
         return
+    try:
+        principal = authenticator_of(state).resolve(socket)
+        check_socket_origin(socket, gw.config.server.cors_origins)
+    except (Unauthorized, Forbidden) as refused:
+        await _refuse(socket, refused)
+        return
     await socket.accept()
-    conn = Connection(socket, gw)
+    conn = Connection(socket, gw, principal)
     try:
         reader = asyncio.create_task(conn.read())
         writer = asyncio.create_task(conn.write())
@@ -166,6 +190,15 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any], state: State) -> None:
                 raise exc
     finally:
         conn.feed.close()
+
+
+async def _refuse(socket: WebSocket[Any, Any, Any], refused: InputError) -> None:
+    """Accepted to be refused: a browser sees neither a handshake's status nor
+    its body, but it does see this error frame and the close code (4401, 4403)."""
+    frame = encode_frame(ErrorFrame(code=refused.code, message=refused.message))
+    await socket.accept()
+    await socket.send_text(frame.decode())
+    await socket.close(code=CREDENTIALS_BASE + refused.status, reason=refused.code)
 
 
 def _is_disconnect(exc: BaseException) -> bool:

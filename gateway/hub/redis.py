@@ -1,0 +1,273 @@
+"""The ``redis`` hub: state, history and fan-out shared by every gateway node.
+
+Keys (``P`` is the configured prefix; ``{…}`` is a Redis Cluster hash tag, so
+all of a task's keys live in one slot)::
+
+    P:{<task>}:snap   hash   seq, body — the latest state/progress event
+    P:{<task>}:hist   stream one entry per event, entry id ``0-<seq>`` (capped)
+    P:watches         hash   task → watch
+    P:events          channel every committed event and every notice
+
+A commit is one Lua script per event: it checks that the seq follows the
+stored one (so two nodes can never both publish seq N), stores the snapshot,
+appends to the stream, sets the retention TTL once terminal, and publishes —
+all atomically, so every node receives a task's events in seq order.
+
+Each node listens on ``P:events`` and fans out to its local subscribers. A
+gap in a task's seqs (a message lost while the connection to Redis was
+down) is filled from the stream before anything newer is delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.core.model import Event, EventKind
+from gateway.core.sse import Encoded
+from gateway.exceptions import BackendError, SeqConflict
+from gateway.hub.base import Hub, Watch
+from gateway.hub.fanout import FanOut
+from gateway.hub.queue import CloseReason, SubscriberQueue
+
+__all__ = ["RedisHub", "connect"]
+
+log = logging.getLogger("pollcast.hub.redis")
+
+_event_decoder = msgspec.json.Decoder(Event)
+_watch_decoder = msgspec.json.Decoder(Watch)
+_encoder = msgspec.json.Encoder()
+
+# KEYS: snap, hist   ARGV: seq, body, ttl_s (0: keep), maxlen, channel
+_COMMIT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local seq = tonumber(ARGV[1])
+if current ~= seq - 1 then
+  return current
+end
+redis.call('HSET', KEYS[1], 'seq', seq, 'body', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. seq, 'b', ARGV[2])
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+redis.call('PUBLISH', ARGV[5], ARGV[2])
+return -1
+"""
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client whose calls are bounded in time: a slow or dead Redis fails a
+    call, it never stalls the event loop's other work."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=3.0,
+        socket_connect_timeout=2.0,
+        health_check_interval=5,
+        retry_on_timeout=False,
+    )
+
+
+@contextlib.asynccontextmanager
+async def translated(what: str) -> AsyncIterator[None]:
+    """redis-py errors become :class:`BackendError` at this boundary."""
+    try:
+        yield
+    except RedisError as exc:
+        raise BackendError(f"redis: {what} failed ({type(exc).__name__})") from exc
+    except OSError as exc:
+        raise BackendError(f"redis: {what} failed ({type(exc).__name__})") from exc
+
+
+class RedisHub(Hub):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "pollcast",
+        history_limit: int = 256,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.history_limit = history_limit
+        self.channel = f"{prefix}:events"
+        self._fanout = FanOut()
+        self._commit = client.register_script(_COMMIT)
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._last: dict[str, int] = {}  # task → last seq fanned out here
+
+    def _snap(self, task: str) -> str:
+        return f"{self.prefix}:{{{task}}}:snap"
+
+    def _hist(self, task: str) -> str:
+        return f"{self.prefix}:{{{task}}}:hist"
+
+    @property
+    def _watches(self) -> str:
+        return f"{self.prefix}:watches"
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="pollcast-redis-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), 5.0)
+
+    async def close(self) -> None:
+        self._fanout.close_all(CloseReason.DRAINING)
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self.redis.aclose()
+
+    async def ready(self) -> bool:
+        if not self._listening.is_set():
+            return False
+        try:
+            async with asyncio.timeout(1.0):
+                return bool(await self.redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    async def _listen(self) -> None:
+        """Receive every node's events; reconnect with backoff; fill gaps after."""
+        delay = 0.1
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._listening.set()
+                if delay > 0.1:
+                    log.info("reconnected to redis; catching up")
+                    await self._catch_up()
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None and message["type"] == "message":
+                        await self._receive(message["data"])
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                raise
+            except (RedisError, OSError, BackendError) as exc:
+                if self._listening.is_set():
+                    log.warning("lost the redis event channel (%s); retrying", type(exc).__name__)
+                self._listening.clear()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _receive(self, data: bytes) -> None:
+        event = _event_decoder.decode(data)
+        task = event.task
+        if self._fanout.subscriber_count(task) == 0:
+            self._last.pop(task, None)
+            return
+        if event.event is EventKind.NOTICE:
+            self._fanout.deliver(Encoded(event))
+            return
+        last = self._last.get(task)
+        if last is not None and event.seq <= last:
+            return
+        if last is not None and event.seq > last + 1:
+            missed = await self.history(task, last) or []
+            for enc in missed:
+                if enc.event.seq < event.seq:
+                    self._fanout.deliver(enc)
+        self._last[task] = event.seq
+        self._fanout.deliver(Encoded(event))
+
+    async def _catch_up(self) -> None:
+        """After a reconnect: deliver what local subscribers may have missed."""
+        for task in self._fanout.tasks():
+            missed = await self.history(task, self._last.get(task, 0)) or []
+            for enc in missed:
+                self._fanout.deliver(enc)
+                self._last[task] = enc.event.seq
+
+    # -- state --------------------------------------------------------------
+
+    async def snapshot(self, task: str) -> Event | None:
+        async with translated("snapshot read"):
+            body = await self.redis.hget(self._snap(task), "body")
+        return None if body is None else _event_decoder.decode(body)
+
+    async def commit(self, events: Sequence[Event], *, terminal_ttl_s: float) -> list[Encoded]:
+        encoded = [Encoded(event) for event in events]
+        async with translated("commit"), self.redis.pipeline(transaction=False) as pipe:
+            for enc in encoded:
+                event = enc.event
+                ttl = max(1, round(terminal_ttl_s)) if event.terminal else 0
+                await self._commit(
+                    keys=[self._snap(event.task), self._hist(event.task)],
+                    args=[event.seq, enc.json, ttl, self.history_limit, self.channel],
+                    client=pipe,
+                )
+            results: list[Any] = await pipe.execute()
+        for enc, result in zip(encoded, results, strict=True):
+            if int(result) != -1:
+                raise SeqConflict(
+                    f"{enc.event.task}: seq {enc.event.seq} does not follow {int(result)}"
+                )
+        return encoded
+
+    async def announce(self, event: Event) -> None:
+        if event.event is not EventKind.NOTICE:
+            raise ValueError("announce() is for notices; state changes go through commit()")
+        async with translated("publish"):
+            await self.redis.publish(self.channel, _encoder.encode(event))
+
+    async def history(self, task: str, after_seq: int) -> list[Encoded] | None:
+        async with translated("history read"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hget(self._snap(task), "seq")
+                pipe.xrange(self._hist(task), min=f"(0-{after_seq}", max="+")
+                latest_raw, entries = await pipe.execute()
+        latest = int(latest_raw or 0)
+        if after_seq >= latest:
+            return []
+        events = [Encoded(_event_decoder.decode(fields[b"b"])) for _, fields in entries]
+        if not events or events[0].event.seq > after_seq + 1:
+            return None
+        return events
+
+    # -- fan-out ------------------------------------------------------------
+
+    def attach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
+        self._fanout.attach(queue, tasks)
+
+    def detach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
+        self._fanout.detach(queue, tasks)
+
+    def subscriber_count(self, task: str) -> int:
+        return self._fanout.subscriber_count(task)
+
+    # -- watches ------------------------------------------------------------
+
+    async def put_watch(self, watch: Watch) -> None:
+        async with translated("watch write"):
+            await self.redis.hset(self._watches, watch.task, _encoder.encode(watch))
+
+    async def drop_watch(self, task: str) -> bool:
+        async with translated("watch delete"):
+            return bool(await self.redis.hdel(self._watches, task))
+
+    async def watches(self) -> list[Watch]:
+        async with translated("watch read"):
+            raw = await self.redis.hgetall(self._watches)
+        return [_watch_decoder.decode(body) for body in raw.values()]
+
+    async def purge(self, now: float) -> int:
+        """Nothing to do: terminal tasks carry a TTL and Redis expires them."""
+        return 0

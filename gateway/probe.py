@@ -1,0 +1,137 @@
+"""``pollcast check-config --probe provider:task_id``: one live request, raw and normalized.
+
+For writing a provider's mapping against the real upstream: the request the
+adapter builds, the reply exactly as it came back, and the observation the
+adapter makes of it, one after the other. Credentials never appear: every
+value the adapter reports as a credential (:meth:`Adapter.secret_values`) is
+replaced by ``[redacted]`` wherever it would be printed, the reply included
+(an upstream may echo a key back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import TextIO
+from urllib.parse import urlencode
+
+import httpx
+import msgspec
+
+from gateway.config import Config
+from gateway.core.model import Fault, FaultKind, Observation, TaskKey
+from gateway.exceptions import ConfigError, InputError
+from gateway.providers.base import UpstreamRequest, UpstreamResponse, fault_observations
+
+__all__ = ["probe", "run_probe"]
+
+REDACTED = "[redacted]"
+# The reply headers worth seeing when writing a mapping; the rest is noise.
+SHOWN_HEADERS = ("content-type", "content-length", "retry-after", "location", "www-authenticate")
+MAX_BODY_CHARS = 20_000
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret (longest first) replaced by ``[redacted]``."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _pretty(body: bytes) -> str:
+    try:
+        text = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+    except ValueError:
+        text = body.decode("utf-8", errors="replace")
+    if len(text) > MAX_BODY_CHARS:
+        text = text[:MAX_BODY_CHARS] + f"\n… ({len(text) - MAX_BODY_CHARS} more characters)"
+    return text
+
+
+def _describe_request(request: UpstreamRequest) -> list[str]:
+    url = request.url + ("?" + urlencode(request.params) if request.params else "")
+    lines = [f"{request.method} {url}"]
+    lines += [f"{name}: {value}" for name, value in request.headers]
+    if request.body is not None:
+        lines += ["", _pretty(request.body)]
+    return lines
+
+
+async def probe(config: Config, task: str, out: TextIO) -> list[Observation]:
+    """Send one status request for ``task`` (``provider:task_id``) and print what happens.
+
+    Raises:
+        ConfigError: no such provider, or the task id is one it can never accept.
+    """
+    try:
+        key = TaskKey.parse(task)
+        runtime = config.runtimes().get(key.provider)
+        if runtime is None:
+            raise ConfigError(
+                f"no provider named {key.provider!r} (configured: {', '.join(config.providers)})",
+                path="--probe",
+            )
+        adapter = runtime.adapter
+        adapter.check_task_id(key.task_id)
+    except InputError as exc:
+        raise ConfigError(exc.message, path="--probe") from exc
+    secrets: Sequence[str] = adapter.secret_values()
+
+    def show(title: str, lines: Iterable[str]) -> None:
+        out.write(f"\n── {title} " + "─" * max(0, 60 - len(title)) + "\n")
+        for line in lines:
+            out.write(redact(line, secrets) + "\n")
+
+    request = adapter.build_request(
+        [key.task_id], now_ms=int(time.time() * 1000), request_id=uuid.uuid4().hex
+    )
+    show(f"request ({runtime.name}, kind {adapter.kind})", _describe_request(request))
+    started = time.monotonic()
+    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
+        try:
+            reply = await http.request(
+                request.method,
+                request.url,
+                params=request.params,
+                headers=request.headers,
+                content=request.body,
+                timeout=runtime.timeout_s,
+            )
+        except httpx.TimeoutException:
+            fault = Fault(FaultKind.TIMEOUT, f"no answer within {runtime.timeout_s:g} s")
+            observations = fault_observations(request.task_ids, fault)
+            show("reply", [fault.message])
+        except httpx.HTTPError as exc:
+            fault = Fault(FaultKind.NETWORK, f"connection failed ({type(exc).__name__})")
+            observations = fault_observations(request.task_ids, fault)
+            show("reply", [fault.message])
+        else:
+            elapsed_ms = (time.monotonic() - started) * 1000
+            response = UpstreamResponse(
+                status_code=reply.status_code,
+                headers={k.lower(): v for k, v in reply.headers.items()},
+                body=reply.content,
+            )
+            shown = [f"{n}: {response.headers[n]}" for n in SHOWN_HEADERS if n in response.headers]
+            show(
+                "reply",
+                [
+                    f"HTTP {reply.status_code} {reply.reason_phrase} ({elapsed_ms:.0f} ms)",
+                    *shown,
+                    "",
+                    _pretty(response.body),
+                ],
+            )
+            observations = adapter.parse(request, response)
+    normalized = json.dumps(msgspec.to_builtins(observations), indent=2, ensure_ascii=False)
+    show("observation", normalized.splitlines())
+    return observations
+
+
+def run_probe(config: Config, task: str, out: TextIO) -> int:
+    """:func:`probe` for the command line: 0 if the poll taught something, 1 on a fault."""
+    observations = asyncio.run(probe(config, task, out))
+    return 1 if any(o.fault is not None for o in observations) else 0

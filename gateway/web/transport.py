@@ -1,0 +1,191 @@
+"""Connection guards under uvicorn's HTTP protocol: address cap, head deadline, head size.
+
+uvicorn's httptools protocol arms no timer on a new connection (its
+``timeout_keep_alive`` starts only once a response is complete) and bounds
+neither the time nor the size of a request head. So a client could open
+connections and send nothing, or one header byte a minute (slowloris), or
+megabytes of headers, and hold them forever. An ASGI app never sees such a
+connection, so the guard sits in the protocol:
+
+* a request head (request line + headers) must be complete within
+  ``server.handshake_timeout_s`` of the connection opening, or of the previous
+  response on a kept-alive connection; otherwise ``408`` and close, or just
+  close if not a byte of it came (so an idle kept-alive connection lasts at
+  most that long too). Trickling bytes does not extend the deadline;
+* a head larger than ``server.max_header_bytes`` gets ``431`` and close;
+* one address may hold ``server.max_connections_per_ip`` open connections
+  (HTTP, streams and WebSockets alike); one more gets ``429`` with
+  ``Retry-After`` once it sends its request, and is closed.
+
+The replies are ``application/problem+json`` like every other error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import msgspec
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.config import ServerConfig
+from gateway.web.limits import AddressConnections
+
+__all__ = ["GuardedHttpProtocol", "guarded_http_protocol"]
+
+# A refused connection frees nothing by waiting; the slot it wants frees when
+# one of the address's own streams ends.
+BUSY_RETRY_S = 5
+# After a refusal, unread request bytes are drained this long before closing:
+# closing a socket with unread input sends a RST, which can destroy the refusal
+# before the client reads it (RFC 9112 §9.6, "tear-down").
+LINGER_S = 2.0
+
+
+def raw_problem(
+    status: int, detail: str, code: str, headers: dict[str, str] | None = None
+) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 response carrying a problem document."""
+    body = msgspec.json.encode(
+        {
+            "type": "about:blank",
+            "title": HTTPStatus(status).phrase,
+            "status": status,
+            "detail": detail,
+            "code": code,
+        }
+    )
+    lines = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+        "content-type: application/problem+json",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the guards above (settings on the subclass)."""
+
+    address_connections: ClassVar[AddressConnections]
+    head_timeout_s: ClassVar[float]
+    max_head_bytes: ClassVar[int]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._address = self.client[0] if self.client else "unknown"
+        self._admitted = self.address_connections.admit(self._address, transport)
+        # The request cycle that was current when the deadline was armed (None:
+        # the connection's first request); the awaited head is complete once
+        # ``self.cycle`` moves on from it.
+        self._head_after: Any = None
+        self._head_bytes = 0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._lingering = False
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._reading_head_of(self.cycle):
+            self._arm()  # the next head on this kept-alive connection has its own deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._admitted:
+            self.address_connections.release(self._address, self.transport)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # refused: the rest of the request is read and dropped
+        if not self._admitted:
+            self._refuse(
+                429,
+                f"too many connections from this address "
+                f"(limit {self.address_connections.limit}); retry later",
+                "too_many_connections",
+                {"retry-after": str(BUSY_RETRY_S)},
+            )
+            return
+        if self._reading_head():
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._head_bytes > self.max_head_bytes and self._reading_head():
+            self._refuse(
+                431,
+                f"the request line and headers exceed {self.max_head_bytes} bytes",
+                "header_too_large",
+            )
+
+    # -- internals ------------------------------------------------------------
+
+    def _between_requests(self) -> bool:
+        cycle = self.cycle
+        return cycle is None or bool(cycle.response_complete)
+
+    def _reading_head(self) -> bool:
+        """This connection is still ours and the awaited head is not complete yet."""
+        return self._reading_head_of(self._head_after)
+
+    def _reading_head_of(self, after: Any) -> bool:
+        transport = self.transport
+        if transport.is_closing() or transport.get_protocol() is not self:
+            return False  # closed, or upgraded to a WebSocket: its own protocol now
+        return self._between_requests() and self.cycle is after
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_after = self.cycle
+        self._head_bytes = 0
+        self._deadline = self.loop.call_later(self.head_timeout_s, self._head_timeout)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _head_timeout(self) -> None:
+        self._deadline = None
+        if not self._reading_head():
+            return  # the head arrived in time (or the connection is gone or upgraded)
+        if self._head_bytes:
+            self._refuse(
+                408,
+                f"the request head did not arrive within {self.head_timeout_s:g} s",
+                "request_timeout",
+            )
+        else:
+            self.transport.close()
+
+    def _refuse(
+        self, status: int, detail: str, code: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self._disarm()
+        transport = self.transport
+        if transport.is_closing() or self._lingering:
+            return
+        transport.write(raw_problem(status, detail, code, headers))
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        # Half-close: the client reads the whole refusal, then hangs up (or is cut off).
+        transport.write_eof()
+        self._lingering = True
+        self.loop.call_later(LINGER_S, transport.close)
+
+
+def guarded_http_protocol(server: ServerConfig) -> type[GuardedHttpProtocol]:
+    """A protocol class for ``uvicorn.Config(http=...)`` with ``server``'s limits.
+
+    Each call makes a new class with its own connection counts, so two
+    servers in one process (tests) do not share them.
+    """
+
+    class Protocol(GuardedHttpProtocol):
+        address_connections = AddressConnections(server.max_connections_per_ip)
+        head_timeout_s = server.handshake_timeout_s
+        max_head_bytes = server.max_header_bytes
+
+    return Protocol

@@ -1,0 +1,98 @@
+"""What a webhook is: a registered target, and the deliveries owed to it.
+
+A :class:`WebhookTarget` is registered per task (``POST /v1/tasks`` with
+``"webhook"``). Every committed event the target wants becomes one
+:class:`Delivery`, whose id — ``{task}:{seq}`` — is the Standard Webhooks
+``webhook-id``: the same on every retry, so receivers can de-duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+from urllib.parse import quote
+
+import msgspec
+
+from gateway.core.model import Event, EventKind
+
+__all__ = [
+    "Delivery",
+    "EventChoice",
+    "Registration",
+    "WebhookTarget",
+    "deliveries_for",
+    "delivery_id",
+    "payload",
+]
+
+EventChoice = Literal["state", "progress", "terminal"]
+"""``state``: every state change (the terminal one included); ``progress``: same-state
+updates; ``terminal``: only the final event."""
+
+
+class WebhookTarget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str
+    events: tuple[EventChoice, ...] = ("terminal",)
+
+    def wants(self, event: Event) -> bool:
+        if event.terminal and "terminal" in self.events:
+            return True
+        if event.event is EventKind.STATE:
+            return "state" in self.events
+        return event.event is EventKind.PROGRESS and "progress" in self.events
+
+
+class Registration(msgspec.Struct, frozen=True):
+    """A target and the highest seq already turned into deliveries (or passed over)."""
+
+    target: WebhookTarget
+    mark: int
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One event owed to one URL. ``claim`` is set while a node holds it."""
+
+    id: str
+    task: str
+    seq: int
+    url: str
+    payload: str  # the JSON body, exactly as signed and sent
+    created_at: float
+    due_at: float
+    attempts: int = 0
+    last_error: str | None = None
+    claim: str | None = None
+
+
+# Printable ASCII stays readable; anything else is percent-encoded so the id
+# is a valid header value (RFC 9110 §5.5) whatever the task id holds.
+_ID_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '%"\\')
+
+
+def delivery_id(task: str, seq: int) -> str:
+    return f"{quote(task, safe=_ID_SAFE)}:{seq}"
+
+
+def payload(event: Event) -> str:
+    """The Standard Webhooks payload shape: ``type``, ``timestamp`` and the event as ``data``."""
+    kind = "task.progress" if event.event is EventKind.PROGRESS else "task.state"
+    body = {"type": kind, "timestamp": event.updated_at, "data": event}
+    return msgspec.json.encode(body).decode()
+
+
+def deliveries_for(target: WebhookTarget, events: Sequence[Event], *, now: float) -> list[Delivery]:
+    """The deliveries ``target`` wants out of ``events``, due now."""
+    return [
+        Delivery(
+            id=delivery_id(event.task, event.seq),
+            task=event.task,
+            seq=event.seq,
+            url=target.url,
+            payload=payload(event),
+            created_at=now,
+            due_at=now,
+        )
+        for event in events
+        if target.wants(event)
+    ]

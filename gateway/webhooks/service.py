@@ -1,0 +1,166 @@
+"""Webhooks as the gateway sees them: register, queue committed events, deliver.
+
+The poller calls :meth:`Webhooks.committed` after the hub stored a batch of
+events; whichever node stored them queues the deliveries, because the
+registrations live in the shared outbox, not in one node's memory. At start
+:meth:`Webhooks.catch_up` queues whatever was committed but never queued (a
+node that died between the two steps), and the marks make that replay
+harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import httpx
+
+from gateway.core.model import Event
+from gateway.exceptions import BackendError
+from gateway.hub.base import Hub
+from gateway.webhooks.dispatcher import Dispatcher
+from gateway.webhooks.model import Registration, WebhookTarget, deliveries_for
+from gateway.webhooks.outbox import Outbox, SqliteOutbox
+from gateway.webhooks.retry import RetrySchedule
+from gateway.webhooks.settings import WebhooksConfig
+from gateway.webhooks.signing import decode_secret
+from gateway.webhooks.targets import (
+    Resolver,
+    UrlPolicy,
+    check_url,
+    resolve_checked,
+    system_resolver,
+)
+
+__all__ = ["Webhooks", "outbox_for"]
+
+log = logging.getLogger("pollcast.webhooks")
+
+
+def outbox_for(backend_kind: str, *, path: str, url: str, prefix: str) -> Outbox:
+    """The outbox that lives where the hub's state does (``backend.kind``)."""
+    if backend_kind == "redis":
+        from gateway.webhooks.redis_outbox import RedisOutbox
+
+        return RedisOutbox(url, prefix)
+    return SqliteOutbox(path)
+
+
+class Webhooks:
+    def __init__(
+        self,
+        config: WebhooksConfig,
+        outbox: Outbox,
+        hub: Hub,
+        *,
+        resolver: Resolver = system_resolver,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not config.secret:
+            raise ValueError("webhooks need a secret")
+        self.config = config
+        self.outbox = outbox
+        self.hub = hub
+        self.policy = UrlPolicy(tuple(config.allowed_hosts), config.allow_private)
+        self.resolver = resolver
+        self.wall = wall
+        self.http = httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=config.concurrency),
+        )
+        self.dispatcher = Dispatcher(
+            outbox,
+            key=decode_secret(config.secret),
+            policy=self.policy,
+            schedule=RetrySchedule(config.retry_base_s, config.retry_max_s, config.max_age_s),
+            timeout_s=config.timeout_s,
+            poll_s=config.poll_s,
+            concurrency=config.concurrency,
+            http=self.http,
+            resolver=resolver,
+            wall=wall,
+            rng=rng,
+        )
+        self._runner: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.outbox.start()
+        try:
+            await self.catch_up()
+        except BackendError:
+            log.warning("webhook catch-up failed; will retry at the next start", exc_info=True)
+        self._runner = asyncio.create_task(self.dispatcher.run(), name="pollcast-webhooks")
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        await self.dispatcher.close()
+        await self.http.aclose()
+        await self.outbox.close()
+
+    async def register(self, task: str, target: WebhookTarget) -> None:
+        """Deliver ``task``'s future events that ``target`` wants (its final one, if it has ended).
+
+        Raises:
+            InvalidWebhook: the URL breaks the rules (scheme, allow-list, address).
+        """
+        await resolve_checked(check_url(target.url, self.policy), self.policy, self.resolver)
+        current = await self.hub.snapshot(task)
+        if current is None:
+            mark = 0
+        elif current.terminal:
+            mark = current.seq - 1  # the final event is still owed to the new target
+        else:
+            mark = current.seq
+        await self.outbox.register(task, target, mark)
+        # Events committed while we registered found no target: queue them now.
+        await self.catch_up([task])
+
+    async def unregister(self, task: str) -> bool:
+        return await self.outbox.unregister(task)
+
+    async def committed(self, events: Sequence[Event]) -> None:
+        """The hub stored ``events``: queue what registered targets want. Never raises."""
+        by_task: dict[str, list[Event]] = {}
+        for event in events:
+            by_task.setdefault(event.task, []).append(event)
+        try:
+            registrations = await self.outbox.registrations(list(by_task))
+            for task, registration in registrations.items():
+                await self._enqueue(task, registration, by_task[task])
+        except BackendError:
+            # Not lost: catch_up() at the next start queues what the marks lack.
+            log.exception("could not queue webhook deliveries for %d task(s)", len(by_task))
+
+    async def catch_up(self, tasks: Sequence[str] | None = None) -> None:
+        """Queue the stored events of registered tasks that lie above their marks."""
+        for task, registration in (await self.outbox.registrations(tasks)).items():
+            current = await self.hub.snapshot(task)
+            if current is None or current.seq <= registration.mark:
+                continue
+            missed = await self.hub.history(task, registration.mark)
+            events = [enc.event for enc in missed] if missed is not None else [current]
+            await self._enqueue(task, registration, events)
+
+    async def _enqueue(self, task: str, registration: Registration, events: list[Event]) -> None:
+        fresh = [event for event in events if event.seq > registration.mark]
+        if not fresh:
+            return
+        deliveries = deliveries_for(registration.target, fresh, now=self.wall())
+        stored = await self.outbox.enqueue(
+            task,
+            deliveries,
+            max(event.seq for event in fresh),
+            done=any(event.terminal for event in fresh),
+        )
+        if stored:
+            self.dispatcher.wake()

@@ -1,0 +1,317 @@
+"""The results as markdown: the targets, then one table per measurement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["TARGETS", "evaluate_targets", "render"]
+
+TARGETS = {
+    "sse_deliveries_per_s": 25_000,
+    "p99_ms_big": 250.0,
+    "kib_per_idle_sse": 16.0,
+    "single_task_polls_per_s": 2_000,
+}
+
+
+SATURATED_CPU_PCT = 85.0
+
+
+def _n(value: float | int | None, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _get(data: dict[str, Any], *path: str) -> Any:
+    current: Any = data
+    for key in path:
+        if not isinstance(current, dict) or key not in current:
+            return None
+        current = current[key]
+    return current
+
+
+def _lat(stats: dict[str, Any] | None) -> str:
+    lat = _get(stats or {}, "latency_ms")
+    if not lat:
+        return "—"
+    return f"{lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f} ms"
+
+
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    if not ours or not theirs:
+        return "—"
+    return f"{ours / theirs:.2f}×"
+
+
+def _error(results: dict[str, Any], key: str) -> str | None:
+    part = results.get(key)
+    if isinstance(part, dict) and "error" in part:
+        return f"{key}: {part['error']}"
+    return None
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    big = results["plan"]["big"]
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, figure: str, met: bool | None) -> None:
+        rows.append({"target": name, "measured": figure, "met": met})
+
+    per_s = _get(results, "sse_one", "throughput", "per_s")
+    cpu = _get(results, "sse_one", "throughput", "server_cpu_pct")
+    met: bool | None = None
+    figure = "not measured"
+    if per_s is not None:
+        figure = f"{_n(per_s)}/s (gateway CPU {_n(cpu)}%)"
+        met = per_s >= TARGETS["sse_deliveries_per_s"]
+        if not met and (cpu or 0) < SATURATED_CPU_PCT:
+            # The offered load, not the gateway, set the figure: no verdict.
+            met = None
+            figure += "; inconclusive: offered load below capacity"
+    add(
+        f"≥ {TARGETS['sse_deliveries_per_s']:,} SSE event deliveries/s (1 task × {big:,})",
+        figure,
+        met,
+    )
+    p99 = _get(results, "sse_one", "latency", "latency_ms", "p99")
+    add(
+        f"p99 delivery latency ≤ {TARGETS['p99_ms_big']:.0f} ms with {big:,} subscribers",
+        f"{p99:.0f} ms" if p99 is not None else "not measured",
+        None if p99 is None else p99 <= TARGETS["p99_ms_big"],
+    )
+    kib = _get(results, "sse_one", "memory", "per_connection_kib")
+    add(
+        f"≤ {TARGETS['kib_per_idle_sse']:.0f} KiB RSS per idle SSE connection at {big:,}",
+        f"{kib:.1f} KiB" if kib is not None else "not measured",
+        None if kib is None else kib <= TARGETS["kib_per_idle_sse"],
+    )
+    polls = _get(results, "poll", "single", "requests_per_s")
+    add(
+        f"≥ {TARGETS['single_task_polls_per_s']:,} single-task status polls/s",
+        f"{_n(polls)}/s" if polls is not None else "not measured",
+        None if polls is None else polls >= TARGETS["single_task_polls_per_s"],
+    )
+    econ = _get(results, "economy", "single")
+    if econ:
+        worst = max(row["per_round"] for row in econ)
+        never_more = all(row["upstream_requests"] <= row["rounds"] for row in econ)
+        figure = ", ".join(
+            f"{row['subscribers']:,}: {row['upstream_requests']}/{row['rounds']}" for row in econ
+        )
+        add(
+            "upstream requests per task per round = 1 at every subscriber count",
+            f"≤ {worst:.2f} (requests/rounds — {figure})",
+            never_more and worst >= 0.8,
+        )
+    else:
+        add("upstream requests per task per round = 1", "not measured", None)
+    return rows
+
+
+def render(results: dict[str, Any]) -> str:
+    plan = results["plan"]
+    big = plan["big"]
+    machine = results["machine"]
+    out: list[str] = []
+    w = out.append
+    mode = "`make bench-quick`" if plan["quick"] else "`make bench`"
+    w("## Performance\n")
+    w(
+        f"Measured with {mode} ({results['elapsed_s']:.0f} s, code {machine['code']}) on "
+        f"{machine['cpu']}, "
+        f"{machine['cores']} cores, {machine['kernel']}, Python {machine['python']} "
+        f"(uvloop {machine['uvloop']}); load average at start {machine['loadavg_start']}. "
+        "Everything runs on loopback. "
+        f"Pinning: {machine['pinning']}. Open-files limit raised to {machine['nofile']} "
+        "(setrlimit in each child before exec). The load generator is a separate process "
+        "(uvloop, one asyncio Protocol per connection; SSE frames counted by their blank-line "
+        "terminator, WebSocket frames by a minimal RFC 6455 reader). "
+        "One gateway process (uvicorn + uvloop + httptools), SQLite state file.\n"
+    )
+    if plan["quick"]:
+        w(f"*Quick mode: {big:,} connections instead of 10,000, shorter windows.*\n")
+
+    w("### Targets\n")
+    w("| target | measured | met |")
+    w("|---|---|---|")
+    for row in results["targets"]:
+        met = "—" if row["met"] is None else ("met" if row["met"] else "**not met**")
+        w(f"| {row['target']} | {row['measured']} | {met} |")
+    w("")
+
+    econ = results.get("economy") or {}
+    cluster = results.get("cluster") or {}
+    if econ.get("single"):
+        interval = econ["interval_s"]
+        w(f"### Upstream economy (one task, provider interval {interval:g} s)\n")
+        w(
+            "Requests the upstream saw for the task ÷ poll rounds elapsed "
+            "(⌊window ÷ interval⌋ + 1), from the first subscriber's connect "
+            "through the subscribe phase and a steady window. Naive = every subscriber "
+            "polls the upstream itself at the same interval.\n"
+        )
+        w("| subscribers | pollcast, 1 node | naive baseline | 3-node cluster |")
+        w("|---|---|---|---|")
+        cluster_rows = {r["subscribers"]: r for r in cluster.get("single", [])}
+        for row in econ["single"]:
+            if cluster.get("available") and row["subscribers"] in cluster_rows:
+                crow = cluster_rows[row["subscribers"]]
+                ccell = f"{crow['per_round']:.2f} ({crow['upstream_requests']} req)"
+            else:
+                ccell = "n/a (cluster mode not built yet)" if cluster else "—"
+
+            w(
+                f"| {row['subscribers']:,} | {row['per_round']:.2f} "
+                f"({row['upstream_requests']} req / {row['rounds']} rounds) | "
+                f"{row['naive_per_round']:,} | {ccell} |"
+            )
+        if cluster and not cluster.get("available"):
+            w(f"\n3-node cluster: {cluster.get('reason', 'n/a')}.")
+        naive = econ.get("naive_measured")
+        if naive:
+            w(
+                f"\nNaive baseline measured, scaled down: {naive['clients']} independent pollers "
+                f"→ {naive['per_round']:.1f} upstream requests per round."
+            )
+        if econ.get("batch"):
+            w(
+                "\n| batch provider | tasks | batch size | requests per round | "
+                "requests per task per round | ideal ⌈N/B⌉/N |"
+            )
+            w("|---|---|---|---|---|---|")
+            for row in econ["batch"]:
+                w(
+                    f"| {row['provider']} | {row['tasks']:,} | {row['batch_size']} | "
+                    f"{row['requests_per_round']:.1f} | {row['per_task_per_round']:.4f} | "
+                    f"{row['ideal_per_task_per_round']:.4f} |"
+                )
+        w("")
+
+    nchan, pushpin = results.get("nchan") or {}, results.get("pushpin") or {}
+    sse, ws = results.get("sse_one") or {}, results.get("ws_one") or {}
+    sse_many, ws_many = results.get("sse_many") or {}, results.get("ws_many") or {}
+
+    def tput(part: dict[str, Any], key: str = "throughput") -> str:
+        stats = part.get(key)
+        if not stats:
+            return "—"
+        return (
+            f"{_n(stats['per_s'])} (CPU {stats['server_cpu_pct']:.0f}%, "
+            f"load gen {stats['loadgen_cpu_pct']:.0f}%)"
+        )
+
+    w("### Fan-out throughput (event deliveries per second)\n")
+    w(
+        "Deliveries counted by the load generator ÷ wall time, while a simulated task "
+        f"changes every {plan['fast_step_s'] * 1000:.0f} ms and its provider is polled as often "
+        "(offered load above capacity: the figure is the server's ceiling when its CPU is "
+        "~100%). CPU = the server's processes; load gen = the load generator's own core.\n"
+    )
+    w(
+        "| scenario | pollcast SSE | pollcast WS | Nchan | Pushpin | pollcast SSE ÷ Nchan | "
+        "pollcast SSE ÷ Pushpin |"
+    )
+    w("|---|---|---|---|---|---|---|")
+    w(
+        f"| 1 task × {big:,} subscribers | {tput(sse)} | {tput(ws)} | {tput(nchan)} | "
+        f"{tput(pushpin)} | {_ratio(_get(sse, 'throughput', 'per_s'), _get(nchan, 'throughput', 'per_s'))} | "  # noqa: E501
+        f"{_ratio(_get(sse, 'throughput', 'per_s'), _get(pushpin, 'throughput', 'per_s'))} |"
+    )
+    w(
+        f"| {big // 10:,} tasks × 10 subscribers (aholo, batch polls) | {tput(sse_many)} | "
+        f"{tput(ws_many)} | — | — | — | — |"
+    )
+    if pushpin.get("handler_settings"):
+        settings = ", ".join(f"{k}={v:,}" for k, v in pushpin["handler_settings"].items())
+        w(f"\nPushpin `[handler]`: {settings} (defaults 2,500 / 25,000 throttle and drop).")
+    w("")
+
+    w("### Delivery latency (poller observed the change → subscriber received it)\n")
+    w(
+        "`observed_at` in the event (ms, wall clock) vs the load generator's receive time, "
+        "same machine clock; p50 / p99 / max. The peers' feeder stamps `observed_at` the "
+        "same way before publishing.\n"
+    )
+    w("| subscribers | pollcast SSE | pollcast WS | Nchan | Pushpin |")
+    w("|---|---|---|---|---|")
+    for small in sse.get("latency_small", []):
+        w(f"| {small['subscribers']:,} | {_lat(small)} | — | — | — |")
+    w(
+        f"| {big:,} | {_lat(sse.get('latency'))} | {_lat(ws.get('latency'))} | "
+        f"{_lat(nchan.get('latency'))} | {_lat(pushpin.get('latency'))} |"
+    )
+    p99 = _get(sse, "latency", "latency_ms", "p99")
+    w(
+        f"\np99 ratio pollcast ÷ Nchan: {_ratio(p99, _get(nchan, 'latency', 'latency_ms', 'p99'))}"
+        f"; pollcast ÷ Pushpin: {_ratio(p99, _get(pushpin, 'latency', 'latency_ms', 'p99'))}\n"
+    )
+
+    def mem(part: dict[str, Any]) -> str:
+        m = part.get("memory")
+        if not m:
+            return "—"
+        return f"{m['per_connection_kib']:.1f} KiB ({m['connections']:,} conns)"
+
+    w(f"### Memory per idle connection ({big:,} connections)\n")
+    w("(RSS after − RSS before) ÷ N from /proc VmRSS (peers: all their processes).\n")
+    w("| pollcast SSE | pollcast WS | Nchan | Pushpin | SSE ÷ Nchan | SSE ÷ Pushpin |")
+    w("|---|---|---|---|---|---|")
+    kib = _get(sse, "memory", "per_connection_kib")
+    w(
+        f"| {mem(sse)} | {mem(ws)} | {mem(nchan)} | {mem(pushpin)} | "
+        f"{_ratio(kib, _get(nchan, 'memory', 'per_connection_kib'))} | "
+        f"{_ratio(kib, _get(pushpin, 'memory', 'per_connection_kib'))} |"
+    )
+    w("")
+
+    churn = results.get("churn") or {}
+    if "per_s" in churn:
+        w("### Connection churn\n")
+        w(
+            f"{churn['cycles']:,} SSE connect → snapshot → disconnect cycles in "
+            f"{churn['elapsed_s']:.1f} s (32 concurrent clients, errors: {churn['errors']}): "
+            f"**{churn['per_s']:,.0f} cycles/s**.\n"
+        )
+        w("| gateway RSS | before | after | after gc.collect() | after malloc_trim(0) |")
+        w("|---|---|---|---|---|")
+        mib = [
+            churn[k] / 1024
+            for k in ("rss_baseline_kib", "rss_after_kib", "rss_after_gc_kib", "rss_after_trim_kib")
+        ]
+        w("| MiB | " + " | ".join(f"{v:.1f}" for v in mib) + " |")
+        w("")
+
+    poll = results.get("poll") or {}
+    if poll.get("single") or poll.get("batch"):
+        w("### Poll throughput (gateway → simulator, simulator on its own core)\n")
+        w(
+            "| provider | tasks | interval | offered | upstream requests/s | task refreshes/s | "
+            "gateway CPU |"
+        )
+        w("|---|---|---|---|---|---|---|")
+        rows = [*poll.get("single_by_concurrency", []), poll.get("batch")]
+        for row in rows:
+            if row:
+                kind = (
+                    f"single-task, concurrency {row['concurrency']}"
+                    if "concurrency" in row
+                    else "batch of 100"
+                )
+                w(
+                    f"| {row['provider']} ({kind}) | "
+                    f"{row['tasks']:,} | {row['interval_s']:g} s | "
+                    f"{_n(row['offered_per_s'])} refreshes/s | {_n(row['requests_per_s'])} | "
+                    f"{_n(row['refreshes_per_s'])} | {row['gateway_cpu_pct']:.0f}% | "
+                    f"{row.get('sim_cpu_pct', 0):.0f}% |"
+                )
+        w("")
+
+    errors = [e for e in (_error(results, k) for k in results) if e is not None]
+    if errors:
+        w("### Errors\n")
+        for e in errors:
+            w(f"- {e}")
+        w("")
+    return "\n".join(out)

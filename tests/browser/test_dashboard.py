@@ -1,0 +1,236 @@
+"""The dashboard and a raw-EventSource page in headless Chromium, against live servers.
+
+Debian's Chromium (``/usr/bin/chromium``, from scripts/ensure-system-deps.sh)
+driven by Playwright; no browser download. Screenshots go to
+``test-output/`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.integration.gateway_server import running_gateway, sim_config
+from tests.integration.sim_server import running_sim
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
+WAIT_MS = 30_000
+
+# Staggered so that a screenshot taken early shows every kind of state at once.
+TIMELINES: dict[str, list[dict[str, Any]]] = {
+    "ailab": [
+        {"at": 0, "state": "queued"},
+        {"at": 0.8, "state": "running"},
+        {"at": 2.6, "state": "succeeded"},
+    ],
+    "aholo": [
+        {"at": 0, "state": "queued"},
+        {"at": 1.2, "state": "running"},
+        {"at": 3.2, "state": "succeeded"},
+    ],
+    "tryon": [
+        {"at": 0, "state": "queued", "position": 3},
+        {"at": 0.8, "state": "queued", "position": 1},
+        {"at": 2.2, "state": "running"},
+        {"at": 3.8, "state": "succeeded"},
+    ],
+    "genpic": [
+        {"at": 0, "state": "queued"},
+        {"at": 1.0, "state": "running"},
+        {"at": 4.4, "state": "succeeded"},
+    ],
+    "videoproc": [
+        {"at": 0, "state": "running", "progress": 0, "message": "downloading"},
+        {"at": 0.6, "state": "running", "progress": 20, "message": "downloading"},
+        {"at": 1.4, "state": "running", "progress": 45, "message": "transcoding"},
+        {"at": 2.4, "state": "running", "progress": 70, "message": "transcoding"},
+        {"at": 3.4, "state": "running", "progress": 90, "message": "packaging"},
+        {"at": 5.0, "state": "succeeded"},
+    ],
+}
+FAILING = [{"at": 0, "state": "running"}, {"at": 2.0, "state": "failed"}]
+
+ALL_TERMINAL = """(n) => {
+  const cards = [...document.querySelectorAll('.card')];
+  return cards.length === n
+    && cards.every((c) => ['succeeded', 'failed'].includes(c.dataset.state));
+}"""
+
+
+def create_task(client: httpx.Client, sim: str, provider: str, timeline: list[Any]) -> str:
+    reply = client.post(f"{sim}/_sim/tasks", json={"provider": provider, "timeline": timeline})
+    reply.raise_for_status()
+    return f"{provider}:{reply.json()['task_id']}"
+
+
+def snapshot(client: httpx.Client, base: str, task: str) -> dict[str, Any]:
+    provider, _, task_id = task.partition(":")
+    reply = client.get(f"{base}/v1/tasks/{provider}/{task_id}")
+    reply.raise_for_status()
+    body: dict[str, Any] = reply.json()
+    return body
+
+
+def launch(playwright: Any) -> Browser:
+    browser: Browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    return browser
+
+
+def watch_errors(page: Page) -> list[str]:
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    return errors
+
+
+def card_links(page: Page, task: str) -> list[str]:
+    links: list[str] = page.eval_on_selector_all(
+        f'.card[data-task="{task}"] .result a', "els => els.map(a => a.href)"
+    )
+    return links
+
+
+def test_dashboard_follows_all_five_providers_to_completion() -> None:
+    OUTPUT.mkdir(exist_ok=True)
+    with (
+        running_sim() as sim,
+        running_gateway(sim_config(sim)) as (base, _gw),
+        httpx.Client(timeout=10, trust_env=False) as client,
+        sync_playwright() as playwright,
+    ):
+        browser = launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            errors = watch_errors(page)
+            # The timelines start now, so the page sees them from the beginning.
+            tasks = {p: create_task(client, sim, p, tl) for p, tl in TIMELINES.items()}
+            failing = create_task(client, sim, "genpic", FAILING)
+            keys = [*tasks.values(), failing]
+            page.goto(f"{base}/?tasks={','.join(keys)}")
+            video_card = f'.card[data-task="{tasks["videoproc"]}"]'
+            page.wait_for_selector(f'{video_card}[data-state="running"] .bar[aria-valuenow="45"]')
+            live_shot = OUTPUT / "dashboard-live.png"
+            page.screenshot(path=str(live_shot))
+            page.wait_for_function(ALL_TERMINAL, arg=len(keys), timeout=WAIT_MS)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.thumb img')].every(i => i.complete)"
+            )
+            shot = OUTPUT / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True, animations="disabled")
+            print(f"screenshots: {shot} {live_shot}")
+
+            for provider, task in tasks.items():
+                card = f'.card[data-task="{task}"]'
+                assert page.inner_text(f"{card} .badge") == "succeeded", provider
+                assert page.get_attribute(f"{card} .bar", "aria-valuenow") == "100", provider
+                # Every result URL of the snapshot is on the card, as a thumbnail or a file link.
+                urls = snapshot(client, base, task)["result"]["urls"]
+                assert urls, provider
+                assert sorted(card_links(page, task)) == sorted(urls), provider
+            for provider in ("tryon", "genpic"):  # PNG results: real, decoded thumbnails
+                widths = page.eval_on_selector_all(
+                    f'.card[data-task="{tasks[provider]}"] .thumb img',
+                    "els => els.map(i => i.naturalWidth)",
+                )
+                assert widths and all(w > 0 for w in widths), provider
+            model_files = page.eval_on_selector_all(
+                f'.card[data-task="{tasks["aholo"]}"] .file', "els => els.map(a => a.dataset.kind)"
+            )
+            assert model_files == ["model", "model", "model"]
+            assert "#3 in queue" not in page.inner_text("#grid")  # the queue has moved on
+
+            fail_card = f'.card[data-task="{failing}"]'
+            assert page.inner_text(f"{fail_card} .badge") == "failed"
+            assert page.inner_text(f"{fail_card} .error").strip()
+
+            assert page.inner_text(".stat-succeeded strong") == "5"
+            assert page.inner_text(".stat-failed strong") == "1"
+            assert page.get_attribute("#connection", "data-status") == "open"
+
+            # The log holds each task's path to its final state, newest first.
+            for task in keys:
+                states = page.eval_on_selector_all(
+                    f'#log .entry.kind-state[data-task="{task}"]',
+                    "els => els.map(e => e.dataset.state)",
+                )
+                assert states and states[0] in ("succeeded", "failed"), (task, states)
+                assert len(states) == len(set(states)), (task, states)
+            progress_notes = page.eval_on_selector_all(
+                f'#log .entry.kind-progress[data-task="{tasks["videoproc"]}"] .note',
+                "els => els.map(e => e.textContent)",
+            )
+            assert any(note.startswith("45%") for note in progress_notes), progress_notes
+            assert errors == []
+
+            # The same tasks over EventSource (watchTask) instead of the WebSocket.
+            sse = browser.new_page(viewport={"width": 1360, "height": 900})
+            sse_errors = watch_errors(sse)
+            sse.goto(f"{base}/?transport=sse&tasks={','.join(keys)}")
+            sse.wait_for_function(ALL_TERMINAL, arg=len(keys), timeout=WAIT_MS)
+            assert sse.get_attribute("#connection", "data-status") == "sse"
+            assert sse.inner_text(f'.card[data-task="{failing}"] .badge') == "failed"
+            assert sse.inner_text(".stat-succeeded strong") == "5"
+            assert sse_errors == []
+        finally:
+            browser.close()
+
+
+def test_raw_eventsource_page_and_follow_every_polled_task() -> None:
+    with (
+        running_sim() as sim,
+        running_gateway(sim_config(sim)) as (base, _gw),
+        httpx.Client(timeout=10, trust_env=False) as client,
+        sync_playwright() as playwright,
+    ):
+        task = create_task(client, sim, "videoproc", TIMELINES["videoproc"])
+        background = create_task(client, sim, "aholo", [{"at": 0, "state": "running"}])
+        provider, _, task_id = background.partition(":")
+        client.post(f"{base}/v1/tasks", json={"provider": provider, "task_id": task_id})
+        browser = launch(playwright)
+        try:
+            raw = browser.new_page()
+            errors = watch_errors(raw)
+            raw.goto(f"{base}/examples/sse?task={task}")
+            raw.wait_for_function(
+                "() => document.getElementById('state').textContent === 'succeeded'",
+                timeout=WAIT_MS,
+            )
+            lines = raw.eval_on_selector_all("#log li", "els => els.map(e => e.textContent)")
+            seqs = [
+                int(s)
+                for s in raw.eval_on_selector_all("#log li", "els => els.map(e => e.dataset.seq)")
+            ]
+            assert lines[0].startswith("snapshot")
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+            assert "succeeded" in lines[-1] and "/videoproc/api/download/" in lines[-1]
+            time.sleep(0.5)  # the page closed its EventSource: nothing more arrives
+            assert raw.eval_on_selector_all("#log li", "els => els.length") == len(lines)
+            assert errors == []
+
+            # With no ?tasks=, the dashboard follows what the gateway polls.
+            dash = browser.new_page()
+            dash_errors = watch_errors(dash)
+            dash.goto(f"{base}/")
+            dash.wait_for_selector(
+                f'.card[data-task="{background}"][data-state="running"]', timeout=WAIT_MS
+            )
+            assert dash.is_checked("#follow-all")
+            assert "being polled" in dash.inner_text("#hint")
+            assert dash_errors == []
+        finally:
+            browser.close()

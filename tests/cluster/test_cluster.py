@@ -1,0 +1,304 @@
+"""Cluster mode: real gateway processes sharing a real redis-server.
+
+One upstream poll per task per round across the nodes; a subscriber of any
+node gets every transition; a killed node's tasks and subscribers move on;
+a restarted Redis is waited out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.integration.conftest import create_sim_task, sim_stats
+from tests.integration.gateway_server import GatewayProcess, sim_config
+from tests.redis_server import RedisServer
+
+INTERVAL_S = 0.3
+LEASE_S = 3.0
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+def cluster_doc(sim: str, redis_url: str) -> dict[str, Any]:
+    fixed = {
+        "interval_s": INTERVAL_S,
+        "max_interval_s": INTERVAL_S,
+        "backoff_max_s": 1.0,
+        "rate_per_s": 100,  # tryon's documented 2/s would throttle this test
+    }
+    return sim_config(
+        sim,
+        providers={k: fixed for k in ("ailab", "aholo", "tryon", "genpic", "videoproc")},
+        backend={"kind": "redis", "url": redis_url, "prefix": "pc", "lease_s": LEASE_S},
+    )
+
+
+@pytest.fixture
+def nodes(sim: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
+    doc = cluster_doc(sim, redis_server.url)
+    started = [GatewayProcess(doc, tmp_path).start() for _ in range(3)]
+    try:
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+async def follow(
+    client: httpx.AsyncClient, urls: list[str], task: str, *, first: int = 0
+) -> list[dict[str, Any]]:
+    """Read one task's SSE stream from ``urls[first]``; when a node goes away,
+    carry on from the next one with ``Last-Event-ID``, as EventSource would."""
+    provider, _, task_id = task.partition(":")
+    events: list[dict[str, Any]] = []
+    last_id: str | None = None
+    node = first
+    for _attempt in range(40):
+        url = f"{urls[node % len(urls)]}/v1/tasks/{provider}/{task_id}/events"
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        try:
+            async with client.stream("GET", url, headers=headers) as reply:
+                if reply.status_code == 204:
+                    return events
+                if reply.status_code != 200:
+                    raise httpx.HTTPError(f"HTTP {reply.status_code}")
+                event: dict[str, Any] = {}
+                async for line in reply.aiter_lines():
+                    if line.startswith("id: "):
+                        event["_id"] = line[4:]
+                    elif line.startswith("data: "):
+                        event.update(json.loads(line[6:]))
+                    elif line == "" and "event" in event:
+                        events.append(event)
+                        if "_id" in event:
+                            last_id = event["_id"]
+                        if event.get("terminal") and event["event"] != "notice":
+                            return events
+                        event = {}
+        except httpx.HTTPError:
+            pass
+        node += 1
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{task}: no terminal event after 40 connections: {events[-3:]}")
+
+
+def seqs(events: list[dict[str, Any]]) -> list[int]:
+    return [e["seq"] for e in events if e["event"] in ("state", "progress")]
+
+
+def story(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(e["seq"], e["state"], e["progress"]) for e in events if e["event"] != "notice"]
+
+
+MIX = ["ailab", "aholo", "tryon", "genpic", "videoproc"]
+
+
+async def test_three_nodes_poll_each_task_once_per_round(
+    sim: str, nodes: list[GatewayProcess], client: httpx.AsyncClient
+) -> None:
+    quiet = [{"at": 0, "state": "running"}, {"at": 30, "state": "succeeded"}]
+    tasks = [await create_sim_task(client, sim, MIX[i % 5], quiet) for i in range(20)]
+    urls = [n.url for n in nodes]
+    # 300 subscribers, 15 per task, spread evenly over the three nodes.
+    readers = [
+        asyncio.create_task(follow(client, urls, task, first=j % 3))
+        for task in tasks
+        for j in range(15)
+    ]
+    await asyncio.sleep(2.0)  # everyone connected, rounds in step
+    before = await sim_stats(client, sim)
+    window = 3.0
+    await asyncio.sleep(window)
+    after = await sim_stats(client, sim)
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+
+    rounds = window / INTERVAL_S
+    for task in tasks:
+        polled = after["tasks"][task] - before["tasks"][task]
+        # One node polling: ~10 rounds in the window; three nodes each
+        # polling would be ~30.
+        assert rounds - 3 <= polled <= rounds + 2, (task, polled)
+    for provider in ("aholo", "genpic"):  # 4 tasks each, one request a round
+        requests = after["requests"][provider] - before["requests"][provider]
+        mine = [t for t in tasks if t.startswith(provider)]
+        assert all(after["tasks"][t] - before["tasks"][t] == requests for t in mine)
+    sent = 0
+    for node in nodes:
+        providers = (await client.get(f"{node.url}/v1/providers")).json()["providers"]
+        sent += sum(p["requests_sent"] for p in providers)
+    assert sent == sum(after["requests"].values())
+
+
+async def test_subscribers_on_every_node_see_the_same_sequence(
+    sim: str, nodes: list[GatewayProcess], client: httpx.AsyncClient
+) -> None:
+    timeline = [
+        {"at": 0, "state": "queued", "position": 2},
+        {"at": 1.5, "state": "running", "progress": 20},
+        {"at": 2.5, "state": "running", "progress": 70},
+        {"at": 3.5, "state": "succeeded"},
+    ]
+    tasks = [await create_sim_task(client, sim, p, timeline) for p in ("videoproc", "genpic")]
+    urls = [n.url for n in nodes]
+    results = await asyncio.gather(
+        *(follow(client, urls, t, first=j) for t in tasks for j in range(3 * 4))
+    )
+    for i, task in enumerate(tasks):
+        mine = results[i * 12 : (i + 1) * 12]
+        # Whatever node they were on, they agree on what happened after their snapshot.
+        finals = {story(r)[-1] for r in mine}
+        assert len(finals) == 1 and next(iter(finals))[1] == "succeeded", task
+        full = await follow(client, urls, task)
+        assert seqs(full) == []  # terminal already: a fresh subscriber gets the snapshot only
+        history = story(mine[0])
+        for r in mine:
+            got = story(r)
+            assert [s for s, *_ in got] == list(range(got[0][0], got[-1][0] + 1))
+            assert got[-1] == history[-1]
+
+
+async def test_killing_the_lease_holder_moves_the_task_and_its_subscribers(
+    sim: str, nodes: list[GatewayProcess], client: httpx.AsyncClient, redis_server: RedisServer
+) -> None:
+    timeline = [
+        {"at": 0, "state": "running", "progress": 10},
+        {"at": 2.0, "state": "running", "progress": 40},
+        {"at": 6.0, "state": "running", "progress": 80},
+        {"at": 8.0, "state": "succeeded"},
+    ]
+    task = await create_sim_task(client, sim, "videoproc", timeline)
+    # Each poll takes 1 s, so the lease is held most of the time.
+    await client.post(
+        f"{sim}/_sim/faults",
+        json={"provider": "videoproc", "mode": "slow", "delay_s": 1.0, "duration_s": 60},
+    )
+    urls = [n.url for n in nodes]
+    readers = [asyncio.create_task(follow(client, urls, task, first=j % 3)) for j in range(9)]
+    owner_key = "pc:{sched:videoproc}:owner"
+    r = redis.Redis.from_url(redis_server.url)
+    holder = None
+    for _ in range(100):
+        holder = r.hget(owner_key, task)
+        if holder:
+            break
+        await asyncio.sleep(0.05)
+    assert holder is not None, "no node ever claimed the task"
+    ids = [(await client.get(f"{n.url}/healthz")).json()["node"] for n in nodes]
+    victim = nodes[ids.index(holder.decode())]
+    await asyncio.sleep(0.3)
+    before = (await sim_stats(client, sim))["tasks"].get(task, 0)
+    victim.signal(signal.SIGKILL)
+    victim.wait(5)
+    await asyncio.sleep(LEASE_S + 1.5)
+    after = (await sim_stats(client, sim))["tasks"][task]
+    results = await asyncio.wait_for(asyncio.gather(*readers), 40)
+    r.close()
+
+    assert after > before + 1, "nobody took the task over within the lease time"
+    full = story(results[0])
+    for raw in results:
+        got = story(raw)
+        ordered = [s for s, *_ in got]
+        assert ordered == list(range(ordered[0], ordered[-1] + 1)), ordered  # no gaps, no dups
+        assert got[-1][1] == "succeeded"
+        assert [g for g in got if g[0] >= full[0][0]] == [f for f in full if f[0] >= got[0][0]]
+
+
+async def test_redis_restart_is_waited_out(
+    sim: str, nodes: list[GatewayProcess], client: httpx.AsyncClient, redis_server: RedisServer
+) -> None:
+    timeline = [
+        {"at": 0, "state": "running", "progress": 10},
+        {"at": 3.0, "state": "running", "progress": 50},
+        {"at": 6.0, "state": "succeeded"},
+    ]
+    tasks = [await create_sim_task(client, sim, p, timeline) for p in MIX]
+    urls = [n.url for n in nodes]
+    readers = [
+        asyncio.create_task(follow(client, urls, t, first=j)) for t in tasks for j in range(3)
+    ]
+    await asyncio.sleep(1.0)
+    redis_server.kill()
+    await asyncio.sleep(0.5)
+    not_ready = [(await client.get(f"{u}/readyz")).status_code for u in urls]
+    await asyncio.sleep(1.0)
+    redis_server.start()
+    results = await asyncio.wait_for(asyncio.gather(*readers), 60)
+    await asyncio.sleep(1.0)
+    ready = [(await client.get(f"{u}/readyz")).status_code for u in urls]
+
+    assert not_ready == [503, 503, 503]
+    assert ready == [200, 200, 200]
+    for got in results:
+        assert story(got)[-1][1] == "succeeded"
+        ordered = seqs(got)
+        assert ordered == sorted(set(ordered))
+
+
+async def test_resume_on_another_node_with_cursor_and_since(
+    sim: str, nodes: list[GatewayProcess], client: httpx.AsyncClient
+) -> None:
+    steps = [{"at": 0.5 * i, "state": "running", "progress": 10 * i} for i in range(1, 8)]
+    timeline = [*steps, {"at": 4.0, "state": "succeeded"}]
+    a = await create_sim_task(client, sim, "videoproc", timeline)
+    b = await create_sim_task(client, sim, "ailab", [*steps[:1], {"at": 3.0, "state": "succeeded"}])
+    first, second, third = (n.url for n in nodes)
+
+    held: list[dict[str, Any]] = []
+    cursor = ""
+    async with client.stream("GET", f"{first}/v1/events?tasks={a},{b}") as reply:
+        event: dict[str, Any] = {}
+        async for line in reply.aiter_lines():
+            if line.startswith("id: "):
+                cursor = line[4:]
+            elif line.startswith("data: "):
+                event = json.loads(line[6:])
+            elif line == "" and event:
+                held.append(event)
+                event = {}
+                if len(held) >= 4:
+                    break
+    await asyncio.sleep(1.5)
+    rest: list[dict[str, Any]] = []
+    async with client.stream(
+        "GET", f"{second}/v1/events?tasks={a},{b}", headers={"Last-Event-ID": cursor}
+    ) as reply:
+        async for line in reply.aiter_lines():
+            if line.startswith("data: "):
+                rest.append(json.loads(line[6:]))
+    last = dict(zip((a, b), map(int, cursor[3:].split(".")), strict=True))
+    for task in (a, b):
+        got = [e["seq"] for e in rest if e["task"] == task and e["event"] != "notice"]
+        assert got and got[0] == last[task] + 1, (task, got, last)
+        assert got == list(range(got[0], got[-1] + 1))
+    assert {e["task"] for e in rest if e.get("terminal")} == {a, b}
+
+    # WebSocket on a third node, resuming task a from seq 2.
+    from websockets.asyncio.client import connect as ws_connect
+
+    frames: list[dict[str, Any]] = []
+    async with ws_connect(third.replace("http", "ws") + "/v1/ws", proxy=None) as ws:
+        await ws.send(json.dumps({"op": "subscribe", "tasks": [a], "since": {a: 2}}))
+        while True:
+            frame = json.loads(await ws.recv())
+            frames.append(frame)
+            if frame.get("terminal"):
+                break
+    replay = [f["seq"] for f in frames if f["event"] in ("state", "progress")]
+    assert frames[0] == {"event": "subscribed", "tasks": [a]}
+    assert replay == list(range(3, replay[-1] + 1))

@@ -1,0 +1,24 @@
+"""Fixtures every test folder shares: a live simulator and an HTTP client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from tests.integration.sim_server import running_sim
+
+
+@pytest.fixture
+def sim() -> Iterator[str]:
+    """A live simulator (its own, fresh) for this test."""
+    with running_sim() as url:
+        yield url
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=100)
+    async with httpx.AsyncClient(timeout=30, limits=limits, trust_env=False) as c:
+        yield c
