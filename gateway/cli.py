@@ -59,6 +59,10 @@ def _check_config(args: argparse.Namespace) -> int:
             f"(max {d['max_interval_s']:g} s), batch {d['batch_size']}, "
             f"{d['rate_per_s']:g} req/s, {d['concurrency']} in flight"
         )
+    if args.probe:
+        from gateway.probe import run_probe
+
+        return run_probe(config, args.probe, sys.stdout)
     return 0
 
 
@@ -110,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a config file and show the policies")
     p.add_argument("--config", "-c", default="pollcast.toml")
+    p.add_argument(
+        "--probe",
+        metavar="PROVIDER:TASK_ID",
+        help="send one live status request; show the raw reply and the normalized observation",
+    )
     p.set_defaults(func=_check_config)
 
     # Every argument goes to the watcher's own parser (its --help included):

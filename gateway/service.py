@@ -20,7 +20,7 @@ from gateway.config import Config
 from gateway.core import tracker
 from gateway.core.model import Event, TaskKey
 from gateway.core.sse import Encoded
-from gateway.exceptions import BackendError, TooManyTasks
+from gateway.exceptions import BackendError, InputError, TooManyTasks
 from gateway.hub.base import Hub
 from gateway.hub.local import LocalHub
 from gateway.hub.queue import CloseReason, SubscriberQueue
@@ -29,6 +29,8 @@ from gateway.hub.redis import connect as redis_connect
 from gateway.poller.engine import Poller
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import Schedule
+from gateway.webhooks.model import WebhookTarget
+from gateway.webhooks.service import Webhooks, outbox_for
 
 __all__ = ["Feed", "Gateway"]
 
@@ -53,6 +55,16 @@ class Gateway:
             )
             tick_s = 0.25  # other nodes add tasks: look at the shared schedule this often
         self.hub = hub or LocalHub(backend.path, history_limit=backend.history_limit)
+        # Deliveries live where the hub's state does: the same SQLite file or Redis.
+        self.webhooks = (
+            Webhooks(
+                config.webhooks,
+                outbox_for(backend.kind, path=backend.path, url=backend.url, prefix=backend.prefix),
+                self.hub,
+            )
+            if config.webhooks.secret
+            else None
+        )
         self.http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
             follow_redirects=False,
@@ -66,16 +78,21 @@ class Gateway:
             grace_s=config.polling.grace_s,
             coalesce_s=config.polling.coalesce_s,
             tick_s=tick_s,
+            on_commit=self.webhooks.committed if self.webhooks is not None else None,
         )
         self.feeds: set[Feed] = set()
         self.draining = False
 
     async def start(self) -> None:
         await self.hub.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
         await self.poller.start()
 
     async def close(self) -> None:
         await self.poller.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
         await self.http.aclose()
         await self.hub.close()
 
@@ -110,6 +127,28 @@ class Gateway:
         key = TaskKey.parse(text)
         self.poller.check(key)
         return key
+
+    async def check_webhook(self, target: WebhookTarget) -> None:
+        """Refuse a webhook this gateway will not deliver to.
+
+        Raises:
+            InputError: webhooks are off (no ``[webhooks] secret``).
+            InvalidWebhook: the URL breaks the rules (scheme, allow-list, address).
+        """
+        if self.webhooks is None:
+            raise InputError(
+                "webhooks are not enabled on this gateway (its [webhooks] secret is not set)",
+                field="webhook",
+            )
+        await self.webhooks.check(target)
+
+    async def register_webhook(self, key: TaskKey, target: WebhookTarget) -> None:
+        """Deliver ``key``'s events to ``target`` (checked with :meth:`check_webhook`)."""
+        if self.webhooks is not None:
+            await self.webhooks.register(str(key), target)
+
+    async def drop_webhook(self, key: TaskKey) -> bool:
+        return self.webhooks is not None and await self.webhooks.unregister(str(key))
 
     def is_watched(self, task: str) -> bool:
         """Whether this node watches ``task`` (registered with ``POST /v1/tasks``, not ended)."""

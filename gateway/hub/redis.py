@@ -229,11 +229,10 @@ class RedisHub(Hub):
             await self.redis.publish(self.channel, _encoder.encode(event))
 
     async def history(self, task: str, after_seq: int) -> list[Encoded] | None:
-        async with translated("history read"):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hget(self._snap(task), "seq")
-                pipe.xrange(self._hist(task), min=f"(0-{after_seq}", max="+")
-                latest_raw, entries = await pipe.execute()
+        async with translated("history read"), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self._snap(task), "seq")
+            pipe.xrange(self._hist(task), min=f"(0-{after_seq}", max="+")
+            latest_raw, entries = await pipe.execute()
         latest = int(latest_raw or 0)
         if after_seq >= latest:
             return []

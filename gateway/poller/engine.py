@@ -18,7 +18,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 import httpx
 
@@ -322,9 +322,12 @@ class Poller:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        on_commit: Callable[[Sequence[Event]], Awaitable[None]] | None = None,
     ) -> None:
         self.hub = hub
         self.http = http
+        # Told about every batch of events once the hub has stored it (webhooks).
+        self.on_commit = on_commit
         self.schedule = schedule or LocalSchedule()
         self.grace_s = grace_s
         self.coalesce_s = coalesce_s
@@ -487,7 +490,7 @@ class Poller:
         keep_until: float,
         deadline_at: float | None = None,
     ) -> None:
-        """Make sure ``key`` is scheduled (unless it is terminal) and wanted until ``keep_until``."""
+        """Schedule ``key`` (unless terminal); keep it wanted until ``keep_until``."""
         name = str(key)
         snapshot = await self.hub.snapshot(name)
         if snapshot is not None and snapshot.terminal:
@@ -510,6 +513,8 @@ class Poller:
         except BackendError:
             log.exception("could not store %d event(s) of %s", len(events), rt.name)
             return
+        if self.on_commit is not None:
+            await self.on_commit(events)
         done = [event.task for event in events if event.terminal]
         if done:
             await self.finish(done, rt)

@@ -237,11 +237,10 @@ class RedisSchedule(Schedule):
 
     async def next_due(self, provider: str) -> float | None:
         """The earliest due time — or lease expiry, so a dead node's claims come back."""
-        async with translated("schedule read"):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zrange(self._key(provider, "due"), 0, 0, withscores=True)
-                pipe.zrange(self._key(provider, "lease"), 0, 0, withscores=True)
-                due, lease = await pipe.execute()
+        async with translated("schedule read"), self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self._key(provider, "due"), 0, 0, withscores=True)
+            pipe.zrange(self._key(provider, "lease"), 0, 0, withscores=True)
+            due, lease = await pipe.execute()
         times = [score for _, score in due + lease]
         return min(times) if times else None
 

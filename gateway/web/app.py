@@ -15,7 +15,7 @@ from gateway.hub.base import Hub
 from gateway.service import Gateway
 from gateway.web.auth import Authenticator, provide_principal
 from gateway.web.dashboard import DASHBOARD_ROUTES
-from gateway.web.errors import EXCEPTION_HANDLERS
+from gateway.web.errors import EXCEPTION_HANDLERS, GatewayRequest
 from gateway.web.limits import Limits
 from gateway.web.routes import ROUTES
 from gateway.web.ws import ws_endpoint
@@ -43,6 +43,7 @@ def create_app(config: Config, *, hub: Hub | None = None) -> Litestar:
         # Handlers that take a ``principal`` are authenticated (gateway/web/auth.py).
         dependencies={"principal": Provide(provide_principal)},
         request_max_body_size=config.server.max_body_bytes,
+        request_class=GatewayRequest,
         openapi_config=OpenAPIConfig(title="pollcast", version="1"),
         cors_config=(
             CORSConfig(allow_origins=config.server.cors_origins, allow_credentials=True)

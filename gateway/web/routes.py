@@ -27,6 +27,7 @@ from gateway.web.auth import (
 from gateway.web.errors import problem
 from gateway.web.limits import limits_of
 from gateway.web.streams import Framing, feed_body, mux_sse, ndjson, single_sse
+from gateway.webhooks.model import WebhookTarget
 
 __all__ = ["ROUTES"]
 
@@ -42,6 +43,7 @@ class WatchRequest(msgspec.Struct, forbid_unknown_fields=True):
     provider: str
     task_id: str
     deadline_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 24 * 3600)] | None = None
+    webhook: WebhookTarget | None = None  # POST the task's events there, signed
 
 
 class Watching(msgspec.Struct):
@@ -50,6 +52,7 @@ class Watching(msgspec.Struct):
     events_url: str
     ws_url: str
     token: str | None
+    webhook: WebhookTarget | None = None
 
 
 def _unavailable() -> Response[Any]:
@@ -167,7 +170,12 @@ async def watch_task(
     limits = limits_of(state)
     limits.registrations.check(limit_key(principal))
     key = gw.key(data.provider, data.task_id)
+    if data.webhook is not None:
+        await gw.check_webhook(data.webhook)
     limits.watched.admit(limit_key(principal), str(key), gw.is_watched)
+    if data.webhook is not None:
+        # Before the first poll, so that poll's events are delivered too.
+        await gw.register_webhook(key, data.webhook)
     await gw.poller.watch(key, data.deadline_s)
     snapshot = await gw.poller.observe_now(key)
     base = str(request.base_url).rstrip("/")
@@ -180,6 +188,7 @@ async def watch_task(
         events_url=base + path,
         ws_url=ws_base + "/v1/ws",
         token=auth.mint([str(key)]).token if auth.mode == "token" else None,
+        webhook=data.webhook,
     )
 
 
@@ -260,7 +269,8 @@ async def unwatch_task(
     require_backend(principal, "unwatch tasks")
     key = gw.key(provider, task_id)
     limits_of(state).watched.release(str(key))
-    if not await gw.poller.unwatch(key):
+    had_webhook = await gw.drop_webhook(key)
+    if not await gw.poller.unwatch(key) and not had_webhook:
         raise NotWatched(f"{key} is not being watched", field="task")
 
 

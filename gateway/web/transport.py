@@ -82,6 +82,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # ``self.cycle`` moves on from it.
         self._head_after: Any = None
         self._head_bytes = 0
+        self._head_tail = b""
         self._deadline: asyncio.TimerHandle | None = None
         self._lingering = False
         self._arm()
@@ -110,14 +111,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             )
             return
         if self._reading_head():
-            self._head_bytes += len(data)
+            # Count only the head: it ends at the first blank line (a body may follow
+            # in the same read), which may straddle two reads.
+            window = self._head_tail + data
+            end = window.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._head_tail))
+            self._head_tail = window[-3:]
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(
+                    431,
+                    f"the request line and headers exceed {self.max_head_bytes} bytes",
+                    "header_too_large",
+                )
+                return
         super().data_received(data)
-        if self._head_bytes > self.max_head_bytes and self._reading_head():
-            self._refuse(
-                431,
-                f"the request line and headers exceed {self.max_head_bytes} bytes",
-                "header_too_large",
-            )
 
     # -- internals ------------------------------------------------------------
 
@@ -139,6 +146,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self._head_after = self.cycle
         self._head_bytes = 0
+        self._head_tail = b""
         self._deadline = self.loop.call_later(self.head_timeout_s, self._head_timeout)
 
     def _disarm(self) -> None:

@@ -9,7 +9,7 @@ A :class:`WebhookTarget` is registered per task (``POST /v1/tasks`` with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -32,8 +32,10 @@ updates; ``terminal``: only the final event."""
 
 
 class WebhookTarget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    url: str
-    events: tuple[EventChoice, ...] = ("terminal",)
+    """Where to POST a task's events, and which ones (``POST /v1/tasks`` ``"webhook"``)."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    events: Annotated[tuple[EventChoice, ...], msgspec.Meta(min_length=1)] = ("terminal",)
 
     def wants(self, event: Event) -> bool:
         if event.terminal and "terminal" in self.events:

@@ -107,13 +107,17 @@ class Webhooks:
         await self.http.aclose()
         await self.outbox.close()
 
-    async def register(self, task: str, target: WebhookTarget) -> None:
-        """Deliver ``task``'s future events that ``target`` wants (its final one, if it has ended).
+    async def check(self, target: WebhookTarget) -> None:
+        """Whether the gateway will call ``target.url`` (its host is resolved and checked).
 
         Raises:
             InvalidWebhook: the URL breaks the rules (scheme, allow-list, address).
         """
         await resolve_checked(check_url(target.url, self.policy), self.policy, self.resolver)
+
+    async def register(self, task: str, target: WebhookTarget) -> None:
+        """Deliver ``task``'s future events that ``target`` wants (its final one, if it has
+        ended). The target must have passed :meth:`check`."""
         current = await self.hub.snapshot(task)
         if current is None:
             mark = 0

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import RedisServer
-
 from gateway.core.model import ErrorInfo, Event, EventKind, Result, State
 from gateway.core.sse import Encoded
 from gateway.core.tracker import notice
 from gateway.exceptions import SeqConflict
 from gateway.hub.base import Hub, Watch
 from gateway.hub.local import LocalHub
-from gateway.hub.redis import RedisHub, connect
 from gateway.hub.queue import SubscriberQueue
+from gateway.hub.redis import RedisHub, connect
+from tests.redis_server import RedisServer
 
 HubFactory = Callable[[Path, int], Awaitable[Hub]]
 

@@ -136,13 +136,19 @@ class HostBuild:
             if bind and options["source"] != options["target"]:
                 raise NotImplementedError(f"bind mount to another path: {mount}")
         self.ran.append(command)
-        subprocess.run(
+        result = subprocess.run(
             ["/bin/sh", "-c", self.rewrite(command)],
             cwd=self.workdir,
             env={**build_env, **self.env},
-            check=True,
+            capture_output=True,
+            text=True,
             timeout=240,
+            check=False,
         )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"RUN {command} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+            )
 
     def command(self, stage: Stage) -> list[str]:
         """The image's ENTRYPOINT + CMD, with image paths moved under ``root``."""
