@@ -23,9 +23,10 @@ from gateway.core.sse import Encoded
 from gateway.exceptions import BackendError, InputError, TooManyTasks
 from gateway.hub.base import Hub
 from gateway.hub.local import LocalHub
-from gateway.hub.queue import CloseReason, SubscriberQueue
+from gateway.hub.queue import CloseReason, QueueStats, SubscriberQueue
 from gateway.hub.redis import RedisHub
 from gateway.hub.redis import connect as redis_connect
+from gateway.metrics import Metrics
 from gateway.poller.engine import Poller
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import Schedule
@@ -45,6 +46,8 @@ class Gateway:
         self.runtimes = config.runtimes()
         backend = config.backend
         self.node_id = uuid.uuid4().hex[:12]
+        self.metrics = Metrics()
+        self.queue_stats = QueueStats()
         schedule: Schedule | None = None
         tick_s = 1.0
         if hub is None and backend.kind == "redis":
@@ -75,12 +78,16 @@ class Gateway:
             self.runtimes,
             self.http,
             schedule=schedule,
+            metrics=self.metrics,
             grace_s=config.polling.grace_s,
             coalesce_s=config.polling.coalesce_s,
             tick_s=tick_s,
             on_commit=self.webhooks.committed if self.webhooks is not None else None,
         )
         self.feeds: set[Feed] = set()
+        self.metrics.watch_queues(self.queue_stats)
+        if isinstance(schedule, RedisSchedule):
+            self.metrics.watch_takeovers(schedule.takeovers)
         self.draining = False
 
     async def start(self) -> None:
@@ -154,8 +161,8 @@ class Gateway:
         """Whether this node watches ``task`` (registered with ``POST /v1/tasks``, not ended)."""
         return task in self.poller.watching
 
-    def open_feed(self) -> Feed:
-        feed = Feed(self, self.config.server.queue_size)
+    def open_feed(self, transport: str) -> Feed:
+        feed = Feed(self, self.config.server.queue_size, transport)
         self.feeds.add(feed)
         return feed
 
@@ -168,9 +175,11 @@ class Gateway:
 class Feed:
     """One subscriber's tasks: catch-up then live, in seq order, without duplicates."""
 
-    def __init__(self, gateway: Gateway, queue_size: int) -> None:
+    def __init__(self, gateway: Gateway, queue_size: int, transport: str = "sse") -> None:
         self.gateway = gateway
-        self.queue = SubscriberQueue(queue_size)
+        self.queue = SubscriberQueue(queue_size, stats=gateway.queue_stats)
+        self.transport = transport
+        gateway.metrics.subscribers.labels(transport).inc()
         self.seqs: dict[str, int] = {}  # task → last seq delivered
         self.keys: dict[str, TaskKey] = {}
         self.finished: set[str] = set()  # tasks whose terminal event was delivered
@@ -284,6 +293,7 @@ class Feed:
         for name in list(self.keys):
             self._drop(name)
         self.gateway.feeds.discard(self)
+        self.gateway.metrics.subscribers.labels(self.transport).dec()
 
     def expire_at(self, wall_s: float) -> None:
         """End the feed at ``wall_s`` (epoch s) with a last ``token_expired`` notice.

@@ -18,7 +18,7 @@ from enum import StrEnum
 from gateway.core.model import EventKind
 from gateway.core.sse import Encoded
 
-__all__ = ["CloseReason", "QueueClosed", "SubscriberQueue"]
+__all__ = ["CloseReason", "QueueClosed", "QueueStats", "SubscriberQueue"]
 
 
 class CloseReason(StrEnum):
@@ -34,18 +34,32 @@ class QueueClosed(Exception):
         super().__init__(reason.value)
 
 
+class QueueStats:
+    """Counters shared by every queue of one gateway (plain ints: the hot path)."""
+
+    __slots__ = ("coalesced", "delivered", "overflows")
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.coalesced = 0
+        self.overflows = 0
+
+
 class SubscriberQueue:
     """Single-consumer queue of :class:`Encoded` events. Not thread-safe (one loop)."""
 
-    __slots__ = ("_closed", "_items", "_waiter", "coalesced", "hard_limit", "maxsize")
+    __slots__ = ("_closed", "_items", "_waiter", "coalesced", "hard_limit", "maxsize", "stats")
 
-    def __init__(self, maxsize: int = 256, hard_limit: int | None = None) -> None:
+    def __init__(
+        self, maxsize: int = 256, hard_limit: int | None = None, stats: QueueStats | None = None
+    ) -> None:
         self.maxsize = maxsize
         self.hard_limit = hard_limit or maxsize * 4
         self._items: deque[Encoded] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed: CloseReason | None = None
         self.coalesced = 0
+        self.stats = stats or QueueStats()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -61,9 +75,11 @@ class SubscriberQueue:
         if len(items) >= self.maxsize:
             self._make_room()
             if len(items) >= self.hard_limit:
+                self.stats.overflows += 1
                 self.close(CloseReason.OVERFLOW)
                 return
         items.append(item)
+        self.stats.delivered += 1
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -73,6 +89,7 @@ class SubscriberQueue:
             if queued.event.event is EventKind.PROGRESS:
                 del self._items[i]
                 self.coalesced += 1
+                self.stats.coalesced += 1
                 return
 
     def close(self, reason: CloseReason) -> None:

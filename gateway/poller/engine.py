@@ -35,6 +35,7 @@ from gateway.core.model import (
 from gateway.core.policy import CostBudget, TokenBucket
 from gateway.exceptions import BackendError, SeqConflict, UnknownProvider
 from gateway.hub.base import Hub, Watch
+from gateway.metrics import Metrics
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
 from gateway.providers.base import UpstreamRequest, UpstreamResponse, fault_observations
@@ -87,6 +88,7 @@ class ProviderLane:
             try:
                 await self._run()
             except BackendError as exc:
+                self.poller.metrics.backend_errors.inc()
                 log.warning("%s: schedule unavailable (%s); retrying", self.rt.name, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -186,6 +188,21 @@ class ProviderLane:
             task_ids, now_ms=int(self.poller.wall() * 1000), request_id=uuid.uuid4().hex
         )
         self.requests_sent += 1
+        metrics = self.poller.metrics
+        if rt.cost_per_call:
+            metrics.budget_spent.labels(rt.name).inc(rt.cost_per_call)
+        if len(task_ids) > 1:
+            metrics.polls_saved.labels(rt.name).inc(len(task_ids) - 1)
+        started = self.poller.monotonic()
+        observations = await self._send(request, task_ids)
+        metrics.upstream_latency.labels(rt.name).observe(self.poller.monotonic() - started)
+        fault = next((o.fault for o in observations if o.fault is not None), None)
+        outcome = "ok" if fault is None else fault.kind.value
+        metrics.upstream_requests.labels(rt.name, outcome).inc()
+        return observations
+
+    async def _send(self, request: UpstreamRequest, task_ids: list[str]) -> list[Observation]:
+        rt = self.rt
         try:
             reply = await self.poller.http.request(
                 request.method,
@@ -232,6 +249,9 @@ class ProviderLane:
                 if delay is not None:
                     again.append((entry, now + delay))
                 continue
+            followers = poller.followers.get(entry.task, 0)
+            if followers > 1:
+                poller.metrics.polls_saved.labels(rt.name).inc(followers - 1)
             previous = await poller.hub.snapshot(entry.task)
             event = tracker.observe(previous, obs, task=entry.task, now=now)
             if slow and not entry.degraded:
@@ -316,6 +336,7 @@ class Poller:
         http: httpx.AsyncClient,
         *,
         schedule: Schedule | None = None,
+        metrics: Metrics | None = None,
         grace_s: float = 30.0,
         coalesce_s: float = 0.1,
         tick_s: float = 1.0,
@@ -329,6 +350,7 @@ class Poller:
         # Told about every batch of events once the hub has stored it (webhooks).
         self.on_commit = on_commit
         self.schedule = schedule or LocalSchedule()
+        self.metrics = metrics or Metrics()
         self.grace_s = grace_s
         self.coalesce_s = coalesce_s
         # How long a lane sleeps without news; a shared schedule is re-read this often.
@@ -511,8 +533,12 @@ class Poller:
             log.info("another node already recorded a newer state of %s", events[0].task)
             return
         except BackendError:
+            self.metrics.backend_errors.inc()
             log.exception("could not store %d event(s) of %s", len(events), rt.name)
             return
+        self.metrics.events_published.inc(len(events))
+        for event in events:
+            self.metrics.task_state(event.task, None if event.terminal else event.state.value)
         if self.on_commit is not None:
             await self.on_commit(events)
         done = [event.task for event in events if event.terminal]
@@ -530,6 +556,7 @@ class Poller:
     async def notify(self, tasks: Iterable[str], code: str, message: str) -> None:
         now = self.wall()
         for task in tasks:
+            self.metrics.notices.labels(code).inc()
             current = await self.hub.snapshot(task)
             await self.hub.announce(
                 tracker.notice(current, task=task, code=code, message=message, now=now)

@@ -146,7 +146,7 @@ class RedisSchedule(Schedule):
         self._surrender = client.register_script(_SURRENDER)
         self._set_deadline = client.register_script(_SET_DEADLINE)
         self._known: dict[str, dict[str, Entry]] = {}
-        self.takeovers = 0  # claims that took back a lease a node let lapse
+        self.takeovers: dict[str, int] = {}  # provider → claims taken back from lapsed leases
 
     def _key(self, provider: str, what: str) -> str:
         return f"{self.prefix}:{{sched:{provider}}}:{what}"
@@ -201,7 +201,7 @@ class RedisSchedule(Schedule):
                 args=[now, horizon, now + self.lease_s, self.node_id, self.claim_limit],
             )
         if taken:
-            self.takeovers += int(taken)
+            self.takeovers[provider] = self.takeovers.get(provider, 0) + int(taken)
             log.info("took back %d lapsed claim(s) of %s", taken, provider)
         entries = [_entry_decoder.decode(body) for body in raw]
         known = self._known.setdefault(provider, {})

@@ -9,6 +9,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import Stream
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.core.model import Event, TaskKey, format_timestamp
 from gateway.core.sse import decode_cursor, parse_last_event_id
@@ -123,7 +124,7 @@ async def _open_stream(
     framing: Framing,
     principal: Principal,
 ) -> Response[Any]:
-    feed = gw.open_feed()
+    feed = gw.open_feed(framing.transport)
     if isinstance(principal, SubscriberPrincipal):
         feed.expire_at(principal.expires_at)
     initial = []
@@ -300,6 +301,13 @@ async def healthz(state: State) -> dict[str, str]:
     return {"status": "ok", "node": gateway_of(state).node_id}
 
 
+@get("/metrics", include_in_schema=False)
+async def metrics(state: State) -> Response[bytes]:
+    """Prometheus text format; labels carry providers and states, never tasks or secrets."""
+    body = gateway_of(state).metrics.render()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
 @get("/readyz")
 async def readyz(state: State) -> Response[dict[str, Any]]:
     gw = gateway_of(state)
@@ -320,4 +328,5 @@ ROUTES = [
     providers,
     healthz,
     readyz,
+    metrics,
 ]

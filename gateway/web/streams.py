@@ -14,6 +14,7 @@ __all__ = ["Framing", "feed_body", "mux_sse", "ndjson", "single_sse"]
 
 @dataclass(frozen=True, slots=True)
 class Framing:
+    transport: str  # metrics label
     media_type: str
     head: bytes
     ping: bytes
@@ -23,6 +24,7 @@ class Framing:
 
 def single_sse(retry_ms: int) -> Framing:
     return Framing(
+        transport="sse",
         media_type="text/event-stream",
         head=retry_frame(retry_ms),
         ping=PING,
@@ -48,6 +50,7 @@ def mux_sse(retry_ms: int, order: list[str], start: list[int]) -> Framing:
         return b"id: " + cursor.encode() + b"\n" + enc.sse_tail
 
     return Framing(
+        transport="sse_multi",
         media_type="text/event-stream",
         head=retry_frame(retry_ms),
         ping=PING,
@@ -59,6 +62,7 @@ def mux_sse(retry_ms: int, order: list[str], start: list[int]) -> Framing:
 def ndjson() -> Framing:
     # jq and most NDJSON readers skip blank lines, so a bare LF is the heartbeat.
     return Framing(
+        transport="ndjson",
         media_type="application/x-ndjson",
         head=b"",
         ping=b"\n",

@@ -55,7 +55,7 @@ class Connection:
         self.socket = socket
         self.gw = gw
         self.principal = principal
-        self.feed: Feed = gw.open_feed()
+        self.feed: Feed = gw.open_feed("ws")
         if isinstance(principal, SubscriberPrincipal):
             self.feed.expire_at(principal.expires_at)
         self.lock = asyncio.Lock()

@@ -1,0 +1,134 @@
+"""Prometheus metrics, one registry per gateway (so several can share a process).
+
+Labels never carry a task id, a URL or a credential: only provider names,
+outcomes, transports and states — a bounded set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.hub.queue import QueueStats
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.upstream_requests = Counter(
+            "pollcast_upstream_requests",
+            "Upstream status requests, by provider and outcome (ok or the fault kind).",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "pollcast_upstream_latency_seconds",
+            "Time to an upstream's answer (or failure).",
+            ["provider"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.polls_saved = Counter(
+            "pollcast_polls_saved",
+            "Upstream polls avoided: subscribers beyond the first, and ids sharing a batch.",
+            ["provider"],
+            registry=r,
+        )
+        self.tasks = Gauge(
+            "pollcast_tasks",
+            "Tasks this node knows, by provider and state.",
+            ["provider", "state"],
+            registry=r,
+        )
+        self.subscribers = Gauge(
+            "pollcast_subscribers",
+            "Open subscriber streams, by transport.",
+            ["transport"],
+            registry=r,
+        )
+        self.events_published = Counter(
+            "pollcast_events_published",
+            "State and progress events committed by this node.",
+            registry=r,
+        )
+        self.notices = Counter(
+            "pollcast_notices",
+            "Notices sent, by code.",
+            ["code"],
+            registry=r,
+        )
+        self.budget_spent = Counter(
+            "pollcast_budget_spent",
+            "Cost of paid upstream calls (e.g. tryon coins).",
+            ["provider"],
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "pollcast_backend_errors",
+            "Failed calls to the state backend (SQLite or Redis).",
+            registry=r,
+        )
+        self._states: dict[str, tuple[str, str]] = {}  # task → (provider, state)
+
+    def task_state(self, task: str, state: str | None) -> None:
+        """Track the last state of each task this node committed (``None``: forgotten)."""
+        old = self._states.pop(task, None)
+        if old is not None:
+            self.tasks.labels(*old).dec()
+        if state is not None:
+            now = (task.partition(":")[0], state)
+            self._states[task] = now
+            self.tasks.labels(*now).inc()
+
+    def watch_queues(self, stats: QueueStats) -> None:
+        """Expose the subscriber queues' plain counters at scrape time."""
+        self.registry.register(_QueueCollector(stats))
+
+    def watch_takeovers(self, takeovers: dict[str, int]) -> None:
+        self.registry.register(_TakeoverCollector(takeovers))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _QueueCollector(Collector):
+    def __init__(self, stats: QueueStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield CounterMetricFamily(
+            "pollcast_events_delivered",
+            "Events handed to subscriber queues on this node.",
+            value=s.delivered,
+        )
+        yield CounterMetricFamily(
+            "pollcast_events_coalesced",
+            "Progress events dropped from a slow subscriber's full queue (a newer one stays).",
+            value=s.coalesced,
+        )
+        yield CounterMetricFamily(
+            "pollcast_queue_overflows",
+            "Subscriber streams closed for falling too far behind (they resume by seq).",
+            value=s.overflows,
+        )
+
+
+class _TakeoverCollector(Collector):
+    def __init__(self, takeovers: dict[str, int]) -> None:
+        self.takeovers = takeovers
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "pollcast_claim_takeovers",
+            "Cluster: claims taken back from a node whose lease ran out.",
+            labels=["provider"],
+        )
+        for provider, n in self.takeovers.items():
+            family.add_metric([provider], n)
+        yield family
