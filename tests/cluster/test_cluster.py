@@ -302,3 +302,31 @@ async def test_resume_on_another_node_with_cursor_and_since(
     replay = [f["seq"] for f in frames if f["event"] in ("state", "progress")]
     assert frames[0] == {"event": "subscribed", "tasks": [a]}
     assert replay == list(range(3, replay[-1] + 1))
+
+
+async def test_rolling_restart_loses_no_terminal_event(
+    sim: str, nodes: list[GatewayProcess], client: httpx.AsyncClient
+) -> None:
+    steps = [{"at": 0.8 * i, "state": "running", "progress": 10 * i} for i in range(1, 10)]
+    timeline = [*steps, {"at": 9.0, "state": "succeeded"}]
+    tasks = [await create_sim_task(client, sim, p, timeline) for p in ("videoproc", "genpic")]
+    urls = [n.url for n in nodes]
+    readers = [
+        asyncio.create_task(follow(client, urls, t, first=j % 3)) for t in tasks for j in range(15)
+    ]
+    await asyncio.sleep(1.0)
+    drained = []
+    for node in nodes:  # one at a time, as a deploy would
+        node.signal(signal.SIGTERM)
+        drained.append(node.wait(10))
+        node.start()
+        await asyncio.sleep(1.5)
+    results = await asyncio.wait_for(asyncio.gather(*readers), 60)
+
+    assert drained == [0, 0, 0]
+    codes = {e.get("code") for r in results for e in r if e["event"] == "notice"}
+    assert "server_draining" in codes  # streams were handed over, not cut
+    for got in results:
+        assert story(got)[-1][1] == "succeeded"
+        ordered = seqs(got)
+        assert ordered == list(range(ordered[0], ordered[-1] + 1))
