@@ -262,8 +262,17 @@ class TaskSocket:
             # Without a connection, the next one subscribes to everything wanted.
             await self._send_subscribe(conn, new)
         async with asyncio.timeout(self._reply_timeout_s):
-            answers = await asyncio.gather(*acks.values())
-        rejected = {task: frame for task, frame in zip(acks, answers, strict=True) if frame}
+            answers = await asyncio.gather(*acks.values(), return_exceptions=True)
+        rejected: dict[str, ErrorFrame] = {}
+        for task, answer in zip(acks, answers, strict=True):
+            if isinstance(answer, ErrorFrame):
+                rejected[task] = answer
+            elif isinstance(answer, asyncio.CancelledError):
+                # unsubscribe() withdrew it meanwhile, or close() ended the socket.
+                if self._runner is None:
+                    raise ConnectionLost("the socket was closed")
+            elif isinstance(answer, BaseException):
+                raise answer
         if rejected:
             raise SubscribeRejected(rejected)
 
@@ -337,7 +346,7 @@ class TaskSocket:
     async def _run(self) -> None:
         failures = 0
         error: BaseException | None = None
-        refused: int | None = None  # a 401/403 answer to the last attempt
+        refused: int | None = None  # a 403 answer to the last attempt
         while True:
             conn: ClientConnection | None = None
             try:
@@ -361,14 +370,13 @@ class TaskSocket:
                         self._receive(data)
             except InvalidStatus as exc:
                 status = exc.response.status_code
-                connected_before = self._opened is not None and self._opened.done()
-                if status in (401, 403) and not connected_before:
+                if status == 401:
                     self._die(Unauthorized(status))
                     return
-                # A draining gateway refuses the upgrade with 403 as well (ASGI:
-                # close before accept), so after a reconnect it is worth retrying.
-                refused = status if status in (401, 403) else None
-                if 400 <= status < 500 and status not in (401, 403, 408, 429):
+                # A draining gateway closes before accepting, which reaches the
+                # client as 403 (ASGI): worth retrying, on this node or the next.
+                refused = status if status == 403 else None
+                if 400 <= status < 500 and status not in (403, 408, 429):
                     self._die(RequestRejected(status))
                     return
                 error = exc

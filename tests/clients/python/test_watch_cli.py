@@ -87,7 +87,15 @@ class Tmux:
         return status, self.screen(name) or screen
 
     def close(self) -> None:
+        found = subprocess.run(
+            ["tmux", "-L", self.socket, "display", "-p", "#{socket_path}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
+        if found.returncode == 0 and found.stdout.strip():
+            Path(found.stdout.strip()).unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -116,9 +124,10 @@ def status_lines(screen: str, task: str) -> list[str]:
     ]
 
 
-def test_watch_on_a_terminal_redraws_progress_and_shows_the_result_urls(
+def test_watch_on_a_terminal_redraws_live_lines_and_exits_with_the_outcome(
     sim: str, tmux: Tmux
 ) -> None:
+    """Two watchers side by side: one whose tasks succeed (exit 0), one whose task fails (1)."""
     video_id = short_id("vp")
     video = create_task(
         sim,
@@ -137,30 +146,7 @@ def test_watch_on_a_terminal_redraws_progress_and_shows_the_result_urls(
             {"at": 3, "state": "succeeded"},
         ],
     )
-    with running_gateway(sim_config(sim)) as (base, _gw):
-        tmux.start("ok", [str(BIN / "pollcast"), "watch", video, model, "--url", base])
-        running = tmux.wait_until(
-            "ok",
-            lambda s: any(
-                re.search(r"running\s+\[.*\]\s+\d+%", line) for line in status_lines(s, video)
-            ),
-        )
-        status, final = tmux.wait_exit("ok")
-
-    assert status == 0, final
-    # One line per task, redrawn in place: never a line per event.
-    assert len(status_lines(running, video)) == 1 and len(status_lines(running, model)) == 1
-    assert len(status_lines(final, video)) == 1 and len(status_lines(final, model)) == 1
-    assert re.search(r"succeeded\s+\[.*\]\s+100%", status_lines(final, video)[0])
-    assert re.search(r"succeeded\s+\[.*\]\s+100%", status_lines(final, model)[0])
-    assert f"{sim}/videoproc/api/download/video_{video_id}.mp4" in final
-    assert re.search(r"ply: http://\S+\.ply", final)
-
-
-def test_watch_exits_1_when_a_task_fails_and_shows_the_queue_and_the_error(
-    sim: str, tmux: Tmux
-) -> None:
-    task = create_task(
+    tryon = create_task(
         sim,
         "tryon",
         str(uuid.uuid4().int % 10**8),
@@ -171,19 +157,36 @@ def test_watch_exits_1_when_a_task_fails_and_shows_the_queue_and_the_error(
         ],
     )
     with running_gateway(sim_config(sim)) as (base, _gw):
-        tmux.start("bad", [str(BIN / "pollcast-watch"), task, "--url", base])
+        tmux.start("ok", [str(BIN / "pollcast"), "watch", video, model, "--url", base])
+        tmux.start("bad", [str(BIN / "pollcast-watch"), tryon, "--url", base])
+        running = tmux.wait_until(
+            "ok",
+            lambda s: any(
+                re.search(r"running\s+\[.*\]\s+\d+%", line) for line in status_lines(s, video)
+            ),
+        )
         queued = tmux.wait_until(
             "bad",
             lambda s: any(
-                re.search(r"queued .*#\d in queue", line) for line in status_lines(s, task)
+                re.search(r"queued .*#\d in queue", line) for line in status_lines(s, tryon)
             ),
         )
-        status, final = tmux.wait_exit("bad")
+        status, final = tmux.wait_exit("ok")
+        failed_status, failed = tmux.wait_exit("bad")
 
-    assert status == 1, final
-    assert len(status_lines(queued, task)) == 1
-    assert re.search(r"failed\s+\[", status_lines(final, task)[0])
-    assert "garment not detected" in final
+    assert status == 0, final
+    # One line per task, redrawn in place: never a line per event.
+    assert len(status_lines(running, video)) == 1 and len(status_lines(running, model)) == 1
+    assert len(status_lines(final, video)) == 1 and len(status_lines(final, model)) == 1
+    assert re.search(r"succeeded\s+\[.*\]\s+100%", status_lines(final, video)[0])
+    assert re.search(r"succeeded\s+\[.*\]\s+100%", status_lines(final, model)[0])
+    assert f"{sim}/videoproc/api/download/video_{video_id}.mp4" in final
+    assert re.search(r"ply: http://\S+\.ply", final)
+
+    assert failed_status == 1, failed
+    assert len(status_lines(queued, tryon)) == 1
+    assert re.search(r"failed\s+\[", status_lines(failed, tryon)[0])
+    assert "garment not detected" in failed
 
 
 def test_json_and_plain_output_when_stdout_is_not_a_terminal(sim: str) -> None:
