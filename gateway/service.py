@@ -54,7 +54,11 @@ class Gateway:
             client = redis_connect(backend.url)
             hub = RedisHub(client, prefix=backend.prefix, history_limit=backend.history_limit)
             schedule = RedisSchedule(
-                client, prefix=backend.prefix, lease_s=backend.lease_s, node_id=self.node_id
+                client,
+                prefix=backend.prefix,
+                lease_s=backend.lease_s,
+                lease_floor={name: rt.timeout_s + 5.0 for name, rt in self.runtimes.items()},
+                node_id=self.node_id,
             )
             tick_s = 0.25  # other nodes add tasks: look at the shared schedule this often
         self.hub = hub or LocalHub(backend.path, history_limit=backend.history_limit)

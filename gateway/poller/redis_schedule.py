@@ -132,12 +132,17 @@ class RedisSchedule(Schedule):
         *,
         prefix: str = "pollcast",
         lease_s: float = 10.0,
+        lease_floor: Mapping[str, float] | None = None,
         claim_limit: int = 1000,
         node_id: str | None = None,
     ) -> None:
         self.redis = client
         self.prefix = prefix
         self.lease_s = lease_s
+        # A lease must outlast the slowest poll, or a second node could claim a
+        # task still in flight (tryon charges per call): per provider, at least
+        # its request timeout plus a margin.
+        self.lease_floor = dict(lease_floor or {})
         self.claim_limit = claim_limit
         self.node_id = node_id or uuid.uuid4().hex
         self._add = client.register_script(_ADD)
@@ -198,7 +203,7 @@ class RedisSchedule(Schedule):
         async with translated("claim"):
             taken, raw = await self._claim(
                 keys=self._keys(provider, "due", "lease", "state", "interest", "owner"),
-                args=[now, horizon, now + self.lease_s, self.node_id, self.claim_limit],
+                args=[now, horizon, now + self.lease_of(provider), self.node_id, self.claim_limit],
             )
         if taken:
             self.takeovers[provider] = self.takeovers.get(provider, 0) + int(taken)
@@ -208,6 +213,9 @@ class RedisSchedule(Schedule):
         for entry in entries:
             known[entry.task] = entry
         return entries
+
+    def lease_of(self, provider: str) -> float:
+        return max(self.lease_s, self.lease_floor.get(provider, 0.0))
 
     async def release(self, provider: str, due: Sequence[tuple[Entry, float]]) -> None:
         if not due:

@@ -98,3 +98,13 @@ def test_env_example_lists_every_variable() -> None:
         if line.strip() and not line.lstrip().startswith("#")
     }
     assert set(config_env_references(PRODUCTION_TOML.read_text())) <= listed
+
+
+def test_provider_variables_are_named_kind_field() -> None:
+    # One convention for every provider (AHOLO_APP_SECRET, TRYON_OSS_BASE, ...), so the
+    # Secret, .env.example and the tests derive the names instead of listing them.
+    raw = tomllib.loads(PRODUCTION_TOML.read_text())
+    for name, table in raw["providers"].items():
+        for field in adapter_class(table["kind"]).Settings.__struct_fields__:
+            expected = f"{table['kind']}_{field}".upper()
+            assert list(env_references(table[field])) == [expected], f"providers.{name}.{field}"

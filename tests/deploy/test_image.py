@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -26,6 +27,8 @@ import pytest
 import yaml
 from httpx_sse import connect_sse
 
+from gateway.config import load_config
+from gateway.sim.credentials import SIM_CREDENTIALS
 from tests.deploy.dockerfile import (
     DockerIgnore,
     Stage,
@@ -36,13 +39,13 @@ from tests.deploy.dockerfile import (
 )
 from tests.deploy.host_build import HostBuild
 from tests.deploy.production import DEPLOY, REPO, production_env
-from tests.integration.gateway_server import free_port, sim_config, to_toml
+from tests.integration.gateway_server import free_port
 from tests.integration.sim_server import running_sim
+from tests.redis_server import RedisServer
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 IMAGE_CONFIG = "/etc/pollcast/pollcast.toml"
 SERVE = ["pollcast", "serve", "--config", IMAGE_CONFIG]
-SHUTDOWN_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 30.0
 
 
@@ -184,10 +187,33 @@ def sim() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis", persist=False) as server:
+        yield server
+
+
+def _on_loopback(toml_text: str, port: int) -> str:
+    """The production file served on ``127.0.0.1:port`` (nothing else changed)."""
+    host = re.subn(r'^host = "0\.0\.0\.0"$', 'host = "127.0.0.1"', toml_text, flags=re.M)
+    both = re.subn(r"^port = 8000$", f"port = {port}", host[0], flags=re.M)
+    assert host[1] == both[1] == 1, "deploy/pollcast.toml: [server] host/port changed shape"
+    return both[0]
+
+
+def _provider_env(sim: str) -> dict[str, str]:
+    """The production file's provider variables (``KIND_FIELD``), pointed at the simulator."""
+    return {
+        f"{kind}_{field}".upper(): value
+        for kind, table in SIM_CREDENTIALS.provider_credentials(sim).items()
+        for field, value in table.items()
+    }
+
+
 @pytest.mark.packaging
 @pytest.mark.timeout(300)
-def test_installed_image_serves_probes_and_drains_on_sigterm(
-    image: BuiltImage, sim: str, tmp_path: Path
+def test_installed_image_serves_the_production_config_and_drains_on_sigterm(
+    image: BuiltImage, sim: str, redis: RedisServer, tmp_path: Path
 ) -> None:
     env = _image_env(image)
     build = image.build
@@ -219,24 +245,26 @@ def test_installed_image_serves_probes_and_drains_on_sigterm(
     )
     assert Path(located.stdout.strip()).is_relative_to(build.path("/opt/pollcast"))
 
-    # Mount a config wired to the simulator over the baked-in one, as compose and k8s do.
-    port, api_key = free_port(), secrets.token_urlsafe(32)
-    doc = sim_config(
-        sim,
-        server={
-            "host": "127.0.0.1",
-            "port": port,
-            "shutdown_timeout_s": SHUTDOWN_TIMEOUT_S,
-            "log_format": "json",
-        },
-        auth={"mode": "token", "api_keys": [api_key], "token_secret": secrets.token_urlsafe(48)},
-    )
-    config_path.write_text(to_toml(doc))
+    # The baked-in production file itself, on a free loopback port instead of
+    # 0.0.0.0:8000: token auth, JSON logs, a real Redis, every provider's
+    # address and credentials from the environment (here: the simulator's).
+    port = free_port()
+    api_key, token_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(48)
+    config_path.write_text(_on_loopback(config_path.read_text(), port))
+    env = {
+        **env,
+        **_provider_env(sim),
+        "POLLCAST_REDIS_URL": redis.url,
+        "POLLCAST_API_KEY": api_key,
+        "POLLCAST_TOKEN_SECRET": token_secret,
+    }
     reply = httpx.post(
         f"{sim}/_sim/tasks",
         json={"provider": "videoproc", "timeline": [{"at": 0, "state": "running", "progress": 5}]},
+        trust_env=False,
     )
     task_id = reply.json()["task_id"]
+    shutdown_s = load_config(config_path, env=env).server.shutdown_timeout_s
 
     log_path = tmp_path / "gateway.log"
     with log_path.open("wb") as log:
@@ -282,7 +310,7 @@ def test_installed_image_serves_probes_and_drains_on_sigterm(
                     if len(events) == 1 and not signalled:
                         proc.send_signal(signal.SIGTERM)
                         signalled = time.monotonic()
-            code = proc.wait(SHUTDOWN_TIMEOUT_S)
+            code = proc.wait(shutdown_s)
             stopped_after = time.monotonic() - signalled
     finally:
         if proc.poll() is None:
@@ -292,11 +320,11 @@ def test_installed_image_serves_probes_and_drains_on_sigterm(
     assert events[0]["event"] == "snapshot"
     assert events[-1]["event"] == "notice" and events[-1]["code"] == "server_draining"
     assert code == 0, log_path.read_text()
-    assert stopped_after < SHUTDOWN_TIMEOUT_S
+    assert stopped_after < shutdown_s
     # Gone: the image's health check now fails.
     assert _probe(image_probe, port, env) != 0
     # log_format = "json": every line the process wrote is one JSON object.
     lines = [line for line in log_path.read_text().splitlines() if line.strip()]
     assert lines and all(json.loads(line)["level"] for line in lines), lines
     assert any("draining" in json.loads(line)["msg"] for line in lines)
-    assert api_key not in log_path.read_text()
+    assert api_key not in log_path.read_text() and token_secret not in log_path.read_text()

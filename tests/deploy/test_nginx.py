@@ -14,6 +14,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from tests.deploy.nginx import (
 )
 from tests.integration.conftest import create_sim_task, events_url
 from tests.integration.gateway_server import free_port, running_gateway, sim_config
-from tests.integration.readers import read_ws, transitions
+from tests.integration.readers import read_sse, read_ws, transitions
 from tests.integration.sim_server import running_sim
 
 COMPOSE = NGINX_CONF.parent / "compose.yaml"
@@ -46,7 +47,7 @@ STREAM_PATHS = ("/v1/tasks/videoproc/abc/events", "/v1/events")
 TIMELINE = [
     {"at": 0, "state": "running", "progress": 10},
     {"at": 1.0, "state": "running", "progress": 50},
-    {"at": 2.0, "state": "succeeded"},
+    {"at": 2.5, "state": "succeeded"},
 ]
 FIRST_EVENT_WITHIN_S = 1.0
 
@@ -142,11 +143,11 @@ def test_nginx_upstreams_are_the_compose_gateways() -> None:
 # -- real traffic through nginx -------------------------------------------------
 
 
+@dataclass(frozen=True)
 class Edge:
-    def __init__(self, sim: str, gateway: str, nginx: RunningNginx) -> None:
-        self.sim = sim
-        self.gateway = gateway
-        self.nginx = nginx
+    sim: str  # simulator base URL
+    gateway: str  # the gateway, direct
+    nginx: RunningNginx  # nginx in front of it
 
     @property
     def url(self) -> str:
@@ -246,6 +247,10 @@ async def test_ndjson_lines_pass_through_nginx_as_they_happen(
 
 async def test_websocket_upgrades_through_nginx(edge: Edge, client: httpx.AsyncClient) -> None:
     task = await create_sim_task(client, edge.sim, "videoproc", TIMELINE)
+    # Observed once first, so both subscribers start from the same snapshot.
+    provider, _, task_id = task.partition(":")
+    first = await client.get(f"{edge.gateway}/v1/tasks/{provider}/{task_id}")
+    assert first.json()["seq"] == 1
     via_nginx, direct = await asyncio.gather(
         read_ws(edge.url.replace("http", "ws", 1) + "/v1/ws", [task]),
         read_ws(edge.gateway.replace("http", "ws", 1) + "/v1/ws", [task]),
@@ -268,6 +273,12 @@ async def test_ordinary_json_is_compressed_by_nginx(edge: Edge, client: httpx.As
     assert own.status_code == 200 and own.text == "ok\n"
 
 
+async def test_metrics_stay_internal(edge: Edge, client: httpx.AsyncClient) -> None:
+    direct = await client.get(f"{edge.gateway}/metrics")
+    assert direct.status_code == 200  # scraped per node …
+    assert (await client.get(f"{edge.url}/metrics")).status_code == 404  # … never via the edge
+
+
 async def test_idempotent_requests_fail_over_past_a_dead_node(
     edge: Edge, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
@@ -279,3 +290,27 @@ async def test_idempotent_requests_fail_over_past_a_dead_node(
     assert [r.status_code for r in replies] == [200] * 6
     assert all(r.json()["status"] == "ok" for r in replies)
     assert "connect() failed" in log and dead in log  # the dead node was tried
+
+
+async def test_new_streams_skip_a_draining_node(
+    edge: Edge, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    live = edge.gateway.removeprefix("http://")
+    with running_gateway(sim_config(edge.sim)) as (draining_url, draining):
+        # No stream is open on it, so this only flips it to refusing (503) new ones.
+        draining.drain()
+        refused = await client.get(events_url(draining_url, "videoproc:any"))
+        assert refused.status_code == 503
+        draining_node = draining_url.removeprefix("http://")
+        with running_nginx(tmp_path / "nginx", [draining_node, live]) as nginx:
+            tasks = [
+                await create_sim_task(
+                    client, edge.sim, "videoproc", [{"at": 0, "state": "succeeded"}]
+                )
+                for _ in range(4)
+            ]
+            streams = [await read_sse(client, events_url(nginx.url, task)) for task in tasks]
+            access = (nginx.workdir / "access.log").read_text()
+    assert [s[-1]["state"] for s in streams] == ["succeeded"] * 4
+    # The draining node was asked first and nginx moved on to the live one.
+    assert f"upstream={draining_node}, {live}" in access
