@@ -57,7 +57,6 @@ class Gateway:
                 client,
                 prefix=backend.prefix,
                 lease_s=backend.lease_s,
-                lease_floor={name: rt.timeout_s + 5.0 for name, rt in self.runtimes.items()},
                 node_id=self.node_id,
             )
             tick_s = 0.25  # other nodes add tasks: look at the shared schedule this often

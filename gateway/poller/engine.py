@@ -165,7 +165,20 @@ class ProviderLane:
 
     # -- polling ------------------------------------------------------------
 
+    async def _keep_claims(self, tasks: list[str], every_s: float) -> None:
+        """A slow poll keeps its claims: no other node may poll these meanwhile."""
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(BackendError):
+                await self.schedule.renew(self.rt.name, tasks)
+
     async def _poll(self, chunk: list[Entry]) -> None:
+        every = self.schedule.renew_every_s
+        keeper = (
+            asyncio.create_task(self._keep_claims([e.task for e in chunk], every))
+            if every is not None
+            else None
+        )
         try:
             started = self.poller.monotonic()
             observations = await self._request([TaskKey.parse(e.task).task_id for e in chunk])
@@ -178,6 +191,8 @@ class ProviderLane:
                 await self.schedule.release(self.rt.name, [(e, later) for e in chunk])
             self.wake()
         finally:
+            if keeper is not None:
+                keeper.cancel()
             self._slots.release()
             for entry in chunk:
                 self.poller.release_waiters(entry.task)

@@ -95,6 +95,16 @@ end
 return released
 """
 
+# KEYS: lease, owner   ARGV: node, lease_until, tasks… — extend this node's leases
+_RENEW = """
+for i = 3, #ARGV do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[1] then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
+  end
+end
+return 0
+"""
+
 # KEYS: due, lease, owner   ARGV: node, now — give back everything this node holds
 _SURRENDER = """
 local flat = redis.call('HGETALL', KEYS[3])
@@ -132,23 +142,19 @@ class RedisSchedule(Schedule):
         *,
         prefix: str = "pollcast",
         lease_s: float = 10.0,
-        lease_floor: Mapping[str, float] | None = None,
         claim_limit: int = 1000,
         node_id: str | None = None,
     ) -> None:
         self.redis = client
         self.prefix = prefix
         self.lease_s = lease_s
-        # A lease must outlast the slowest poll, or a second node could claim a
-        # task still in flight (tryon charges per call): per provider, at least
-        # its request timeout plus a margin.
-        self.lease_floor = dict(lease_floor or {})
         self.claim_limit = claim_limit
         self.node_id = node_id or uuid.uuid4().hex
         self._add = client.register_script(_ADD)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._surrender = client.register_script(_SURRENDER)
+        self._renew = client.register_script(_RENEW)
         self._set_deadline = client.register_script(_SET_DEADLINE)
         self._known: dict[str, dict[str, Entry]] = {}
         self.takeovers: dict[str, int] = {}  # provider → claims taken back from lapsed leases
@@ -203,7 +209,7 @@ class RedisSchedule(Schedule):
         async with translated("claim"):
             taken, raw = await self._claim(
                 keys=self._keys(provider, "due", "lease", "state", "interest", "owner"),
-                args=[now, horizon, now + self.lease_of(provider), self.node_id, self.claim_limit],
+                args=[now, horizon, now + self.lease_s, self.node_id, self.claim_limit],
             )
         if taken:
             self.takeovers[provider] = self.takeovers.get(provider, 0) + int(taken)
@@ -214,8 +220,16 @@ class RedisSchedule(Schedule):
             known[entry.task] = entry
         return entries
 
-    def lease_of(self, provider: str) -> float:
-        return max(self.lease_s, self.lease_floor.get(provider, 0.0))
+    @property
+    def renew_every_s(self) -> float | None:
+        return self.lease_s / 3
+
+    async def renew(self, provider: str, tasks: Sequence[str]) -> None:
+        async with translated("lease renewal"):
+            await self._renew(
+                keys=self._keys(provider, "lease", "owner"),
+                args=[self.node_id, time.time() + self.lease_s, *tasks],
+            )
 
     async def release(self, provider: str, due: Sequence[tuple[Entry, float]]) -> None:
         if not due:

@@ -77,6 +77,14 @@ class Schedule(ABC):
     async def claim(self, provider: str, now: float, horizon: float) -> list[Entry]:
         """Take every wanted task due by ``horizon``; drop the unwanted ones."""
 
+    @property
+    def renew_every_s(self) -> float | None:
+        """How often claims in flight must be renewed (``None``: claims never lapse)."""
+        return None
+
+    async def renew(self, provider: str, tasks: Sequence[str]) -> None:  # noqa: B027
+        """Extend this node's claims on tasks still being polled."""
+
     @abstractmethod
     async def release(self, provider: str, due: Sequence[tuple[Entry, float]]) -> None:
         """Give claimed entries back, each due again at the given time."""

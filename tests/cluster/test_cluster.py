@@ -330,3 +330,29 @@ async def test_rolling_restart_loses_no_terminal_event(
         assert story(got)[-1][1] == "succeeded"
         ordered = seqs(got)
         assert ordered == list(range(ordered[0], ordered[-1] + 1))
+
+
+async def test_a_poll_slower_than_the_lease_keeps_its_claim(
+    sim: str, client: httpx.AsyncClient, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    doc = cluster_doc(sim, redis_server.url)
+    doc["providers"]["videoproc"]["timeout_s"] = 8.0
+    task = await create_sim_task(client, sim, "videoproc", [{"at": 0, "state": "running"}])
+    await client.post(
+        f"{sim}/_sim/faults",
+        json={"provider": "videoproc", "mode": "slow", "delay_s": LEASE_S + 1.5, "duration_s": 60},
+    )
+    started = [GatewayProcess(doc, tmp_path).start() for _ in range(3)]
+    try:
+        provider, _, task_id = task.partition(":")
+        await client.post(
+            f"{started[0].url}/v1/tasks", json={"provider": provider, "task_id": task_id}
+        )
+        await asyncio.sleep(10.0)
+        polled = (await sim_stats(client, sim))["tasks"][task]
+    finally:
+        for node in started:
+            node.stop()
+    # One poll at a time: 10 s / (4.5 s per poll + interval) ≈ 2. A lease lapsing
+    # mid-poll would let the other two nodes pile in.
+    assert 1 <= polled <= 3, polled

@@ -19,7 +19,6 @@ from tests.integration.conftest import create_sim_task
 from tests.integration.gateway_server import GatewayProcess
 from tests.redis_server import RedisServer
 
-
 RECONNECTS: list[str] = []
 
 
