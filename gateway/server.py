@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from types import FrameType
 
@@ -21,6 +22,7 @@ from gateway.config import Config
 from gateway.exceptions import ConfigError
 from gateway.service import Gateway
 from gateway.web.app import create_app
+from gateway.web.auth import REDACT_TOKENS
 from gateway.web.transport import guarded_http_protocol
 
 __all__ = ["DrainingServer", "is_loopback", "serve", "uvicorn_config"]
@@ -47,6 +49,8 @@ class DrainingServer(uvicorn.Server):
 
 def uvicorn_config(app: Litestar, config: Config) -> uvicorn.Config:
     server = config.server
+    # uvicorn logs WebSocket handshakes with their query string: no tokens in logs.
+    logging.getLogger("uvicorn.error").addFilter(REDACT_TOKENS)
     return uvicorn.Config(
         app,
         host=server.host,
@@ -90,8 +94,6 @@ def serve(config: Config, *, allow_open_public: bool = False) -> None:
                 'use mode = "token" or pass --allow-open-public',
                 path="auth.mode",
             )
-        import logging
-
         logging.getLogger("pollcast").warning(
             "auth mode 'open' on a public address: anyone can read tasks and spend upstream calls"
         )

@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import logging
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +49,7 @@ from gateway.service import Gateway
 
 __all__ = [
     "COOKIE",
+    "REDACT_TOKENS",
     "TOKEN_TYPE",
     "ApiKeyPrincipal",
     "Authenticated",
@@ -257,7 +259,8 @@ class Authenticator:
                     "the subscriber token expired; ask the backend for a new one",
                     code="token_expired",
                 ) from None
-            except jwt.PyJWTError:
+            except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
+                # PyJWT compares ``exp`` as a number: 1e400 overflows on the way.
                 raise invalid from None
             return self._subscriber(claims, invalid)
         raise invalid
@@ -272,6 +275,7 @@ class Authenticator:
             or not 0 < len(tasks) <= MAX_TOKEN_TASKS
             or not all(isinstance(t, str) and 0 < len(t) <= 300 for t in tasks)
             or not isinstance(exp, int | float)
+            or not 0 < exp < 1e12  # seconds since 1970: anything else is no expiry of ours
         ):
             raise invalid
         return SubscriberPrincipal(tasks=frozenset(cast(list[str], tasks)), expires_at=float(exp))
@@ -371,6 +375,29 @@ def check_socket_origin(
         "add it to server.cors_origins or pass ?token=",
         code="forbidden_origin",
     )
+
+
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """Blank out ``?token=`` values in log lines.
+
+    uvicorn logs each WebSocket handshake with its query string at INFO
+    (``"WebSocket /v1/ws?token=…" [accepted]``), and a subscriber token is a
+    credential until it expires.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg = _TOKEN_IN_QUERY.sub(r"\1[redacted]", message)
+            record.args = None
+        return True
+
+
+#: Installed on uvicorn's logger by :func:`gateway.server.uvicorn_config`.
+REDACT_TOKENS = RedactTokens()
 
 
 def authenticator_of(state: State) -> Authenticator:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -77,19 +77,31 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._address = self.client[0] if self.client else "unknown"
         self._admitted = self.address_connections.admit(self._address, transport)
-        # The request cycle that was current when the deadline was armed (None:
-        # the connection's first request); the awaited head is complete once
-        # ``self.cycle`` moves on from it.
-        self._head_after: Any = None
-        self._head_bytes = 0
-        self._head_tail = b""
+        self._heads = 0  # request heads completed on this connection
+        self._in_body = False  # the parser is between a head and the end of its message
+        self._head_bytes = 0  # of the head being read
+        self._head_tail = b""  # the last bytes counted, to find a blank line split in two
+        self._armed_at_head = 0  # ``_heads`` when the deadline was armed
         self._deadline: asyncio.TimerHandle | None = None
         self._lingering = False
         self._arm()
 
+    # httptools parser callbacks (and uvicorn's end of a response), observed.
+
+    def on_headers_complete(self) -> None:
+        self._heads += 1
+        self._in_body = True
+        self._head_bytes = 0
+        self._head_tail = b""
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._reading_head_of(self.cycle):
+        if self._idle():
             self._arm()  # the next head on this kept-alive connection has its own deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -110,7 +122,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 {"retry-after": str(BUSY_RETRY_S)},
             )
             return
-        if self._reading_head():
+        if not self._in_body and self._ours():
             # Count only the head: it ends at the first blank line (a body may follow
             # in the same read), which may straddle two reads.
             window = self._head_tail + data
@@ -128,25 +140,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     # -- internals ------------------------------------------------------------
 
-    def _between_requests(self) -> bool:
-        cycle = self.cycle
-        return cycle is None or bool(cycle.response_complete)
-
-    def _reading_head(self) -> bool:
-        """This connection is still ours and the awaited head is not complete yet."""
-        return self._reading_head_of(self._head_after)
-
-    def _reading_head_of(self, after: Any) -> bool:
+    def _ours(self) -> bool:
+        """Open, and not upgraded to a WebSocket (whose protocol then owns the transport)."""
         transport = self.transport
-        if transport.is_closing() or transport.get_protocol() is not self:
-            return False  # closed, or upgraded to a WebSocket: its own protocol now
-        return self._between_requests() and self.cycle is after
+        return not transport.is_closing() and transport.get_protocol() is self
+
+    def _idle(self) -> bool:
+        """No response is being written: the connection waits for (the rest of) a request."""
+        cycle = self.cycle
+        return self._ours() and (cycle is None or bool(cycle.response_complete))
 
     def _arm(self) -> None:
         self._disarm()
-        self._head_after = self.cycle
-        self._head_bytes = 0
-        self._head_tail = b""
+        self._armed_at_head = self._heads
         self._deadline = self.loop.call_later(self.head_timeout_s, self._head_timeout)
 
     def _disarm(self) -> None:
@@ -156,8 +162,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _head_timeout(self) -> None:
         self._deadline = None
-        if not self._reading_head():
-            return  # the head arrived in time (or the connection is gone or upgraded)
+        if not self._idle() or self._heads != self._armed_at_head:
+            return  # a head arrived in time (or the connection is gone or upgraded)
         if self._head_bytes:
             self._refuse(
                 408,
@@ -165,6 +171,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 "request_timeout",
             )
         else:
+            # Nothing of a head (or only the rest of a body the app already answered).
             self.transport.close()
 
     def _refuse(

@@ -114,24 +114,23 @@ async def test_no_credentials_get_401_with_a_bearer_challenge(
     assert (await client.get(f"{gateway}/")).status_code == 200  # the dashboard page
 
 
-@pytest.mark.parametrize(
-    "authorization",
-    [
-        "Bearer not-a-key",
-        f"Bearer {API_KEY}x",
-        f"Bearer {API_KEY[:-1]}",
-        f"Basic {API_KEY}",
-        "Bearer",
-        f"bearer{API_KEY}",
-    ],
-    ids=["unknown", "key-plus-one", "key-minus-one", "basic-scheme", "empty", "no-space"],
-)
-async def test_wrong_key_gets_401_invalid_token(
-    gateway: str, client: httpx.AsyncClient, authorization: str
-) -> None:
-    reply = await client.get(f"{gateway}/v1/providers", headers={"Authorization": authorization})
-    problem(reply, 401, "invalid_token")
-    assert 'error="invalid_token"' in reply.headers["www-authenticate"]
+WRONG_AUTHORIZATIONS = [
+    "Bearer not-a-key",
+    f"Bearer {API_KEY}x",
+    f"Bearer {API_KEY[:-1]}",
+    f"Basic {API_KEY}",
+    "Bearer",
+    f"bearer{API_KEY}",
+]
+
+
+async def test_wrong_key_gets_401_invalid_token(gateway: str, client: httpx.AsyncClient) -> None:
+    for authorization in WRONG_AUTHORIZATIONS:
+        reply = await client.get(
+            f"{gateway}/v1/providers", headers={"Authorization": authorization}
+        )
+        problem(reply, 401, "invalid_token")
+        assert 'error="invalid_token"' in reply.headers["www-authenticate"]
 
 
 async def test_both_rotation_keys_work_and_keys_are_refused_outside_the_header(

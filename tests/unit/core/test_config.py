@@ -122,7 +122,7 @@ def test_provider_with_unknown_kind() -> None:
     err = _error({"providers": {"vp": {"kind": "vidproc", "base_url": "http://x"}}})
     assert err.path == "providers.vp.kind"
     assert "unknown provider kind 'vidproc'" in str(err)
-    assert "aholo, ailab, genpic, tryon, videoproc" in str(err)
+    assert "aholo, ailab, genpic, http, tryon, videoproc" in str(err)
 
 
 @pytest.mark.parametrize("kind", [None, 3])
