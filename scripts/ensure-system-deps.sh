@@ -12,10 +12,11 @@ declare -A PROVIDES=(
   [nginx]=nginx
   [node]=nodejs
   [tmux]=tmux
+  [systemd-analyze]=systemd
 )
 
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(redis-server chromium nginx node tmux)
+[ ${#wanted[@]} -gt 0 ] || wanted=(redis-server chromium nginx node tmux systemd-analyze)
 
 missing=()
 for cmd in "${wanted[@]}"; do

@@ -15,12 +15,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+import pytest
 import redis
 
-__all__ = ["RedisServer"]
+__all__ = ["RedisServer", "redis_server"]
 
 
 def _free_port() -> int:
@@ -89,3 +91,14 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One throwaway ``redis-server`` (no persistence) for the session.
+
+    Tests share it: give each its own key prefix. To use it, re-export it from
+    a ``conftest.py``: ``from tests.redis_server import redis_server  # noqa: F401``.
+    """
+    with RedisServer(tmp_path_factory.mktemp("redis"), persist=False) as server:
+        yield server

@@ -403,6 +403,8 @@ def compile_settings(settings: HttpSettings) -> _Plan:
     many = ["base", "now_ms", "request_id"]
     allowed = many if batch is not None else one
     url = _template(request.url, "request.url", allowed)
+    if not request.url.startswith(("{base}", "http://", "https://")):
+        raise ConfigError("must start with {base} or http(s)://", path="request.url")
     headers = tuple(
         (name, _template(v, f"request.headers.{name}", allowed))
         for name, v in request.headers.items()

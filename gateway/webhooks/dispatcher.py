@@ -124,6 +124,13 @@ class Dispatcher:
 
     async def _attempt(self, delivery: Delivery) -> None:
         try:
+            await self._deliver(delivery)
+        except Exception:
+            # Its claim lapses and the delivery is tried again; the loop goes on.
+            log.exception("webhook delivery %s failed unexpectedly", delivery.id)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        try:
             error = await self._send(delivery)
         except InvalidWebhook as exc:
             log.warning(

@@ -141,8 +141,9 @@ class Webhooks:
             registrations = await self.outbox.registrations(list(by_task))
             for task, registration in registrations.items():
                 await self._enqueue(task, registration, by_task[task])
-        except BackendError:
+        except Exception:
             # Not lost: catch_up() at the next start queues what the marks lack.
+            # Raising here would fail the poll that committed these events.
             log.exception("could not queue webhook deliveries for %d task(s)", len(by_task))
 
     async def catch_up(self, tasks: Sequence[str] | None = None) -> None:

@@ -9,6 +9,7 @@ import msgspec
 __all__ = ["WebhooksConfig"]
 
 _Seconds = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
+_Host = Annotated[str, msgspec.Meta(pattern=r"^(\*\.)?[A-Za-z0-9_.:-]+$")]
 
 
 class WebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -18,7 +19,8 @@ class WebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """
 
     secret: str | None = None  # "whsec_<base64>" (Standard Webhooks) or 16+ bytes of text
-    allowed_hosts: list[str] = msgspec.field(default_factory=list)  # empty: any public host
+    # Host names or IP literals, "*.example.com" for subdomains; empty: any public host.
+    allowed_hosts: list[_Host] = msgspec.field(default_factory=list)
     allow_private: bool = False  # permit loopback / private / link-local addresses
     max_age_s: _Seconds = 86400.0  # retry a delivery for at most this long
     timeout_s: _Seconds = 10.0  # one attempt (connect + answer)

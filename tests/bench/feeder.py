@@ -1,7 +1,7 @@
 """What a user would assemble around Nchan or Pushpin: a minimal poller, and a GRIP backend.
 
 ``python -m tests.bench.feeder feed ...`` polls one simulated videoproc task
-once per interval (one request at a time, keep-alive) and, whenever its
+once per interval (fixed rate, one request at a time, keep-alive) and, whenever its
 status, progress or message changes, publishes an event shaped like
 pollcast's (same fields, ``observed_at`` = when the reply was read) into the
 peer: ``POST /pub/<channel>`` for Nchan, ``POST /publish/`` for Pushpin.
@@ -102,6 +102,7 @@ async def feed(args: argparse.Namespace) -> None:
     published = 0
     polls = 0
     stop_at = time.monotonic() + args.duration
+    next_at = time.monotonic()
     while time.monotonic() < stop_at:
         status, body = await sim.exchange(poll)
         polls += 1
@@ -130,7 +131,11 @@ async def feed(args: argparse.Namespace) -> None:
                 data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
                 await _publish(args, peer, data, seq, event["event"])
                 published += 1
-        await asyncio.sleep(args.interval)
+        # Fixed rate: the next poll is due one interval after the previous
+        # one started, so a slow publish (the peer fanning out) does not
+        # lower the offered load below the peer's capacity.
+        next_at = max(next_at + args.interval, time.monotonic())
+        await asyncio.sleep(next_at - time.monotonic())
     print(json.dumps({"polls": polls, "published": published}), flush=True)
     sim.close()
     peer.close()

@@ -41,18 +41,22 @@ class Stats:
     def __init__(self) -> None:
         self.frames = 0
         self.latency_on = False
+        self.match = b""  # latency only of messages containing this (all when empty)
         self.latencies_ms: list[float] = []
         self.closed_by_peer = 0
         self._stamp_cache: dict[bytes, float] = {}
 
-    def reset(self, latency: bool) -> None:
+    def reset(self, latency: bool, match: bytes = b"") -> None:
         self.frames = 0
         self.latency_on = latency
+        self.match = match
         self.latencies_ms = []
         self.closed_by_peer = 0
 
     def observe(self, payload: bytes, received_s: float) -> None:
         """Record the latency of one message that carries ``observed_at``."""
+        if self.match and self.match not in payload:
+            return
         start = payload.find(OBSERVED_KEY)
         if start < 0:
             return
@@ -393,7 +397,7 @@ class LoadGen:
         }
 
     def reset(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        STATS.reset(bool(cmd.get("latency", False)))
+        STATS.reset(bool(cmd.get("latency", False)), cmd.get("match", "").encode())
         self.cpu_mark = _cpu_s()
         self.wall_mark = time.monotonic()
         return {"ok": True}

@@ -24,6 +24,7 @@ __all__ = [
     "LoadGen",
     "Pinning",
     "Proc",
+    "core_busy_seconds",
     "cpu_seconds",
     "raise_nofile",
     "rss_kib",
@@ -183,8 +184,14 @@ def start_sim(workdir: Path, pin: Pinning) -> Proc:
     return proc
 
 
-def start_gateway(doc: Mapping[str, Any], workdir: Path, pin: Pinning, name: str) -> Proc:
-    """``pollcast serve`` (via :mod:`tests.bench.serve_gateway`) on the server core."""
+def start_gateway(
+    doc: Mapping[str, Any], workdir: Path, pin: Pinning, name: str, ready_timeout: float = 20.0
+) -> Proc:
+    """``pollcast serve`` (via :mod:`tests.bench.serve_gateway`) on the server core.
+
+    Raises:
+        RuntimeError: it exited or was not ready in time (it is stopped first).
+    """
     port = free_port()
     full = dict(doc)
     full["server"] = {**doc.get("server", {}), "host": "127.0.0.1", "port": port}
@@ -198,7 +205,11 @@ def start_gateway(doc: Mapping[str, Any], workdir: Path, pin: Pinning, name: str
     )
     proc.extra["url"] = f"http://127.0.0.1:{port}"
     proc.extra["port"] = port
-    wait_http(f"{proc.extra['url']}/readyz", proc)
+    try:
+        wait_http(f"{proc.extra['url']}/readyz", proc, timeout=ready_timeout)
+    except BaseException:
+        proc.stop()
+        raise
     return proc
 
 
@@ -248,6 +259,18 @@ def cpu_seconds(pids: Sequence[int]) -> float:
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def core_busy_seconds(cores: frozenset[int]) -> float:
+    """CPU seconds these cores spent busy (any process), from /proc/stat."""
+    total = 0
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, _, rest = line.partition(" ")
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                ticks = [int(x) for x in rest.split()]
+                total += sum(ticks[:8]) - ticks[3] - ticks[4]  # minus idle and iowait
     return total / CLK_TCK
 
 

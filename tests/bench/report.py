@@ -93,12 +93,17 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"{_n(polls)}/s" if polls is not None else "not measured",
         None if polls is None else polls >= TARGETS["single_task_polls_per_s"],
     )
-    econ = _get(results, "economy", "single")
+    econ = list(_get(results, "economy", "single") or [])
+    econ += [
+        {**r, "subscribers": r["subscribers"]} for r in _get(results, "cluster", "single") or []
+    ]
     if econ:
         worst = max(row["per_round"] for row in econ)
         never_more = all(row["upstream_requests"] <= row["rounds"] for row in econ)
         figure = ", ".join(
-            f"{row['subscribers']:,}: {row['upstream_requests']}/{row['rounds']}" for row in econ
+            f"{row['subscribers']:,}{' (3 nodes)' if 'nodes' in row else ''}: "
+            f"{row['upstream_requests']}/{row['rounds']}"
+            for row in econ
         )
         add(
             "upstream requests per task per round = 1 at every subscriber count",
@@ -158,9 +163,16 @@ def render(results: dict[str, Any]) -> str:
         for row in econ["single"]:
             if cluster.get("available") and row["subscribers"] in cluster_rows:
                 crow = cluster_rows[row["subscribers"]]
-                ccell = f"{crow['per_round']:.2f} ({crow['upstream_requests']} req)"
+                ccell = (
+                    f"{crow['per_round']:.2f} ({crow['upstream_requests']} req / "
+                    f"{crow['rounds']} rounds)"
+                )
+            elif cluster.get("available"):
+                ccell = "not run at this count (quick mode)"
+            elif "not built" in str(cluster.get("reason", "")):
+                ccell = "n/a (cluster mode not built yet)"
             else:
-                ccell = "n/a (cluster mode not built yet)" if cluster else "—"
+                ccell = "n/a (see below)" if cluster else "—"
 
             w(
                 f"| {row['subscribers']:,} | {row['per_round']:.2f} "
@@ -193,78 +205,90 @@ def render(results: dict[str, Any]) -> str:
     sse, ws = results.get("sse_one") or {}, results.get("ws_one") or {}
     sse_many, ws_many = results.get("sse_many") or {}, results.get("ws_many") or {}
 
-    def tput(part: dict[str, Any], key: str = "throughput") -> str:
-        stats = part.get(key)
-        if not stats:
-            return "—"
-        return (
-            f"{_n(stats['per_s'])} (CPU {stats['server_cpu_pct']:.0f}%, "
-            f"load gen {stats['loadgen_cpu_pct']:.0f}%)"
+    if any((sse, ws, sse_many, ws_many, nchan, pushpin)):
+
+        def tput(part: dict[str, Any], key: str = "throughput") -> str:
+            stats = part.get(key)
+            if not stats:
+                return "—"
+            other = stats.get("server_core_other_pct", 0.0)
+            return (
+                f"{_n(stats['per_s'])} (CPU {stats['server_cpu_pct']:.0f}%, "
+                f"load gen {stats['loadgen_cpu_pct']:.0f}%"
+                + (f", others on its core {other:.0f}%" if other >= 5 else "")
+                + ")"
+            )
+
+        w("### Fan-out throughput (event deliveries per second)\n")
+        w(
+            "Deliveries counted by the load generator ÷ wall time, while a simulated task "
+            f"changes every {plan['fast_step_s'] * 1000:.0f} ms and its provider is polled "
+            "as often "
+            "(offered load above capacity: the figure is the server's ceiling when its CPU is "
+            "~100%). CPU = the server's processes; load gen = the load generator's own core; "
+            '"others on its core" = time other jobs on this shared machine took from the '
+            "server's core during the window (when large, the figure is a low estimate).\n"
         )
+        w(
+            "| scenario | pollcast SSE | pollcast WS | Nchan | Pushpin | pollcast SSE ÷ Nchan | "
+            "pollcast SSE ÷ Pushpin |"
+        )
+        w("|---|---|---|---|---|---|---|")
+        w(
+            f"| 1 task × {big:,} subscribers | {tput(sse)} | {tput(ws)} | {tput(nchan)} | "
+            f"{tput(pushpin)} | {_ratio(_get(sse, 'throughput', 'per_s'), _get(nchan, 'throughput', 'per_s'))} | "  # noqa: E501
+            f"{_ratio(_get(sse, 'throughput', 'per_s'), _get(pushpin, 'throughput', 'per_s'))} |"
+        )
+        w(
+            f"| {big // 10:,} tasks × 10 subscribers (aholo, batch polls) | {tput(sse_many)} | "
+            f"{tput(ws_many)} | — | — | — | — |"
+        )
+        if pushpin.get("handler_settings"):
+            settings = ", ".join(f"{k}={v:,}" for k, v in pushpin["handler_settings"].items())
+            w(f"\nPushpin `[handler]`: {settings} (defaults 2,500 / 25,000 throttle and drop).")
+        w("")
 
-    w("### Fan-out throughput (event deliveries per second)\n")
-    w(
-        "Deliveries counted by the load generator ÷ wall time, while a simulated task "
-        f"changes every {plan['fast_step_s'] * 1000:.0f} ms and its provider is polled as often "
-        "(offered load above capacity: the figure is the server's ceiling when its CPU is "
-        "~100%). CPU = the server's processes; load gen = the load generator's own core.\n"
-    )
-    w(
-        "| scenario | pollcast SSE | pollcast WS | Nchan | Pushpin | pollcast SSE ÷ Nchan | "
-        "pollcast SSE ÷ Pushpin |"
-    )
-    w("|---|---|---|---|---|---|---|")
-    w(
-        f"| 1 task × {big:,} subscribers | {tput(sse)} | {tput(ws)} | {tput(nchan)} | "
-        f"{tput(pushpin)} | {_ratio(_get(sse, 'throughput', 'per_s'), _get(nchan, 'throughput', 'per_s'))} | "  # noqa: E501
-        f"{_ratio(_get(sse, 'throughput', 'per_s'), _get(pushpin, 'throughput', 'per_s'))} |"
-    )
-    w(
-        f"| {big // 10:,} tasks × 10 subscribers (aholo, batch polls) | {tput(sse_many)} | "
-        f"{tput(ws_many)} | — | — | — | — |"
-    )
-    if pushpin.get("handler_settings"):
-        settings = ", ".join(f"{k}={v:,}" for k, v in pushpin["handler_settings"].items())
-        w(f"\nPushpin `[handler]`: {settings} (defaults 2,500 / 25,000 throttle and drop).")
-    w("")
+        w("### Delivery latency (poller observed the change → subscriber received it)\n")
+        w(
+            "`observed_at` in the event (ms, wall clock) vs the load generator's receive time, "
+            "same machine clock; p50 / p99 / max. The peers' feeder stamps `observed_at` the "
+            "same way before publishing.\n"
+        )
+        w("| subscribers | pollcast SSE | pollcast WS | Nchan | Pushpin |")
+        w("|---|---|---|---|---|")
+        for small in sse.get("latency_small", []):
+            w(f"| {small['subscribers']:,} | {_lat(small)} | — | — | — |")
+        w(
+            f"| {big:,} | {_lat(sse.get('latency'))} | {_lat(ws.get('latency'))} | "
+            f"{_lat(nchan.get('latency'))} | {_lat(pushpin.get('latency'))} |"
+        )
+        p99 = _get(sse, "latency", "latency_ms", "p99")
+        if nchan or pushpin:
+            w(
+                f"\np99 ratio pollcast ÷ Nchan: "
+                f"{_ratio(p99, _get(nchan, 'latency', 'latency_ms', 'p99'))}; pollcast ÷ Pushpin: "
+                f"{_ratio(p99, _get(pushpin, 'latency', 'latency_ms', 'p99'))}\n"
+            )
+        else:
+            w("")
 
-    w("### Delivery latency (poller observed the change → subscriber received it)\n")
-    w(
-        "`observed_at` in the event (ms, wall clock) vs the load generator's receive time, "
-        "same machine clock; p50 / p99 / max. The peers' feeder stamps `observed_at` the "
-        "same way before publishing.\n"
-    )
-    w("| subscribers | pollcast SSE | pollcast WS | Nchan | Pushpin |")
-    w("|---|---|---|---|---|")
-    for small in sse.get("latency_small", []):
-        w(f"| {small['subscribers']:,} | {_lat(small)} | — | — | — |")
-    w(
-        f"| {big:,} | {_lat(sse.get('latency'))} | {_lat(ws.get('latency'))} | "
-        f"{_lat(nchan.get('latency'))} | {_lat(pushpin.get('latency'))} |"
-    )
-    p99 = _get(sse, "latency", "latency_ms", "p99")
-    w(
-        f"\np99 ratio pollcast ÷ Nchan: {_ratio(p99, _get(nchan, 'latency', 'latency_ms', 'p99'))}"
-        f"; pollcast ÷ Pushpin: {_ratio(p99, _get(pushpin, 'latency', 'latency_ms', 'p99'))}\n"
-    )
+        def mem(part: dict[str, Any]) -> str:
+            m = part.get("memory")
+            if not m:
+                return "—"
+            return f"{m['per_connection_kib']:.1f} KiB ({m['connections']:,} conns)"
 
-    def mem(part: dict[str, Any]) -> str:
-        m = part.get("memory")
-        if not m:
-            return "—"
-        return f"{m['per_connection_kib']:.1f} KiB ({m['connections']:,} conns)"
-
-    w(f"### Memory per idle connection ({big:,} connections)\n")
-    w("(RSS after − RSS before) ÷ N from /proc VmRSS (peers: all their processes).\n")
-    w("| pollcast SSE | pollcast WS | Nchan | Pushpin | SSE ÷ Nchan | SSE ÷ Pushpin |")
-    w("|---|---|---|---|---|---|")
-    kib = _get(sse, "memory", "per_connection_kib")
-    w(
-        f"| {mem(sse)} | {mem(ws)} | {mem(nchan)} | {mem(pushpin)} | "
-        f"{_ratio(kib, _get(nchan, 'memory', 'per_connection_kib'))} | "
-        f"{_ratio(kib, _get(pushpin, 'memory', 'per_connection_kib'))} |"
-    )
-    w("")
+        w(f"### Memory per idle connection ({big:,} connections)\n")
+        w("(RSS after − RSS before) ÷ N from /proc VmRSS (peers: all their processes).\n")
+        w("| pollcast SSE | pollcast WS | Nchan | Pushpin | SSE ÷ Nchan | SSE ÷ Pushpin |")
+        w("|---|---|---|---|---|---|")
+        kib = _get(sse, "memory", "per_connection_kib")
+        w(
+            f"| {mem(sse)} | {mem(ws)} | {mem(nchan)} | {mem(pushpin)} | "
+            f"{_ratio(kib, _get(nchan, 'memory', 'per_connection_kib'))} | "
+            f"{_ratio(kib, _get(pushpin, 'memory', 'per_connection_kib'))} |"
+        )
+        w("")
 
     churn = results.get("churn") or {}
     if "per_s" in churn:
@@ -288,9 +312,9 @@ def render(results: dict[str, Any]) -> str:
         w("### Poll throughput (gateway → simulator, simulator on its own core)\n")
         w(
             "| provider | tasks | interval | offered | upstream requests/s | task refreshes/s | "
-            "gateway CPU |"
+            "gateway CPU | simulator CPU |"
         )
-        w("|---|---|---|---|---|---|---|")
+        w("|---|---|---|---|---|---|---|---|")
         rows = [*poll.get("single_by_concurrency", []), poll.get("batch")]
         for row in rows:
             if row:
@@ -308,10 +332,12 @@ def render(results: dict[str, Any]) -> str:
                 )
         w("")
 
-    errors = [e for e in (_error(results, k) for k in results) if e is not None]
-    if errors:
-        w("### Errors\n")
-        for e in errors:
-            w(f"- {e}")
-        w("")
+    w(_errors_section(results))
     return "\n".join(out)
+
+
+def _errors_section(results: dict[str, Any]) -> str:
+    errors = [e for e in (_error(results, k) for k in results) if e is not None]
+    if not errors:
+        return ""
+    return "### Errors\n\n" + "\n".join(f"- {e}" for e in errors) + "\n"

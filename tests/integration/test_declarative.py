@@ -15,6 +15,7 @@ behave exactly like the built-in adapters on the same simulator timelines:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import tomllib
 import uuid
@@ -26,6 +27,7 @@ import httpx
 import msgspec
 import pytest
 
+from gateway.cli import main
 from gateway.config import _interpolate, load_config
 from gateway.core import tracker
 from gateway.core.model import Event, FaultKind, Observation, State
@@ -278,3 +280,50 @@ async def test_gateway_streams_the_same_events_for_builtin_and_declarative(
     assert builtin[-1]["state"] == "succeeded"
     assert builtin[-1]["result"]["urls"]
     assert comparable(declared) == comparable(builtin)
+
+
+# --- pollcast check-config --probe --------------------------------------------------------
+
+
+def test_probe_shows_the_raw_reply_next_to_the_observation(
+    sim_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = httpx.post(
+        f"{sim_url}/_sim/tasks",
+        json={"provider": "ailab", "timeline": [{"at": 0, "state": "succeeded"}]},
+    )
+    task_id = created.json()["task_id"]
+    for name, value in example_env(sim_url).items():
+        monkeypatch.setenv(name, value)
+    example = str(EXAMPLES / "ailab.toml")
+
+    assert main(["check-config", "-c", example, "--probe", f"ailab:{task_id}"]) == 0
+    out = capsys.readouterr().out
+    request, raw, normalized = (
+        out.split("── request")[1],
+        out.split("── reply")[1].split("── observation")[0],
+        out.split("── observation")[1],
+    )
+    assert f"GET {sim_url}/ailab/common/query-async-task-result?task_id={task_id}" in request
+    assert "ailabapi-api-key: [redacted]" in request
+    assert "HTTP 200 OK" in raw and '"task_status": 2' in raw and '"error_code": 0' in raw
+    [observation] = json.loads(normalized.split("\n", 1)[1])
+    assert observation["state"] == "succeeded"
+    assert observation["result"]["urls"][0].startswith(f"{sim_url}/ailab/files/{task_id}/")
+    assert SIM_CREDENTIALS.ailab_api_key not in out
+
+    # A refused key: the upstream's own reply, the auth fault, and still no key.
+    monkeypatch.setenv("AILAB_API_KEY", "wrong-key-5kq8")
+    assert main(["check-config", "-c", example, "--probe", f"ailab:{task_id}"]) == 1
+    out = capsys.readouterr().out
+    assert "HTTP 401 Unauthorized" in out and "ERROR_INVALID_API_KEY" in out
+    assert '"kind": "auth"' in out
+    assert "wrong-key-5kq8" not in out
+
+
+def test_probe_of_an_unknown_provider_is_a_config_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AILAB_API_KEY", "k")
+    assert main(["check-config", "-c", str(EXAMPLES / "ailab.toml"), "--probe", "nope:1"]) == 2
+    assert "--probe: no provider named 'nope' (configured: ailab)" in capsys.readouterr().err

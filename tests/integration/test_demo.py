@@ -81,6 +81,8 @@ def test_demo_shows_live_events_from_all_five_providers(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             demo.kill()
             demo.wait()
+        sel.close()
+        demo.stdout.close()  # else the pipe is left to the GC: a ResourceWarning in a later test
     assert elapsed < 30
     assert "retry: " in streamed
     assert "event: snapshot" in streamed and '"task":"videoproc:' in streamed

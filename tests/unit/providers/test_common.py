@@ -14,6 +14,7 @@ from gateway.providers.aholo import AholoAdapter
 from gateway.providers.ailab import AilabAdapter
 from gateway.providers.base import Adapter
 from gateway.providers.genpic import GenpicAdapter
+from gateway.providers.http import HttpAdapter
 from gateway.providers.tryon import TryonAdapter
 from gateway.providers.videoproc import VideoprocAdapter
 from tests.unit.providers.support import CASES, build, fault_of, observe, reply
@@ -44,6 +45,7 @@ def test_registry_maps_each_kind_to_its_adapter() -> None:
         "tryon": TryonAdapter,
         "genpic": GenpicAdapter,
         "videoproc": VideoprocAdapter,
+        "http": HttpAdapter,
     } == ADAPTERS
     for kind, cls in ADAPTERS.items():
         assert adapter_class(kind) is cls
@@ -54,7 +56,7 @@ def test_unknown_kind_names_the_known_ones() -> None:
     with pytest.raises(ConfigError) as caught:
         adapter_class("openai")
     assert str(caught.value) == (
-        "unknown provider kind 'openai'; known kinds: aholo, ailab, genpic, tryon, videoproc"
+        "unknown provider kind 'openai'; known kinds: aholo, ailab, genpic, http, tryon, videoproc"
     )
 
 

@@ -1,0 +1,112 @@
+"""Queueing: committed events become deliveries once, even across a crash between steps.
+
+A real :class:`LocalHub` and :class:`SqliteOutbox` (in memory); the
+dispatcher is not started, so what was queued can be read back with a claim.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.core.model import ErrorInfo, Event, EventKind, State
+from gateway.hub.local import LocalHub
+from gateway.webhooks.model import WebhookTarget
+from gateway.webhooks.outbox import SqliteOutbox
+from gateway.webhooks.service import Webhooks
+from gateway.webhooks.settings import WebhooksConfig
+
+TASK = "ailab:7f3c"
+NOW = 1_800_000_000.0
+CONFIG = WebhooksConfig(secret="a-test-secret-of-enough-bytes")
+
+
+def event(seq: int, state: State, task: str = TASK) -> Event:
+    return Event(
+        event=EventKind.STATE,
+        task=task,
+        seq=seq,
+        state=state,
+        terminal=state.terminal,
+        progress=None,
+        position=None,
+        message=None,
+        result=None,
+        error=ErrorInfo("upstream_failed", "x") if state is State.FAILED else None,
+        upstream=None,
+        updated_at="2026-11-21T10:00:05.120Z",
+        observed_at="2026-11-21T10:00:05.118Z",
+    )
+
+
+@pytest.fixture
+async def parts() -> AsyncIterator[tuple[Webhooks, LocalHub, SqliteOutbox]]:
+    hub = LocalHub(":memory:", clock=lambda: NOW)
+    outbox = SqliteOutbox(":memory:", clock=lambda: NOW)
+    await hub.start()
+    await outbox.start()
+    webhooks = Webhooks(CONFIG, outbox, hub, wall=lambda: NOW)
+    yield webhooks, hub, outbox
+    await webhooks.http.aclose()
+    await outbox.close()
+    await hub.close()
+
+
+async def queued(outbox: SqliteOutbox) -> list[tuple[str, str]]:
+    claimed = await outbox.claim(NOW, NOW + 30, 100, "reader")
+    for delivery in claimed:
+        await outbox.finish(delivery)
+    return [(d.id, json.loads(d.payload)["data"]["state"]) for d in claimed]
+
+
+async def test_committed_events_of_registered_tasks_are_queued_once(
+    parts: tuple[Webhooks, LocalHub, SqliteOutbox],
+) -> None:
+    webhooks, hub, outbox = parts
+    await webhooks.register(TASK, WebhookTarget("https://h.example/in", ("state", "terminal")))
+    first = [event(1, State.QUEUED), event(1, State.RUNNING, "vp:other")]
+    await hub.commit([first[0]], terminal_ttl_s=60)
+    await webhooks.committed(first)
+    await webhooks.committed(first)  # told twice: still once
+    assert await queued(outbox) == [(f"{TASK}:1", "queued")]
+
+    final = [event(2, State.RUNNING), event(3, State.SUCCEEDED)]
+    await hub.commit(final, terminal_ttl_s=60)
+    await webhooks.committed(final)
+    assert await queued(outbox) == [(f"{TASK}:2", "running"), (f"{TASK}:3", "succeeded")]
+    assert await outbox.registrations() == {}  # the terminal event ends the registration
+
+
+async def test_catch_up_queues_what_a_crash_left_between_commit_and_queue(
+    parts: tuple[Webhooks, LocalHub, SqliteOutbox],
+) -> None:
+    webhooks, hub, outbox = parts
+    await webhooks.register(TASK, WebhookTarget("https://h.example/in", ("terminal",)))
+    # The hub stored these, then the node died before queueing them.
+    await hub.commit([event(1, State.RUNNING), event(2, State.FAILED)], terminal_ttl_s=60)
+    await webhooks.catch_up()
+    await webhooks.catch_up()
+    assert await queued(outbox) == [(f"{TASK}:2", "failed")]
+
+
+async def test_registering_after_the_end_owes_the_final_event_only(
+    parts: tuple[Webhooks, LocalHub, SqliteOutbox],
+) -> None:
+    webhooks, hub, outbox = parts
+    await hub.commit([event(1, State.RUNNING), event(2, State.SUCCEEDED)], terminal_ttl_s=60)
+    await webhooks.register(TASK, WebhookTarget("https://h.example/in", ("state", "terminal")))
+    assert await queued(outbox) == [(f"{TASK}:2", "succeeded")]
+
+
+async def test_registering_mid_way_owes_only_what_comes_next(
+    parts: tuple[Webhooks, LocalHub, SqliteOutbox],
+) -> None:
+    webhooks, hub, outbox = parts
+    await hub.commit([event(1, State.QUEUED)], terminal_ttl_s=60)
+    await webhooks.register(TASK, WebhookTarget("https://h.example/in", ("state",)))
+    assert await queued(outbox) == []
+    await hub.commit([event(2, State.RUNNING)], terminal_ttl_s=60)
+    await webhooks.committed([event(2, State.RUNNING)])
+    assert await queued(outbox) == [(f"{TASK}:2", "running")]
