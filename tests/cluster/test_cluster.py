@@ -137,11 +137,19 @@ async def test_three_nodes_poll_each_task_once_per_round(
         requests = after["requests"][provider] - before["requests"][provider]
         mine = [t for t in tasks if t.startswith(provider)]
         assert all(after["tasks"][t] - before["tasks"][t] == requests for t in mine)
-    sent = 0
-    for node in nodes:
-        providers = (await client.get(f"{node.url}/v1/providers")).json()["providers"]
-        sent += sum(p["requests_sent"] for p in providers)
-    assert sent == sum(after["requests"].values())
+    # Every request the nodes sent reached the simulator, and nothing else did.
+    # Polls go on meanwhile, so bracket the simulator's count by the nodes'.
+    async def sent() -> int:
+        total = 0
+        for node in nodes:
+            providers = (await client.get(f"{node.url}/v1/providers")).json()["providers"]
+            total += sum(p["requests_sent"] for p in providers)
+        return total
+
+    low = await sent()
+    seen = sum((await sim_stats(client, sim))["requests"].values())
+    high = await sent()
+    assert low <= seen <= high
 
 
 async def test_subscribers_on_every_node_see_the_same_sequence(
