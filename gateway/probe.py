@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from http import HTTPStatus
 from typing import TextIO
 from urllib.parse import urlencode
 
@@ -22,9 +23,10 @@ import httpx
 import msgspec
 
 from gateway.config import Config
-from gateway.core.model import Fault, FaultKind, Observation, TaskKey
+from gateway.core.model import Fault, Observation, TaskKey
 from gateway.exceptions import ConfigError, InputError
-from gateway.providers.base import UpstreamRequest, UpstreamResponse, fault_observations
+from gateway.poller.transport import send
+from gateway.providers.base import UpstreamRequest, fault_observations
 
 __all__ = ["probe", "run_probe"]
 
@@ -91,44 +93,26 @@ async def probe(config: Config, task: str, out: TextIO) -> list[Observation]:
     show(f"request ({runtime.name}, kind {adapter.kind})", _describe_request(request))
     started = time.monotonic()
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
-        try:
-            reply = await http.request(
-                request.method,
-                request.url,
-                params=request.params,
-                headers=request.headers,
-                content=request.body,
-                timeout=runtime.timeout_s,
-            )
-        except httpx.TimeoutException:
-            fault = Fault(FaultKind.TIMEOUT, f"no answer within {runtime.timeout_s:g} s")
-            observations = fault_observations(request.task_ids, fault)
-            show("reply", [fault.message])
-        except httpx.HTTPError as exc:
-            fault = Fault(FaultKind.NETWORK, f"connection failed ({type(exc).__name__})")
-            observations = fault_observations(request.task_ids, fault)
-            show("reply", [fault.message])
-        else:
-            elapsed_ms = (time.monotonic() - started) * 1000
-            response = UpstreamResponse(
-                status_code=reply.status_code,
-                headers={k.lower(): v for k, v in reply.headers.items()},
-                body=reply.content,
-            )
-            shown = [f"{n}: {response.headers[n]}" for n in SHOWN_HEADERS if n in response.headers]
-            show(
-                "reply",
-                [
-                    f"HTTP {reply.status_code} {reply.reason_phrase} ({elapsed_ms:.0f} ms)",
-                    *shown,
-                    "",
-                    _pretty(response.body),
-                ],
-            )
-            observations = adapter.parse(request, response)
+        reply = await send(http, request, name=runtime.name, timeout_s=runtime.timeout_s)
+    if isinstance(reply, Fault):
+        observations = fault_observations(request.task_ids, reply)
+        show("reply", [reply.message])
+    else:
+        elapsed_ms = (time.monotonic() - started) * 1000
+        shown = [f"{n}: {reply.headers[n]}" for n in SHOWN_HEADERS if n in reply.headers]
+        status = f"HTTP {reply.status_code} {_reason(reply.status_code)} ({elapsed_ms:.0f} ms)"
+        show("reply", [status, *shown, "", _pretty(reply.body)])
+        observations = adapter.parse(request, reply)
     normalized = json.dumps(msgspec.to_builtins(observations), indent=2, ensure_ascii=False)
     show("observation", normalized.splitlines())
     return observations
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def run_probe(config: Config, task: str, out: TextIO) -> int:

@@ -18,6 +18,7 @@ import msgspec
 
 from gateway.core.model import Event
 from gateway.core.sse import Encoded
+from gateway.hub.fanout import FanOut
 from gateway.hub.queue import SubscriberQueue
 
 __all__ = ["Hub", "Watch"]
@@ -67,16 +68,18 @@ class Hub(ABC):
         """Events with seq > ``after_seq`` in order, or ``None`` if history no longer
         reaches back that far (the caller then sends a gap notice and a snapshot)."""
 
-    # -- fan-out ----------------------------------------------------------
+    # -- fan-out (to this node's subscribers; every backend does it alike) --
 
-    @abstractmethod
-    def attach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None: ...
+    fanout: FanOut
 
-    @abstractmethod
-    def detach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None: ...
+    def attach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
+        self.fanout.attach(queue, tasks)
 
-    @abstractmethod
-    def subscriber_count(self, task: str) -> int: ...
+    def detach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
+        self.fanout.detach(queue, tasks)
+
+    def subscriber_count(self, task: str) -> int:
+        return self.fanout.subscriber_count(task)
 
     # -- watches ----------------------------------------------------------
 

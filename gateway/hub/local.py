@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -20,7 +20,7 @@ from gateway.core.sse import Encoded
 from gateway.exceptions import BackendError, SeqConflict
 from gateway.hub.base import Hub, Watch
 from gateway.hub.fanout import FanOut
-from gateway.hub.queue import CloseReason, SubscriberQueue
+from gateway.hub.queue import CloseReason
 
 __all__ = ["LocalHub"]
 
@@ -63,7 +63,7 @@ class LocalHub(Hub):
         self._snapshots: dict[str, Event] = {}
         self._expires: dict[str, float] = {}
         self._history: dict[str, deque[Encoded]] = {}
-        self._fanout = FanOut()
+        self.fanout = FanOut()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -84,7 +84,7 @@ class LocalHub(Hub):
             self._history_of(task).append(Encoded(_event_decoder.decode(body)))
 
     async def close(self) -> None:
-        self._fanout.close_all(CloseReason.DRAINING)
+        self.fanout.close_all(CloseReason.DRAINING)
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -146,13 +146,13 @@ class LocalHub(Hub):
             if enc.event.terminal:
                 self._expires[task] = now + terminal_ttl_s
             self._history_of(task).append(enc)
-            self._fanout.deliver(enc)
+            self.fanout.deliver(enc)
         return encoded
 
     async def announce(self, event: Event) -> None:
         if event.event is not EventKind.NOTICE:
             raise ValueError("announce() is for notices; state changes go through commit()")
-        self._fanout.deliver(Encoded(event))
+        self.fanout.deliver(Encoded(event))
 
     async def history(self, task: str, after_seq: int) -> list[Encoded] | None:
         events = self._history.get(task)
@@ -171,15 +171,6 @@ class LocalHub(Hub):
         return history
 
     # -- fan-out ------------------------------------------------------------
-
-    def attach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
-        self._fanout.attach(queue, tasks)
-
-    def detach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
-        self._fanout.detach(queue, tasks)
-
-    def subscriber_count(self, task: str) -> int:
-        return self._fanout.subscriber_count(task)
 
     # -- watches ------------------------------------------------------------
 

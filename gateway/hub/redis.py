@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
@@ -35,7 +35,7 @@ from gateway.core.sse import Encoded
 from gateway.exceptions import BackendError, SeqConflict
 from gateway.hub.base import Hub, Watch
 from gateway.hub.fanout import FanOut
-from gateway.hub.queue import CloseReason, SubscriberQueue
+from gateway.hub.queue import CloseReason
 
 __all__ = ["RedisHub", "connect"]
 
@@ -99,7 +99,7 @@ class RedisHub(Hub):
         self.prefix = prefix
         self.history_limit = history_limit
         self.channel = f"{prefix}:events"
-        self._fanout = FanOut()
+        self.fanout = FanOut()
         self._commit = client.register_script(_COMMIT)
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -123,7 +123,7 @@ class RedisHub(Hub):
             await asyncio.wait_for(self._listening.wait(), 5.0)
 
     async def close(self) -> None:
-        self._fanout.close_all(CloseReason.DRAINING)
+        self.fanout.close_all(CloseReason.DRAINING)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -171,11 +171,11 @@ class RedisHub(Hub):
     async def _receive(self, data: bytes) -> None:
         event = _event_decoder.decode(data)
         task = event.task
-        if self._fanout.subscriber_count(task) == 0:
+        if self.fanout.subscriber_count(task) == 0:
             self._last.pop(task, None)
             return
         if event.event is EventKind.NOTICE:
-            self._fanout.deliver(Encoded(event))
+            self.fanout.deliver(Encoded(event))
             return
         last = self._last.get(task)
         if last is not None and event.seq <= last:
@@ -184,16 +184,16 @@ class RedisHub(Hub):
             missed = await self.history(task, last) or []
             for enc in missed:
                 if enc.event.seq < event.seq:
-                    self._fanout.deliver(enc)
+                    self.fanout.deliver(enc)
         self._last[task] = event.seq
-        self._fanout.deliver(Encoded(event))
+        self.fanout.deliver(Encoded(event))
 
     async def _catch_up(self) -> None:
         """After a reconnect: deliver what local subscribers may have missed."""
-        for task in self._fanout.tasks():
+        for task in self.fanout.tasks():
             missed = await self.history(task, self._last.get(task, 0)) or []
             for enc in missed:
-                self._fanout.deliver(enc)
+                self.fanout.deliver(enc)
                 self._last[task] = enc.event.seq
 
     # -- state --------------------------------------------------------------
@@ -242,15 +242,6 @@ class RedisHub(Hub):
         return events
 
     # -- fan-out ------------------------------------------------------------
-
-    def attach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
-        self._fanout.attach(queue, tasks)
-
-    def detach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
-        self._fanout.detach(queue, tasks)
-
-    def subscriber_count(self, task: str) -> int:
-        return self._fanout.subscriber_count(task)
 
     # -- watches ------------------------------------------------------------
 

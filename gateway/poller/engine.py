@@ -38,7 +38,8 @@ from gateway.hub.base import Hub, Watch
 from gateway.metrics import Metrics
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
-from gateway.providers.base import UpstreamRequest, UpstreamResponse, fault_observations
+from gateway.poller.transport import send
+from gateway.providers.base import UpstreamRequest, fault_observations
 
 __all__ = ["Poller", "ProviderLane"]
 
@@ -218,29 +219,10 @@ class ProviderLane:
 
     async def _send(self, request: UpstreamRequest, task_ids: list[str]) -> list[Observation]:
         rt = self.rt
-        try:
-            reply = await self.poller.http.request(
-                request.method,
-                request.url,
-                params=request.params,
-                headers=request.headers,
-                content=request.body,
-                timeout=rt.timeout_s,
-            )
-        except httpx.TimeoutException:
-            fault = Fault(FaultKind.TIMEOUT, f"{rt.name} did not answer within {rt.timeout_s:g} s")
-            return fault_observations(task_ids, fault)
-        except httpx.HTTPError as exc:
-            # The exception text can hold the URL, and some upstreams sign in the
-            # query string: name the failure, never echo it.
-            fault = Fault(FaultKind.NETWORK, f"{rt.name}: connection failed ({type(exc).__name__})")
-            return fault_observations(task_ids, fault)
-        response = UpstreamResponse(
-            status_code=reply.status_code,
-            headers={k.lower(): v for k, v in reply.headers.items()},
-            body=reply.content,
-        )
-        return rt.adapter.parse(request, response)
+        reply = await send(self.poller.http, request, name=rt.name, timeout_s=rt.timeout_s)
+        if isinstance(reply, Fault):
+            return fault_observations(task_ids, reply)
+        return rt.adapter.parse(request, reply)
 
     async def _absorb(
         self, chunk: list[Entry], observations: list[Observation], *, slow: bool = False

@@ -243,6 +243,18 @@ def render(results: dict[str, Any]) -> str:
             f"| {big // 10:,} tasks × 10 subscribers (aholo, batch polls) | {tput(sse_many)} | "
             f"{tput(ws_many)} | — | — | — | — |"
         )
+        feeds = [
+            f"{name} every {part['feeder_interval_s']:g} s"
+            for name, part in (("Nchan", nchan), ("Pushpin", pushpin))
+            if part.get("feeder_interval_s")
+        ]
+        if feeds:
+            w(
+                "\nPeers are fed by `tests/bench/feeder.py` (polls the simulated task, publishes "
+                f"each change): {', '.join(feeds)}. Pushpin's publish API queues without "
+                "backpressure; offered 0.02 s changes (~5× its capacity) its delivery "
+                "collapsed to ~3,000/s, so it gets the load it can sustain."
+            )
         if pushpin.get("handler_settings"):
             settings = ", ".join(f"{k}={v:,}" for k, v in pushpin["handler_settings"].items())
             w(f"\nPushpin `[handler]`: {settings} (defaults 2,500 / 25,000 throttle and drop).")

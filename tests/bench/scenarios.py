@@ -44,6 +44,10 @@ POLL_INTERVAL_S = 0.1
 MANY_INTERVAL_S = 0.1
 POLL_CONCURRENCIES = (2, 16, 64)  # requests in flight: one poll-throughput lane each
 BATCH_POLL_INTERVAL_S = 0.1
+# The peers' feeder polls at the fast lane's interval, except Pushpin: its publish
+# API takes everything at once (no backpressure), and offered ~5x its capacity
+# (0.02 s) its delivery collapsed to ~3,000/s here; at 0.1 s it runs saturated.
+PEER_FEED_INTERVAL_S: dict[str, float] = {"pushpin": 0.1}
 REDIS_URL = "redis://127.0.0.1:6379/0"  # cluster mode: the machine's Redis
 
 
@@ -506,13 +510,12 @@ class Bench:
         create: Callable[[list[dict[str, Any]]], None],
         warm: bool = True,
     ) -> dict[str, Any]:
-        """Memory of N idle subscribers, then throughput, then latency, on the same N.
+        """Memory of N idle subscribers, then latency, then throughput, on the same N.
 
         The task does not exist upstream while subscribers connect (the
         upstream answers 404 and the stream stays idle); ``create`` then
-        starts its timeline: progress every ``fast_step_s`` for the
-        throughput window, a quiet gap, then one change per second for the
-        latency window.
+        starts its timeline: one change per second for the latency window,
+        then progress every ``fast_step_s`` for the throughput window.
         """
         plan = self.plan
         n = plan.big
@@ -539,31 +542,31 @@ class Bench:
             f"  {target.name} {kind}: {opened['ready']} idle subscribers, "
             f"{memory['per_connection_kib']:.1f} KiB each"
         )
-        fast_s = 0.5 + plan.window_s + 1.0
-        gap_s = 3.0 if n >= 5_000 else 2.0  # lets a saturated fan-out drain its backlog
+        # Latency first, on a quiet server: one change per second. Then the
+        # saturating phase, so that no backlog of it can count as latency.
         lat_spacing, lat_events = 1.0, next(c for m, _, c in plan.latency_runs if m == n)
-        fast = int(fast_s / plan.fast_step_s)
+        slow_end_s = 1.0 + lat_events * lat_spacing
+        fast = int((1.0 + plan.window_s + 1.0) / plan.fast_step_s)
         timeline = [
-            *vp_steps(0.0, plan.fast_step_s, fast, "fast"),
-            *vp_steps(fast_s + gap_s, lat_spacing, lat_events, "slow"),
+            {"at": 0, "state": "running", "progress": 0, "message": "start"},
+            *vp_steps(1.0, lat_spacing, lat_events, "slow"),
+            *vp_steps(slow_end_s + 0.5, plan.fast_step_s, fast, "fast"),
         ]
         created = time.monotonic()
         create(timeline)
         time.sleep(0.5)
+        latency = self.window(
+            target,
+            created + slow_end_s + 0.3 - time.monotonic(),
+            latency=True,
+            match='"message":"slow ',
+        )
+        time.sleep(max(0.0, created + slow_end_s + 1.0 - time.monotonic()))
         throughput = self.window(target, plan.window_s)
         self.log(
             f"  {target.name} {kind}: {throughput['per_s']:,.0f} deliveries/s "
             f"(server CPU {throughput['server_cpu_pct']:.0f}%, "
             f"load generator CPU {throughput['loadgen_cpu_pct']:.0f}%)"
-        )
-        time.sleep(max(0.0, created + fast_s + gap_s / 2 - time.monotonic()))
-        # Only the slow phase's events are timed: a backlog left by the
-        # saturating phase must not count as latency.
-        latency = self.window(
-            target,
-            created + fast_s + gap_s + lat_events * lat_spacing + 0.5 - time.monotonic(),
-            latency=True,
-            match='"message":"slow ',
         )
         self._log_latency(target.name, kind, n, latency)
         self.loadgen.call(op="close", timeout=60)
@@ -829,7 +832,7 @@ class Bench:
                     task_id=task_id,
                     publish_port=int(server.extra["publish_port"]),
                     channel=channel,
-                    interval_s=plan.fast_step_s,
+                    interval_s=PEER_FEED_INTERVAL_S.get(which, plan.fast_step_s),
                     duration_s=plan.window_s + 20.0,
                 )
                 started.append(feeder)
@@ -837,6 +840,7 @@ class Bench:
                 self.create_task("videoproc", task_id, timeline)
 
             result = self.one_task(target, f"/sub/{channel}", create=create)
+            result["feeder_interval_s"] = PEER_FEED_INTERVAL_S.get(which, plan.fast_step_s)
             result["processes"] = len(process_tree(root))
             result["rss_total_kib"] = tree_rss_kib(root)
             if which == "pushpin":
