@@ -10,6 +10,7 @@ notice and ends, and clients reconnect (elsewhere) with ``Last-Event-ID``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import socket
@@ -98,5 +99,17 @@ def serve(config: Config, *, allow_open_public: bool = False) -> None:
             "auth mode 'open' on a public address: anyone can read tasks and spend upstream calls"
         )
     app = create_app(config)
+    tune_gc()
     server = DrainingServer(uvicorn_config(app, config), app.state.gateway)
     server.run()
+
+
+def tune_gc() -> None:
+    """Fan-out makes short-lived garbage per delivery while thousands of
+    connections stay alive: with CPython's default gen-0 threshold (700) the
+    collector ran every few hundred deliveries and re-walked every live
+    connection (45 % of CPU at 10,000 subscribers, measured with py-spy).
+    Freeze what startup built and collect gen 0 far less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 1000)

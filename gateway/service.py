@@ -71,11 +71,18 @@ class Gateway:
             if config.webhooks.secret
             else None
         )
-        self.http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        # One pool per provider, no larger than its concurrency: httpcore scans
+        # its whole pool on every request, so a big shared pool costs CPU per poll.
+        self.http = {
+            name: httpx.AsyncClient(
+                limits=httpx.Limits(
+                    max_connections=rt.concurrency, max_keepalive_connections=rt.concurrency
+                ),
+                follow_redirects=False,
+                trust_env=False,
+            )
+            for name, rt in self.runtimes.items()
+        }
         self.poller = Poller(
             self.hub,
             self.runtimes,
@@ -88,6 +95,8 @@ class Gateway:
             on_commit=self.webhooks.committed if self.webhooks is not None else None,
         )
         self.feeds: set[Feed] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._snapshot_frames: dict[str, Encoded] = {}
         self.metrics.watch_queues(self.queue_stats)
         if isinstance(schedule, RedisSchedule):
             self.metrics.watch_takeovers(schedule.takeovers)
@@ -98,12 +107,28 @@ class Gateway:
         if self.webhooks is not None:
             await self.webhooks.start()
         await self.poller.start()
+        self._heartbeat = asyncio.create_task(self.heartbeat(), name="pollcast-heartbeat")
+
+    async def heartbeat(self) -> None:
+        """Every ``heartbeat_s``, wake every idle stream so it sends a ping.
+
+        One timer for the whole gateway instead of one per subscriber per
+        wait: at 10,000 subscribers the per-wait timers and futures were the
+        garbage collector's main work.
+        """
+        while True:
+            await asyncio.sleep(self.config.server.heartbeat_s)
+            for feed in list(self.feeds):
+                feed.queue.wake()
 
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         await self.poller.close()
         if self.webhooks is not None:
             await self.webhooks.close()
-        await self.http.aclose()
+        for client in self.http.values():
+            await client.aclose()
         await self.hub.close()
 
     async def ready(self) -> bool:
@@ -169,6 +194,19 @@ class Gateway:
         self.feeds.add(feed)
         return feed
 
+    def snapshot_frame(self, snapshot: Event) -> Encoded:
+        """The ``snapshot`` message for ``snapshot``, encoded once per task and seq
+        however many subscribers join (a seq names exactly one state)."""
+        cached = self._snapshot_frames.get(snapshot.task)
+        if cached is not None and cached.event.seq == snapshot.seq and snapshot.seq > 0:
+            return cached
+        frame = Encoded(tracker.as_snapshot(snapshot))
+        frames = self._snapshot_frames
+        frames[snapshot.task] = frame
+        if len(frames) > 4096:
+            del frames[next(iter(frames))]
+        return frame
+
     def notice(self, current: Event | None, task: str, code: str, message: str) -> Encoded:
         return Encoded(
             tracker.notice(current, task=task, code=code, message=message, now=self.poller.wall())
@@ -230,7 +268,7 @@ class Feed:
         gw = self.gateway
         snapshot = current or tracker.initial_snapshot(name, gw.poller.wall())
         if since is None:
-            return [Encoded(tracker.as_snapshot(snapshot))]
+            return [gw.snapshot_frame(snapshot)]
         if since == snapshot.seq:
             return []
         if since > snapshot.seq:
@@ -242,7 +280,7 @@ class Feed:
                     f"resume point {since} is ahead of this task's latest seq "
                     f"{snapshot.seq}; starting again from the current snapshot",
                 ),
-                Encoded(tracker.as_snapshot(snapshot)),
+                gw.snapshot_frame(snapshot),
             ]
         missed = await gw.hub.history(name, since)
         if missed is None:
@@ -253,7 +291,7 @@ class Feed:
                     "history_gap",
                     f"events after seq {since} are no longer kept; here is the current snapshot",
                 ),
-                Encoded(tracker.as_snapshot(snapshot)),
+                gw.snapshot_frame(snapshot),
             ]
         return missed
 

@@ -92,6 +92,12 @@ class SubscriberQueue:
                 self.stats.coalesced += 1
                 return
 
+    def wake(self) -> None:
+        """Make a waiting consumer return ``[]`` now (the gateway's heartbeat tick)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def close(self, reason: CloseReason) -> None:
         """Stop accepting; the consumer drains what is queued, then gets :class:`QueueClosed`."""
         if self._closed is None:

@@ -53,6 +53,8 @@ class ProviderLane:
         self.poller = poller
         self.rt = runtime
         self.schedule = poller.schedule
+        http = poller.http
+        self.http = http if isinstance(http, httpx.AsyncClient) else http[runtime.name]
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(runtime.concurrency)
         self._rate = TokenBucket(runtime.rate_per_s)
@@ -219,7 +221,7 @@ class ProviderLane:
 
     async def _send(self, request: UpstreamRequest, task_ids: list[str]) -> list[Observation]:
         rt = self.rt
-        reply = await send(self.poller.http, request, name=rt.name, timeout_s=rt.timeout_s)
+        reply = await send(self.http, request, name=rt.name, timeout_s=rt.timeout_s)
         if isinstance(reply, Fault):
             return fault_observations(task_ids, reply)
         return rt.adapter.parse(request, reply)
@@ -330,7 +332,7 @@ class Poller:
         self,
         hub: Hub,
         providers: Mapping[str, ProviderRuntime],
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | Mapping[str, httpx.AsyncClient],
         *,
         schedule: Schedule | None = None,
         metrics: Metrics | None = None,

@@ -80,10 +80,15 @@ async def feed_body(
     the ``finally`` is synchronous so cleanup cannot be interrupted.
     """
     try:
-        yield framing.head + b"".join(framing.frame(feed, enc) for enc in initial)
+        head = framing.head + b"".join(framing.frame(feed, enc) for enc in initial)
+        initial.clear()  # a long-lived stream must not keep its catch-up alive
+        yield head
+        del head
         while not feed.done:
             try:
-                batch = await feed.queue.get_batch(max_wait_s=heartbeat_s)
+                # No timer per wait: the gateway's heartbeat wakes idle streams
+                # (Gateway.heartbeat); an empty batch means "send a ping".
+                batch = await feed.queue.get_batch()
             except QueueClosed as closed:
                 data = feed.closing_notice(closed.reason)
                 if data is not None:
