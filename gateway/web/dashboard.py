@@ -1,10 +1,8 @@
 """The live dashboard (``GET /``), its static files and a raw-EventSource example page.
 
 The pages are plain HTML and ES modules: no build step. The JavaScript
-client has one source, ``clients/js/pollcast.js``; a source checkout serves
-that file, and an installed package (which has no ``clients/`` folder)
-serves the copy in ``gateway/web/static/`` that the test suite keeps
-byte-identical to it.
+client lives in ``gateway/web/static/pollcast.js`` so that the installed
+package carries it; ``clients/js/pollcast.js`` is a link to that one file.
 """
 
 from __future__ import annotations
@@ -20,9 +18,8 @@ from litestar.params import FromPath
 __all__ = ["CLIENT_JS", "DASHBOARD_ROUTES", "STATIC_DIR"]
 
 STATIC_DIR = Path(__file__).resolve().with_name("static")
-_SOURCE_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "js" / "pollcast.js"
-#: The client module served at ``/static/pollcast.js`` (resolved once, at import).
-CLIENT_JS = _SOURCE_CLIENT if _SOURCE_CLIENT.is_file() else STATIC_DIR / "pollcast.js"
+#: The client module served at ``/static/pollcast.js``.
+CLIENT_JS = STATIC_DIR / "pollcast.js"
 
 _JS = "text/javascript; charset=utf-8"
 _STATIC_FILES: dict[str, tuple[Path, str]] = {

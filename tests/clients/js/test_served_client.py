@@ -1,9 +1,8 @@
-"""The client module the gateway serves is the one in clients/js, byte for byte.
+"""The client module the gateway serves is the one in clients/js: one file, two paths.
 
-``clients/js/pollcast.js`` is the single source. An installed wheel has no
-``clients/`` folder, so the package carries a copy in
-``gateway/web/static/``; these tests keep the copy identical and check what
-the dashboard routes serve.
+An installed wheel has no ``clients/`` folder, so the file lives in
+``gateway/web/static/`` and ``clients/js/pollcast.js`` links to it. These
+tests check that, and what the dashboard routes serve.
 """
 
 from __future__ import annotations
@@ -22,10 +21,9 @@ SOURCE = REPO / "clients" / "js" / "pollcast.js"
 PACKAGED = REPO / "gateway" / "web" / "static" / "pollcast.js"
 
 
-def test_packaged_copy_is_byte_identical_to_the_source() -> None:
-    assert PACKAGED.read_bytes() == SOURCE.read_bytes(), (
-        "gateway/web/static/pollcast.js is stale: cp clients/js/pollcast.js gateway/web/static/"
-    )
+def test_the_client_has_one_source() -> None:
+    assert SOURCE.is_symlink() and SOURCE.resolve() == PACKAGED.resolve()
+    assert dashboard.CLIENT_JS.resolve() == PACKAGED.resolve()
 
 
 def test_static_files_are_package_data() -> None:
@@ -35,8 +33,7 @@ def test_static_files_are_package_data() -> None:
         assert (dashboard.STATIC_DIR / name).is_file(), name
 
 
-def test_a_checkout_serves_the_source_file() -> None:
-    assert dashboard.CLIENT_JS == SOURCE
+def test_the_gateway_serves_the_client_and_the_pages() -> None:
     with (
         running_sim() as sim,
         running_gateway(sim_config(sim)) as (base, _gw),
