@@ -25,13 +25,6 @@ def sim_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def client(sim_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim_url, timeout=5.0) as http:
-        http.post("/_sim/reset").raise_for_status()
-        yield http
-
-
 @pytest.mark.parametrize(
     ("provider", "pattern"),
     [

@@ -7,38 +7,19 @@ when a test advances it; every test starts from ``POST /_sim/reset``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
-from gateway.sim import SIM_CREDENTIALS, Simulator
+from gateway.sim import SIM_CREDENTIALS
 from gateway.sim.protocols import aholo_sign, genpic_signature
-from tests.integration.sim_server import ManualClock, running_sim
+from tests.integration.sim_server import ManualClock
 
 pytestmark = pytest.mark.integration
 
 CREDS = SIM_CREDENTIALS
-
-
-@pytest.fixture(scope="module")
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture(scope="module")
-def sim_url(clock: ManualClock) -> Iterator[str]:
-    with running_sim(simulator=Simulator(clock=clock)) as url:
-        yield url
-
-
-@pytest.fixture
-def client(sim_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim_url, timeout=5.0) as http:
-        http.post("/_sim/reset").raise_for_status()
-        yield http
 
 
 def create(

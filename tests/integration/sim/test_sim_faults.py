@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -12,30 +11,12 @@ import httpx
 import msgspec
 import pytest
 
-from gateway.sim import SIM_CREDENTIALS, Simulator
-from tests.integration.sim_server import ManualClock, running_sim
+from gateway.sim import SIM_CREDENTIALS
+from tests.integration.sim_server import ManualClock
 
 pytestmark = pytest.mark.integration
 
 STATUS_PATH = "/videoproc/api/status"
-
-
-@pytest.fixture(scope="module")
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture(scope="module")
-def sim_url(clock: ManualClock) -> Iterator[str]:
-    with running_sim(simulator=Simulator(clock=clock)) as url:
-        yield url
-
-
-@pytest.fixture
-def client(sim_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim_url, timeout=5.0) as http:
-        http.post("/_sim/reset").raise_for_status()
-        yield http
 
 
 def arm(client: httpx.Client, mode: str, provider: str = "videoproc", **extra: Any) -> None:
