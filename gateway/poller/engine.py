@@ -46,6 +46,11 @@ __all__ = ["Poller", "ProviderLane"]
 log = logging.getLogger("pollcast.poller")
 
 
+def _task_id(task: str) -> str:
+    """The upstream id of a scheduled task key (validated before it was scheduled)."""
+    return task.partition(":")[2]
+
+
 class ProviderLane:
     """Claims, performs and reschedules the polls of one provider."""
 
@@ -184,7 +189,7 @@ class ProviderLane:
         )
         try:
             started = self.poller.monotonic()
-            observations = await self._request([TaskKey.parse(e.task).task_id for e in chunk])
+            observations = await self._request([_task_id(e.task) for e in chunk])
             slow = self.poller.monotonic() - started > self.rt.timeout_s / 2
             await self._absorb(chunk, observations, slow=slow)
         except Exception:
@@ -236,7 +241,7 @@ class ProviderLane:
         changes: list[Event] = []
         again: list[tuple[Entry, float]] = []
         for entry in chunk:
-            task_id = TaskKey.parse(entry.task).task_id
+            task_id = _task_id(entry.task)
             obs = by_id.get(task_id)
             if obs is None:
                 obs = Observation(
