@@ -30,6 +30,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.aio import cancel_and_wait, raise_if_cancelled
 from gateway.core.model import Event, EventKind
 from gateway.core.sse import Encoded
 from gateway.exceptions import BackendError, SeqConflict
@@ -120,14 +121,13 @@ class RedisHub(Hub):
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="pollcast-redis-listener")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._listening.wait(), 5.0)
+            async with asyncio.timeout(5.0):
+                await self._listening.wait()
 
     async def close(self) -> None:
         self.fanout.close_all(CloseReason.DRAINING)
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await cancel_and_wait(self._listener)
         await self.redis.aclose()
 
     async def ready(self) -> bool:
@@ -152,6 +152,7 @@ class RedisHub(Hub):
                     await self._catch_up()
                 delay = 0.1
                 while True:
+                    raise_if_cancelled()  # redis-py may have swallowed a cancel
                     message = await pubsub.get_message(timeout=5.0)
                     if message is not None and message["type"] == "message":
                         await self._receive(message["data"])
@@ -165,6 +166,7 @@ class RedisHub(Hub):
                 self._listening.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+                raise_if_cancelled()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

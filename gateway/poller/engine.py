@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 import httpx
 
+from gateway.aio import cancel_and_wait, raise_if_cancelled
 from gateway.core import tracker
 from gateway.core.model import (
     ErrorInfo,
@@ -93,6 +94,7 @@ class ProviderLane:
         """Poll until cancelled; a failing schedule store is waited out, not fatal."""
         delay = 0.2
         while True:
+            raise_if_cancelled()
             try:
                 await self._run()
             except BackendError as exc:
@@ -108,6 +110,7 @@ class ProviderLane:
         # tasks registered together share one request.
         window = poller.coalesce_s if batch else 0.0
         while True:
+            raise_if_cancelled()  # the store may have swallowed a cancel (gateway/aio.py)
             now = poller.wall()
             if self.paused_until > now:
                 await asyncio.sleep(self.paused_until - now)
@@ -128,7 +131,8 @@ class ProviderLane:
             if first is not None:
                 wait = min(wait, max(0.0, first + window - now))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def _dispatch(self, claimed: list[Entry]) -> None:
         ready: list[Entry] = []
@@ -176,6 +180,7 @@ class ProviderLane:
     async def _keep_claims(self, tasks: list[str], every_s: float) -> None:
         """A slow poll keeps its claims: no other node may poll these meanwhile."""
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(every_s)
             with contextlib.suppress(BackendError):
                 await self.schedule.renew(self.rt.name, tasks)
@@ -392,14 +397,9 @@ class Poller:
 
     async def close(self) -> None:
         if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await cancel_and_wait(self._runner)
             self._runner = None
-        inflight = [task for lane in self.lanes.values() for task in lane._inflight]
-        for task in inflight:
-            task.cancel()
-        await asyncio.gather(*inflight, return_exceptions=True)
+        await cancel_and_wait(*(task for lane in self.lanes.values() for task in lane._inflight))
         await self.schedule.close()
 
     @property
@@ -411,6 +411,7 @@ class Poller:
         every = max(0.1, min(self.grace_s / 3, 5.0))
         purged_at = 0.0
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(every)
             until = self.wall() + self.grace_s
             by_provider: dict[str, list[str]] = {}
@@ -499,7 +500,8 @@ class Poller:
         # Another node may poll it: look at the store now and then as well.
         while not waiter.done() and self.monotonic() < deadline:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), min(0.2, self.tick_s))
+                async with asyncio.timeout(min(0.2, self.tick_s)):
+                    await asyncio.shield(waiter)
             if await self.hub.snapshot(name) is not None:
                 break
         if not waiter.done():

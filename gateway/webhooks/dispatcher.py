@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import httpx
 
+from gateway.aio import cancel_and_wait, raise_if_cancelled
 from gateway.exceptions import BackendError, InvalidWebhook
 from gateway.webhooks.model import Delivery
 from gateway.webhooks.outbox import Outbox
@@ -90,6 +91,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         while True:
+            raise_if_cancelled()  # the outbox may have swallowed a cancel (gateway/aio.py)
             self._wake.clear()
             claimed: list[Delivery] = []
             if self._free > 0:
@@ -107,8 +109,11 @@ class Dispatcher:
                 task.add_done_callback(self._done)
             if claimed and self._free > 0:
                 continue  # there may be more due right now
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+            # a cancel that races with the wake-up, and close() would hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                async with asyncio.timeout(self.poll_s):
+                    await self._wake.wait()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._attempts.discard(task)
@@ -117,10 +122,7 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Cancel attempts in flight; their claims lapse and another attempt follows."""
-        attempts = list(self._attempts)
-        for task in attempts:
-            task.cancel()
-        await asyncio.gather(*attempts, return_exceptions=True)
+        await cancel_and_wait(*self._attempts)
 
     async def _attempt(self, delivery: Delivery) -> None:
         try:

@@ -11,7 +11,6 @@ harmless.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
+from gateway.aio import cancel_and_wait
 from gateway.core.model import Event
 from gateway.exceptions import BackendError
 from gateway.hub.base import Hub
@@ -99,9 +99,7 @@ class Webhooks:
 
     async def close(self) -> None:
         if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await cancel_and_wait(self._runner)
             self._runner = None
         await self.dispatcher.close()
         await self.http.aclose()

@@ -237,3 +237,19 @@ async def test_two_nodes_on_one_redis_outbox_deliver_each_event_once(
     finally:
         for node in nodes:
             await node.close()
+
+
+async def test_a_cancel_that_races_a_wake_up_still_stops_the_loop(outbox: Outbox) -> None:
+    # The wake-up completes the loop's wait in the same loop turn as the cancel
+    # arrives: the loop must still end (Python 3.11's wait_for swallowed it).
+    async with running(outbox) as dispatcher:
+        for _ in range(20):
+            runner = asyncio.create_task(dispatcher.run())
+            await asyncio.sleep(0.01)
+            dispatcher.wake()
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            runner.cancel()
+            done, _pending = await asyncio.wait({runner}, timeout=2.0)
+            assert done == {runner}, "run() ignored its cancellation"
+            assert runner.cancelled()
