@@ -137,6 +137,7 @@ async def test_three_nodes_poll_each_task_once_per_round(
         requests = after["requests"][provider] - before["requests"][provider]
         mine = [t for t in tasks if t.startswith(provider)]
         assert all(after["tasks"][t] - before["tasks"][t] == requests for t in mine)
+
     # Every request the nodes sent reached the simulator, and nothing else did.
     # Polls go on meanwhile, so bracket the simulator's count by the nodes'.
     async def sent() -> int:

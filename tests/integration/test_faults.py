@@ -108,8 +108,12 @@ async def test_retry_after_is_respected_to_the_second(sim: str, client: httpx.As
         await asyncio.sleep(0.5)
         await client.post(
             f"{sim}/_sim/faults",
-            json={"provider": "videoproc", "mode": "rate_limit", "retry_after_s": 2,
-                  "duration_s": 4.5},
+            json={
+                "provider": "videoproc",
+                "mode": "rate_limit",
+                "retry_after_s": 2,
+                "duration_s": 4.5,
+            },
         )
         # Sample the simulator's request count to time each request to ~20 ms.
         stamps: list[float] = []
