@@ -216,6 +216,8 @@ class Gateway:
 class Feed:
     """One subscriber's tasks: catch-up then live, in seq order, without duplicates."""
 
+    __slots__ = ("_expiry", "closed", "finished", "gateway", "keys", "queue", "seqs", "transport")
+
     def __init__(self, gateway: Gateway, queue_size: int, transport: str = "sse") -> None:
         self.gateway = gateway
         self.queue = SubscriberQueue(queue_size, stats=gateway.queue_stats)

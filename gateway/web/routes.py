@@ -8,7 +8,6 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
-from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.core.model import Event, TaskKey, format_timestamp
@@ -27,12 +26,11 @@ from gateway.web.auth import (
 )
 from gateway.web.errors import problem
 from gateway.web.limits import limits_of
-from gateway.web.streams import Framing, feed_body, mux_sse, ndjson, single_sse
+from gateway.web.streams import FeedResponse, FeedStream, Framing, mux_sse, ndjson, single_sse
 from gateway.webhooks.model import WebhookTarget
 
 __all__ = ["ROUTES"]
 
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 NDJSON = "application/x-ndjson"
 
 
@@ -139,8 +137,7 @@ async def _open_stream(
         # EventSource to stop reconnecting (WHATWG SSE, "204 No Content").
         feed.close()
         return Response(content=None, status_code=204)
-    body = feed_body(feed, initial, framing, gw.config.server.heartbeat_s)
-    return Stream(body, media_type=framing.media_type, headers=STREAM_HEADERS)
+    return FeedResponse(FeedStream(feed, initial, framing))
 
 
 @get("/v1/tasks/{provider:str}/{task_id:str}")

@@ -1,35 +1,62 @@
-"""Streaming bodies: one loop over a :class:`Feed`, three framings (SSE, mux SSE, NDJSON)."""
+"""Streaming responses: one loop over a :class:`Feed`, three framings (SSE, mux SSE, NDJSON)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from litestar import Request, Response
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from gateway.core.sse import PING, Encoded, encode_cursor, retry_frame, sse_message
-from gateway.hub.queue import QueueClosed
+from gateway.hub.queue import QueueClosed, SubscriberQueue
 from gateway.service import Feed
 
-__all__ = ["Framing", "feed_body", "mux_sse", "ndjson", "single_sse"]
+__all__ = ["FeedResponse", "FeedStream", "Framing", "mux_sse", "ndjson", "single_sse"]
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def _headers(media_type: bytes) -> Headers:
+    # X-Accel-Buffering: nginx would otherwise buffer the stream (deploy/nginx.conf).
+    return [
+        (b"content-type", media_type),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+    ]
+
+
+SSE_HEADERS = _headers(b"text/event-stream; charset=utf-8")
+NDJSON_HEADERS = _headers(b"application/x-ndjson")
 
 
 @dataclass(frozen=True, slots=True)
 class Framing:
     transport: str  # metrics label
-    media_type: str
+    headers: Headers
     head: bytes
     ping: bytes
     frame: Callable[[Feed, Encoded], bytes]
     last: Callable[[bytes], bytes]  # a closing notice's JSON → bytes
 
 
+def _notice(data: bytes) -> bytes:
+    return sse_message(data, event="notice")
+
+
+@cache
 def single_sse(retry_ms: int) -> Framing:
+    """One task's stream (shared by every such stream: it keeps no state)."""
     return Framing(
         transport="sse",
-        media_type="text/event-stream",
+        headers=SSE_HEADERS,
         head=retry_frame(retry_ms),
         ping=PING,
         frame=lambda _feed, enc: enc.sse,
-        last=lambda data: sse_message(data, event="notice"),
+        last=_notice,
     )
 
 
@@ -51,19 +78,20 @@ def mux_sse(retry_ms: int, order: list[str], start: list[int]) -> Framing:
 
     return Framing(
         transport="sse_multi",
-        media_type="text/event-stream",
+        headers=SSE_HEADERS,
         head=retry_frame(retry_ms),
         ping=PING,
         frame=frame,
-        last=lambda data: sse_message(data, event="notice"),
+        last=_notice,
     )
 
 
+@cache
 def ndjson() -> Framing:
     # jq and most NDJSON readers skip blank lines, so a bare LF is the heartbeat.
     return Framing(
         transport="ndjson",
-        media_type="application/x-ndjson",
+        headers=NDJSON_HEADERS,
         head=b"",
         ping=b"\n",
         frame=lambda _feed, enc: enc.line,
@@ -71,34 +99,80 @@ def ndjson() -> Framing:
     )
 
 
-async def feed_body(
-    feed: Feed, initial: list[Encoded], framing: Framing, heartbeat_s: float
-) -> AsyncIterator[bytes]:
-    """Catch-up, then live events until every task is terminal or the queue closes.
+class FeedStream:
+    """The ASGI response of a stream: catch-up, then live events, until every
+    task is terminal, the queue closes or the client goes away.
 
-    A disconnecting client cancels this generator at its current ``await``;
-    the ``finally`` is synchronous so cleanup cannot be interrupted.
+    Written straight to the ASGI ``send`` rather than through a streaming
+    response class: an idle stream is one coroutine waiting on its queue plus
+    one task waiting for the client to leave, nothing more. At 10,000 open
+    streams that is what the memory per connection is made of.
     """
-    try:
-        head = framing.head + b"".join(framing.frame(feed, enc) for enc in initial)
-        initial.clear()  # a long-lived stream must not keep its catch-up alive
-        yield head
-        del head
-        while not feed.done:
-            try:
-                # No timer per wait: the gateway's heartbeat wakes idle streams
-                # (Gateway.heartbeat); an empty batch means "send a ping".
-                batch = await feed.queue.get_batch()
-            except QueueClosed as closed:
-                data = feed.closing_notice(closed.reason)
-                if data is not None:
-                    yield framing.last(data)
-                return
-            if not batch:
-                yield framing.ping
-                continue
-            out = [framing.frame(feed, enc) for enc in batch if feed.accept(enc)]
-            if out:
-                yield b"".join(out)
-    finally:
-        feed.close()
+
+    __slots__ = ("feed", "framing", "initial")
+
+    def __init__(self, feed: Feed, initial: list[Encoded], framing: Framing) -> None:
+        self.feed = feed
+        self.initial = initial
+        self.framing = framing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        feed, framing = self.feed, self.framing
+        # uvicorn's send() returns quietly once the client is gone; only
+        # receive() tells. The queue is woken so the loop sees it at once.
+        gone = asyncio.ensure_future(_until_disconnect(receive, feed.queue))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": framing.headers})
+            head = framing.head + b"".join(framing.frame(feed, enc) for enc in self.initial)
+            self.initial = []  # a long-lived stream must not keep its catch-up alive
+            await send({"type": "http.response.body", "body": head, "more_body": True})
+            del head
+            while not feed.done and not gone.done():
+                try:
+                    # No timer per wait: the gateway's heartbeat wakes idle streams
+                    # (Gateway.heartbeat); an empty batch means "send a ping".
+                    batch = await feed.queue.get_batch()
+                except QueueClosed as closed:
+                    data = feed.closing_notice(closed.reason)
+                    if data is not None:
+                        await _write(send, framing.last(data))
+                    break
+                if gone.done():
+                    break
+                if not batch:
+                    await _write(send, framing.ping)
+                    continue
+                out = [framing.frame(feed, enc) for enc in batch if feed.accept(enc)]
+                if out:
+                    await _write(send, b"".join(out))
+            if not gone.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            # Synchronous on purpose: this also runs when the server cancels us.
+            gone.cancel()
+            feed.close()
+
+
+async def _write(send: Send, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def _until_disconnect(receive: Receive, queue: SubscriberQueue) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    queue.wake()
+
+
+class FeedResponse(Response[None]):
+    """What a stream handler returns: Litestar sends it as the :class:`FeedStream` itself."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: FeedStream) -> None:
+        super().__init__(content=None)
+        self.stream = stream
+
+    def to_asgi_response(  # type: ignore[override]  # any ASGI app will do
+        self, app: object, request: Request[Any, Any, Any], **_: object
+    ) -> ASGIApp:
+        return self.stream

@@ -30,6 +30,7 @@ import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.config import ServerConfig
+from gateway.web.lean import LeanFlowControl, Pipeline, Signal
 from gateway.web.limits import AddressConnections
 
 __all__ = ["GuardedHttpProtocol", "guarded_http_protocol"]
@@ -69,12 +70,30 @@ def raw_problem(
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the guards above (settings on the subclass)."""
 
+    # Slots, not instance attributes: uvicorn's own ~28 stay in a compact
+    # shared-key dict (CPython keeps at most 30 keys that way); nine more made
+    # every connection's dict a full one, ~1.5 KB per open stream.
+    __slots__ = (
+        "_address",
+        "_admitted",
+        "_armed_at_head",
+        "_deadline",
+        "_head_bytes",
+        "_head_tail",
+        "_heads",
+        "_in_body",
+        "_lingering",
+    )
+
     address_connections: ClassVar[AddressConnections]
     head_timeout_s: ClassVar[float]
     max_head_bytes: ClassVar[int]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # The same objects, smaller: every open stream keeps them (gateway/web/lean.py).
+        self.flow = LeanFlowControl(transport)
+        self.pipeline = Pipeline()  # type: ignore[assignment]  # deque's appendleft/pop
         self._address = self.client[0] if self.client else "unknown"
         self._admitted = self.address_connections.admit(self._address, transport)
         self._heads = 0  # request heads completed on this connection
@@ -93,7 +112,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_body = True
         self._head_bytes = 0
         self._head_tail = b""
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:  # a new request: its ASGI task has not run yet
+            self.cycle.message_event = Signal()
 
     def on_message_complete(self) -> None:
         self._in_body = False

@@ -1,0 +1,72 @@
+"""The smaller per-connection objects behave as the ones they replace."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.web.lean import LeanFlowControl, Pipeline, Signal
+
+
+async def test_a_signal_wakes_every_waiter_and_stays_set_until_cleared() -> None:
+    signal = Signal()
+    waiters = [asyncio.create_task(signal.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not signal.is_set() and not any(w.done() for w in waiters)
+    signal.set()
+    assert await asyncio.gather(*waiters) == [True, True, True]
+    assert signal.is_set()
+    assert await signal.wait() is True  # already set: returns at once
+    signal.clear()
+    late = asyncio.create_task(signal.wait())
+    await asyncio.sleep(0)
+    assert not late.done()
+    signal.set()
+    assert await late is True
+
+
+async def test_a_cancelled_waiter_is_forgotten() -> None:
+    signal = Signal()
+    waiter = asyncio.create_task(signal.wait())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert signal._pending == []
+    signal.set()  # nothing left to wake, nothing raised
+    assert signal.is_set()
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+async def test_flow_control_holds_writers_while_the_peer_is_full() -> None:
+    transport: Any = Transport()
+    flow = LeanFlowControl(transport)
+    await asyncio.wait_for(flow.drain(), 1)  # writable from the start
+    flow.pause_writing()
+    drain = asyncio.create_task(flow.drain())
+    await asyncio.sleep(0.01)
+    assert flow.write_paused and not drain.done()
+    flow.resume_writing()
+    await asyncio.wait_for(drain, 1)
+    flow.pause_reading()
+    assert not transport.reading and flow.read_paused
+    flow.resume_reading()
+    assert transport.reading
+
+
+def test_the_pipeline_is_first_in_first_out_like_the_deque() -> None:
+    pipeline = Pipeline()
+    assert not pipeline
+    for request in ("first", "second", "third"):
+        pipeline.appendleft(request)
+    assert [pipeline.pop() for _ in range(3)] == ["first", "second", "third"]
+    assert not pipeline
