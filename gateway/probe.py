@@ -19,12 +19,12 @@ from http import HTTPStatus
 from typing import TextIO
 from urllib.parse import urlencode
 
-import httpx
 import msgspec
 
 from gateway.config import Config
 from gateway.core.model import Fault, Observation, TaskKey
 from gateway.exceptions import ConfigError, InputError
+from gateway.poller.http1 import UpstreamClient
 from gateway.poller.transport import send
 from gateway.providers.base import UpstreamRequest, fault_observations
 
@@ -92,8 +92,11 @@ async def probe(config: Config, task: str, out: TextIO) -> list[Observation]:
     )
     show(f"request ({runtime.name}, kind {adapter.kind})", _describe_request(request))
     started = time.monotonic()
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
+    http = UpstreamClient(max_idle=1)
+    try:
         reply = await send(http, request, name=runtime.name, timeout_s=runtime.timeout_s)
+    finally:
+        await http.aclose()
     if isinstance(reply, Fault):
         observations = fault_observations(request.task_ids, reply)
         show("reply", [reply.message])

@@ -14,8 +14,6 @@ import logging
 import uuid
 from collections.abc import Iterable
 
-import httpx
-
 from gateway.config import Config
 from gateway.core import tracker
 from gateway.core.model import Event, TaskKey
@@ -28,6 +26,7 @@ from gateway.hub.redis import RedisHub
 from gateway.hub.redis import connect as redis_connect
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller
+from gateway.poller.http1 import UpstreamClient
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import Schedule
 from gateway.webhooks.model import WebhookTarget
@@ -71,17 +70,9 @@ class Gateway:
             if config.webhooks.secret
             else None
         )
-        # One pool per provider, no larger than its concurrency: httpcore scans
-        # its whole pool on every request, so a big shared pool costs CPU per poll.
+        # One client per provider, keeping as many connections as it may use at once.
         self.http = {
-            name: httpx.AsyncClient(
-                limits=httpx.Limits(
-                    max_connections=rt.concurrency, max_keepalive_connections=rt.concurrency
-                ),
-                follow_redirects=False,
-                trust_env=False,
-            )
-            for name, rt in self.runtimes.items()
+            name: UpstreamClient(max_idle=rt.concurrency) for name, rt in self.runtimes.items()
         }
         self.poller = Poller(
             self.hub,

@@ -20,8 +20,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
-import httpx
-
 from gateway.aio import cancel_and_wait, raise_if_cancelled
 from gateway.core import tracker
 from gateway.core.model import (
@@ -37,6 +35,7 @@ from gateway.core.policy import CostBudget, TokenBucket
 from gateway.exceptions import BackendError, SeqConflict, UnknownProvider
 from gateway.hub.base import Hub, Watch
 from gateway.metrics import Metrics
+from gateway.poller.http1 import UpstreamClient
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
 from gateway.poller.transport import send
@@ -60,7 +59,7 @@ class ProviderLane:
         self.rt = runtime
         self.schedule = poller.schedule
         http = poller.http
-        self.http = http if isinstance(http, httpx.AsyncClient) else http[runtime.name]
+        self.http = http if isinstance(http, UpstreamClient) else http[runtime.name]
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(runtime.concurrency)
         self._rate = TokenBucket(runtime.rate_per_s)
@@ -342,7 +341,7 @@ class Poller:
         self,
         hub: Hub,
         providers: Mapping[str, ProviderRuntime],
-        http: httpx.AsyncClient | Mapping[str, httpx.AsyncClient],
+        http: UpstreamClient | Mapping[str, UpstreamClient],
         *,
         schedule: Schedule | None = None,
         metrics: Metrics | None = None,

@@ -310,13 +310,19 @@ def render(results: dict[str, Any]) -> str:
             f"{churn['elapsed_s']:.1f} s (32 concurrent clients, errors: {churn['errors']}): "
             f"**{churn['per_s']:,.0f} cycles/s**.\n"
         )
-        w("| gateway RSS | before | after | after gc.collect() | after malloc_trim(0) |")
+        w("| gateway RSS (MiB) | connections | after | after gc.collect() | after malloc_trim(0) |")
         w("|---|---|---|---|---|")
-        mib = [
-            churn[k] / 1024
-            for k in ("rss_baseline_kib", "rss_after_kib", "rss_after_gc_kib", "rss_after_trim_kib")
-        ]
-        w("| MiB | " + " | ".join(f"{v:.1f}" for v in mib) + " |")
+        w(f"| before | — | {churn['rss_baseline_kib'] / 1024:.1f} | | |")
+        for n, r in enumerate(churn.get("rounds") or [churn], 1):
+            mib = [r[k] / 1024 for k in ("rss_after_kib", "rss_after_gc_kib", "rss_after_trim_kib")]
+            w(f"| round {n} | {r['cycles']:,} | " + " | ".join(f"{v:.1f}" for v in mib) + " |")
+        rounds = churn.get("rounds") or []
+        if len(rounds) == 2:
+            growth = (rounds[1]["rss_after_trim_kib"] - rounds[0]["rss_after_trim_kib"]) / 1024
+            w(
+                f"\nRound 2 ended {growth:+.1f} MiB from round 1 (after malloc_trim): "
+                "a leak would grow by about as much again each round.\n"
+            )
         w("")
 
     poll = results.get("poll") or {}

@@ -671,6 +671,12 @@ class Bench:
     # -- 5. churn ---------------------------------------------------------------
 
     def churn(self) -> dict[str, Any]:
+        """Two equal rounds of connect → snapshot → disconnect, RSS measured after each.
+
+        One round cannot tell a leak from memory the allocator keeps for
+        reuse; a second round that ends where the first did can: a leak
+        would grow again by as much.
+        """
         with self.gateway("gw-churn", grace_s=30.0) as gw:
             task_id = self.fresh_id("churn")
             self.create_task("videoproc", task_id, [{"at": 0, "state": "running", "progress": 3}])
@@ -680,37 +686,54 @@ class Bench:
             self.loadgen.call(op="close", timeout=60)
             time.sleep(1.0)
             baseline = self._settled_rss(gw)
-            reply = self.loadgen.call(
-                op="churn",
-                port=target.port,
-                path=path,
-                duration_s=self.plan.churn_s,
-                concurrency=32,
-                ready_frames=2,
-                timeout=self.plan.churn_s + 60,
-            )
-            time.sleep(2.0)
-            after = rss_kib(gw.pid)
-            gw.signal(signal.SIGUSR1)
-            time.sleep(0.5)
-            after_gc = rss_kib(gw.pid)
-            gw.signal(signal.SIGUSR2)
-            time.sleep(0.5)
-            after_trim = rss_kib(gw.pid)
+            rounds = []
+            for _ in range(2):
+                reply = self.loadgen.call(
+                    op="churn",
+                    port=target.port,
+                    path=path,
+                    duration_s=self.plan.churn_s,
+                    concurrency=32,
+                    ready_frames=2,
+                    timeout=self.plan.churn_s + 60,
+                )
+                time.sleep(2.0)
+                after = rss_kib(gw.pid)
+                gw.signal(signal.SIGUSR1)
+                time.sleep(0.5)
+                after_gc = rss_kib(gw.pid)
+                gw.signal(signal.SIGUSR2)
+                time.sleep(0.5)
+                rounds.append(
+                    {
+                        **reply,
+                        "per_s": reply["cycles"] / reply["elapsed_s"],
+                        "rss_after_kib": after,
+                        "rss_after_gc_kib": after_gc,
+                        "rss_after_trim_kib": rss_kib(gw.pid),
+                    }
+                )
             still_open = self._feeds_open(gw)
-        per_s = reply["cycles"] / reply["elapsed_s"]
-        self.log(
-            f"  churn: {per_s:,.0f} connect+disconnect/s ({reply['errors']} errors); RSS "
-            f"{baseline / 1024:.1f} -> {after / 1024:.1f} MiB, after gc "
-            f"{after_gc / 1024:.1f}, after malloc_trim {after_trim / 1024:.1f}"
-        )
+        cycles = sum(r["cycles"] for r in rounds)
+        elapsed = sum(r["elapsed_s"] for r in rounds)
+        last = rounds[-1]
+        for n, r in enumerate(rounds, 1):
+            self.log(
+                f"  churn round {n}: {r['per_s']:,.0f} connect+disconnect/s ({r['errors']} "
+                f"errors); RSS {baseline / 1024:.1f} -> {r['rss_after_kib'] / 1024:.1f} MiB, "
+                f"after gc {r['rss_after_gc_kib'] / 1024:.1f}, after malloc_trim "
+                f"{r['rss_after_trim_kib'] / 1024:.1f}"
+            )
         return {
-            **reply,
-            "per_s": per_s,
+            "cycles": cycles,
+            "elapsed_s": elapsed,
+            "errors": sum(r["errors"] for r in rounds),
+            "per_s": cycles / elapsed,
+            "rounds": rounds,
             "rss_baseline_kib": baseline,
-            "rss_after_kib": after,
-            "rss_after_gc_kib": after_gc,
-            "rss_after_trim_kib": after_trim,
+            "rss_after_kib": last["rss_after_kib"],
+            "rss_after_gc_kib": last["rss_after_gc_kib"],
+            "rss_after_trim_kib": last["rss_after_trim_kib"],
             "tasks_polled_after": still_open,
         }
 
