@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from litestar import Request, Response
@@ -14,6 +14,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from gateway.core.sse import PING, Encoded, encode_cursor, retry_frame, sse_message
 from gateway.hub.queue import QueueClosed, SubscriberQueue
 from gateway.service import Feed
+from gateway.web.transport import DirectWriter, direct_writer
 
 __all__ = ["FeedResponse", "FeedStream", "Framing", "mux_sse", "ndjson", "single_sse"]
 
@@ -121,12 +122,15 @@ class FeedStream:
         # uvicorn's send() returns quietly once the client is gone; only
         # receive() tells. The queue is woken so the loop sees it at once.
         gone = asyncio.ensure_future(_until_disconnect(receive, feed.queue))
+        write_now = direct_writer(scope)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": framing.headers})
             head = framing.head + b"".join(framing.frame(feed, enc) for enc in self.initial)
             self.initial = []  # a long-lived stream must not keep its catch-up alive
             await send({"type": "http.response.body", "body": head, "more_body": True})
             del head
+            if write_now is not None:
+                feed.queue.direct = partial(_deliver_now, feed, framing, write_now)
             while not feed.done and not gone.done():
                 try:
                     # No timer per wait: the gateway's heartbeat wakes idle streams
@@ -140,6 +144,8 @@ class FeedStream:
                 if gone.done():
                     break
                 if not batch:
+                    if feed.done:  # the terminal event went out directly
+                        break
                     await _write(send, framing.ping)
                     continue
                 out = [framing.frame(feed, enc) for enc in batch if feed.accept(enc)]
@@ -149,8 +155,25 @@ class FeedStream:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             # Synchronous on purpose: this also runs when the server cancels us.
+            feed.queue.direct = None
             gone.cancel()
             feed.close()
+
+
+def _deliver_now(feed: Feed, framing: Framing, writer: DirectWriter, enc: Encoded) -> bool:
+    """A live event for an idle stream, written at once (``SubscriberQueue.direct``).
+
+    ``False`` when the connection cannot take it now: the event is queued and
+    the stream's own loop sends it. The terminal event wakes that loop to end
+    the response.
+    """
+    if not writer.ready:
+        return False
+    if feed.accept(enc):
+        writer.write(framing.frame(feed, enc))
+        if feed.done:
+            feed.queue.wake()
+    return True
 
 
 async def _write(send: Send, body: bytes) -> None:

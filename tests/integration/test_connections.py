@@ -109,3 +109,33 @@ async def read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")
     )
     return status, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_a_stream_ends_by_itself_right_after_the_terminal_event(
+    sim: str, client: httpx.AsyncClient
+) -> None:
+    steps = [
+        {"at": 0, "state": "running", "progress": 10},
+        {"at": 0.6, "state": "running", "progress": 60},
+        {"at": 1.2, "state": "succeeded"},
+    ]
+    task = await create_sim_task(client, sim, "videoproc", steps)
+    provider, _, task_id = task.partition(":")
+    # No pings for a minute: only the end of the task can end the response.
+    doc = sim_config(sim, server={"heartbeat_s": 60.0})
+    with running_gateway(doc) as (base, gw):
+        port = urlsplit(base).port
+        assert port is not None
+        streams = [
+            await open_stream(port, f"/v1/tasks/{provider}/{task_id}/events") for _ in range(5)
+        ]
+        bodies = []
+        for reader, writer in streams:
+            # The response ends (the connection stays, kept alive for another request).
+            bodies.append(await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), 10))
+            writer.close()
+        assert not gw.feeds
+    for raw in bodies:
+        # The chunked body's last chunk (RFC 9112 §7.1) right after the terminal event.
+        assert raw.endswith(b"0\r\n\r\n")
+        assert b'"state":"succeeded"' in raw.rsplit(b"event: state", 1)[-1]

@@ -199,3 +199,27 @@ async def test_a_cancelled_wait_leaves_the_queue_usable() -> None:
     await _yield_to_others()
     queue.put_nowait(_enc(2))
     assert _seqs(await asyncio.wait_for(again, 5)) == [2]
+
+
+async def test_a_waiting_consumer_takes_items_directly_and_a_busy_one_gets_them_queued() -> None:
+    queue = SubscriberQueue(maxsize=8)
+    taken: list[int] = []
+    accept = True
+
+    def direct(item: Encoded) -> bool:
+        if accept:
+            taken.append(item.event.seq)
+        return accept
+
+    queue.direct = direct
+    queue.put_nowait(_enc(1))  # nobody waits yet: queued
+    assert _seqs(await queue.get_batch()) == [1]
+    consumer = asyncio.create_task(queue.get_batch())
+    await asyncio.sleep(0)
+    queue.put_nowait(_enc(2))  # the consumer waits, nothing queued: taken at once
+    queue.put_nowait(_enc(3))
+    assert taken == [2, 3] and len(queue) == 0 and not consumer.done()
+    accept = False  # e.g. the socket is backed up: the item is queued and the consumer woken
+    queue.put_nowait(_enc(4))
+    assert _seqs(await consumer) == [4]
+    assert queue.stats.delivered == 4
