@@ -321,7 +321,7 @@ def render(results: dict[str, Any]) -> str:
             growth = (rounds[1]["rss_after_trim_kib"] - rounds[0]["rss_after_trim_kib"]) / 1024
             w(
                 f"\nRound 2 ended {growth:+.1f} MiB from round 1 (after malloc_trim): "
-                "a leak would grow by about as much again each round.\n"
+                "a leak would grow by about as much again each round."
             )
         w("")
 
