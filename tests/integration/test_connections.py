@@ -20,30 +20,38 @@ from tests.integration.gateway_server import running_gateway, sim_config
 QUEUED_FOREVER = [{"at": 0, "state": "running", "progress": 5}]
 
 
-async def open_stream(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n".encode())
-    got = b""
-    while b"event: snapshot" not in got:
-        chunk = await asyncio.wait_for(reader.read(4096), 5)
-        assert chunk, got
-        got += chunk
-    return reader, writer
+async def open_streams(
+    base: str, task: str, count: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """``count`` raw SSE connections to ``task``, each past its snapshot."""
+    port = urlsplit(base).port
+    assert port is not None
+    provider, _, task_id = task.partition(":")
+    request = (
+        f"GET /v1/tasks/{provider}/{task_id}/events HTTP/1.1\r\n"
+        "Host: t\r\nAccept: text/event-stream\r\n\r\n"
+    ).encode()
+    streams = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        got = b""
+        while b"event: snapshot" not in got:
+            chunk = await asyncio.wait_for(reader.read(4096), 5)
+            assert chunk, got
+            got += chunk
+        streams.append((reader, writer))
+    return streams
 
 
 async def test_a_client_that_hangs_up_on_an_idle_stream_is_let_go_at_once(
     sim: str, client: httpx.AsyncClient
 ) -> None:
     task = await create_sim_task(client, sim, "videoproc", QUEUED_FOREVER)
-    provider, _, task_id = task.partition(":")
     # Pings every 60 s: only the hang-up itself can tell the gateway.
     doc = sim_config(sim, server={"heartbeat_s": 60.0})
     with running_gateway(doc) as (base, gw):
-        port = urlsplit(base).port
-        assert port is not None
-        streams = [
-            await open_stream(port, f"/v1/tasks/{provider}/{task_id}/events") for _ in range(20)
-        ]
+        streams = await open_streams(base, task, 20)
         assert len(gw.feeds) == 20
         assert gw.poller.followers.get(task) == 20
         hung_up = time.monotonic()
@@ -120,15 +128,10 @@ async def test_a_stream_ends_by_itself_right_after_the_terminal_event(
         {"at": 1.2, "state": "succeeded"},
     ]
     task = await create_sim_task(client, sim, "videoproc", steps)
-    provider, _, task_id = task.partition(":")
     # No pings for a minute: only the end of the task can end the response.
     doc = sim_config(sim, server={"heartbeat_s": 60.0})
     with running_gateway(doc) as (base, gw):
-        port = urlsplit(base).port
-        assert port is not None
-        streams = [
-            await open_stream(port, f"/v1/tasks/{provider}/{task_id}/events") for _ in range(5)
-        ]
+        streams = await open_streams(base, task, 5)
         bodies = []
         for reader, writer in streams:
             # The response ends (the connection stays, kept alive for another request).
