@@ -124,7 +124,10 @@ class FeedStream:
         gone = asyncio.ensure_future(_until_disconnect(receive, feed.queue))
         write_now = direct_writer(scope)
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": framing.headers})
+            # A copy: middleware (CORS) appends to the headers of the message it passes on.
+            headers = list(framing.headers)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            del headers
             head = framing.head + b"".join(framing.frame(feed, enc) for enc in self.initial)
             self.initial = []  # a long-lived stream must not keep its catch-up alive
             await send({"type": "http.response.body", "body": head, "more_body": True})

@@ -398,6 +398,17 @@ async def test_cookie_credentials_from_a_foreign_page_cannot_open_a_websocket(
             headers={"Origin": "https://evil.example.net", "Access-Control-Request-Method": "GET"},
         )
         assert foreign.status_code == 400
+        # Streams carry the CORS headers for the page that asked, and only for it.
+        for origin in (allowed, None, allowed, "https://evil.example.net"):
+            async with client.stream(
+                "GET",
+                f"{events_url(base, task)}?token={token}",
+                headers={"Origin": origin} if origin else {},
+            ) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                granted = stream.headers.get_list("access-control-allow-origin")
+                assert granted == ([allowed] if origin == allowed else []), origin
         assert "access-control-allow-origin" not in foreign.headers
         read = await client.get(
             f"{base}/v1/tasks/{task.replace(':', '/')}",
