@@ -122,7 +122,7 @@ class FeedStream:
         # uvicorn's send() returns quietly once the client is gone; only
         # receive() tells. The queue is woken so the loop sees it at once.
         gone = asyncio.ensure_future(_until_disconnect(receive, feed.queue))
-        write_now = direct_writer(scope)
+        writer = direct_writer(scope)
         try:
             # A copy: middleware (CORS) appends to the headers of the message it passes on.
             headers = list(framing.headers)
@@ -132,8 +132,8 @@ class FeedStream:
             self.initial = []  # a long-lived stream must not keep its catch-up alive
             await send({"type": "http.response.body", "body": head, "more_body": True})
             del head
-            if write_now is not None:
-                feed.queue.direct = partial(_deliver_now, feed, framing, write_now)
+            if writer is not None:
+                feed.queue.direct = partial(_deliver_now, feed, framing, writer)
             while not feed.done and not gone.done():
                 try:
                     # No timer per wait: the gateway's heartbeat wakes idle streams
