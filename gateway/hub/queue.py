@@ -107,7 +107,6 @@ class SubscriberQueue:
                 return
         items.append(item)
         self.stats.delivered += 1
-        waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 import zlib
-from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urlsplit
 
 import certifi
 import httptools
 
-__all__ = ["HttpFailure", "Reply", "UpstreamClient", "UpstreamTimeout"]
+from gateway.providers.base import UpstreamResponse
+
+__all__ = ["HttpFailure", "UpstreamClient", "UpstreamTimeout"]
 
 USER_AGENT = "pollcast/1"
 # Kept as they are in a path or query (RFC 3986 reserved and unreserved, and "%"
@@ -47,13 +48,6 @@ class _Closed(HttpFailure):
     def __init__(self, got_bytes: bool) -> None:
         super().__init__("connection closed before a complete response")
         self.got_bytes = got_bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    headers: dict[str, str]  # names lower-case; repeated headers joined with ", "
-    body: bytes
 
 
 class UpstreamClient:
@@ -86,8 +80,9 @@ class UpstreamClient:
         headers: tuple[tuple[str, str], ...] = (),
         body: bytes | None = None,
         timeout_s: float,
-    ) -> Reply:
-        """One request and its whole response.
+    ) -> UpstreamResponse:
+        """One request and its whole response (header names lower-case, repeated
+        headers joined with ", ").
 
         Raises:
             UpstreamTimeout: no complete response within ``timeout_s``.
@@ -177,7 +172,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.keep_alive = False
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[Reply] | None = None
+        self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -192,7 +187,7 @@ class _Connection(asyncio.Protocol):
     def usable(self) -> bool:
         return not self.closed and self.keep_alive and self._waiter is None
 
-    async def roundtrip(self, raw: bytes) -> Reply:
+    async def roundtrip(self, raw: bytes) -> UpstreamResponse:
         assert self.transport is not None and self._waiter is None
         if self.closed:
             raise _Closed(got_bytes=False)
@@ -282,7 +277,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             waiter.set_exception(HttpFailure("response body does not match its content-encoding"))
             return
-        waiter.set_result(Reply(self._status, headers, body))
+        waiter.set_result(UpstreamResponse(self._status, headers, body))
 
     def _fail(self, error: HttpFailure) -> None:
         self.close()

@@ -18,7 +18,7 @@ async def send(
     requests in the query string.
     """
     try:
-        reply = await http.request(
+        return await http.request(
             request.method,
             request.url,
             params=request.params,
@@ -30,4 +30,3 @@ async def send(
         return Fault(FaultKind.TIMEOUT, f"{name} did not answer within {timeout_s:g} s")
     except HttpFailure as exc:
         return Fault(FaultKind.NETWORK, f"{name}: {exc}")
-    return UpstreamResponse(status_code=reply.status, headers=reply.headers, body=reply.body)

@@ -43,6 +43,8 @@ BUSY_RETRY_S = 5
 # closing a socket with unread input sends a RST, which can destroy the refusal
 # before the client reads it (RFC 9112 §9.6, "tear-down").
 LINGER_S = 2.0
+# The scope key under which a request's uvicorn cycle is found (ours, not ASGI's).
+DIRECT_WRITE = "pollcast.cycle"
 
 
 def raw_problem(
@@ -228,10 +230,6 @@ def guarded_http_protocol(server: ServerConfig) -> type[GuardedHttpProtocol]:
         max_head_bytes = server.max_header_bytes
 
     return Protocol
-
-
-# The scope key under which a request's uvicorn cycle is found (ours, not ASGI's).
-DIRECT_WRITE = "pollcast.cycle"
 
 
 class DirectWriter:

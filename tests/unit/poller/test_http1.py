@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from gateway.poller.http1 import HttpFailure, Reply, UpstreamClient, UpstreamTimeout
+from gateway.poller.http1 import HttpFailure, UpstreamClient, UpstreamTimeout
+from gateway.providers.base import UpstreamResponse
 from tests.integration.gateway_server import free_port
 
 Script = list[bytes | Callable[[asyncio.StreamWriter], object]]
@@ -73,7 +74,7 @@ async def serving(replies: Script) -> AsyncIterator[Server]:
         listener.close()
 
 
-async def get(client: UpstreamClient, server: Server) -> Reply:
+async def get(client: UpstreamClient, server: Server) -> UpstreamResponse:
     return await client.request("GET", f"http://127.0.0.1:{server.port}/status", timeout_s=2.0)
 
 

@@ -7,9 +7,10 @@ import random
 
 import pytest
 
-from gateway.core.model import ErrorInfo, Event, EventKind, State
+from gateway.core.model import EventKind, State
 from gateway.webhooks.model import WebhookTarget, deliveries_for, delivery_id, payload
 from gateway.webhooks.retry import RetrySchedule
+from tests.unit.webhooks.support import event
 
 SCHEDULE = RetrySchedule(base_s=5.0, max_s=3600.0, max_age_s=86400.0)
 
@@ -36,24 +37,6 @@ def test_retries_stop_once_a_delivery_would_be_older_than_max_age() -> None:
     # About a day of retries: hourly at the end, a couple of dozen attempts in all.
     assert 86400.0 - 3600.0 <= now <= 86400.0
     assert 20 <= attempts <= 45
-
-
-def event(seq: int, state: State, kind: EventKind = EventKind.STATE) -> Event:
-    return Event(
-        event=kind,
-        task="ailab:7f3c",
-        seq=seq,
-        state=state,
-        terminal=state.terminal,
-        progress=None,
-        position=None,
-        message=None,
-        result=None,
-        error=ErrorInfo("upstream_failed", "x") if state is State.FAILED else None,
-        upstream=None,
-        updated_at="2026-11-21T10:00:05.120Z",
-        observed_at="2026-11-21T10:00:05.118Z",
-    )
 
 
 EVENTS = [

@@ -11,34 +11,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.core.model import ErrorInfo, Event, EventKind, State
+from gateway.core.model import State
 from gateway.hub.local import LocalHub
 from gateway.webhooks.model import WebhookTarget
 from gateway.webhooks.outbox import SqliteOutbox
 from gateway.webhooks.service import Webhooks
 from gateway.webhooks.settings import WebhooksConfig
+from tests.unit.webhooks.support import TASK, event
 
-TASK = "ailab:7f3c"
 NOW = 1_800_000_000.0
 CONFIG = WebhooksConfig(secret="a-test-secret-of-enough-bytes")
-
-
-def event(seq: int, state: State, task: str = TASK) -> Event:
-    return Event(
-        event=EventKind.STATE,
-        task=task,
-        seq=seq,
-        state=state,
-        terminal=state.terminal,
-        progress=None,
-        position=None,
-        message=None,
-        result=None,
-        error=ErrorInfo("upstream_failed", "x") if state is State.FAILED else None,
-        upstream=None,
-        updated_at="2026-11-21T10:00:05.120Z",
-        observed_at="2026-11-21T10:00:05.118Z",
-    )
 
 
 @pytest.fixture
@@ -66,7 +48,7 @@ async def test_committed_events_of_registered_tasks_are_queued_once(
 ) -> None:
     webhooks, hub, outbox = parts
     await webhooks.register(TASK, WebhookTarget("https://h.example/in", ("state", "terminal")))
-    first = [event(1, State.QUEUED), event(1, State.RUNNING, "vp:other")]
+    first = [event(1, State.QUEUED), event(1, State.RUNNING, task="vp:other")]
     await hub.commit([first[0]], terminal_ttl_s=60)
     await webhooks.committed(first)
     await webhooks.committed(first)  # told twice: still once
