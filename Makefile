@@ -4,16 +4,24 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-py test-js system-deps lint typecheck bench bench-quick clean
+.PHONY: demo test test-py test-js system-deps lint typecheck bench bench-quick lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml | $(PY)
+# Exactly what CI tested: every dependency pinned in requirements.lock (`make lock`
+# refreshes it from pyproject.toml), then the two packages themselves without
+# letting pip resolve anything else.
+$(STAMP): requirements.lock pyproject.toml clients/python/pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet -e clients/python
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e . -e clients/python
 	touch $(STAMP)
+
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml clients/python/pyproject.toml \
+	  --extra dev --extra bench --python-version 3.11 --no-header \
+	  --annotation-style line -o requirements.lock
 
 demo: $(STAMP)
 	$(VENV)/bin/pollcast demo
