@@ -409,6 +409,8 @@ def describe(exc: aiohttp.ClientError, settings: HttpSettings) -> str:
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return f"the proxy refused the tunnel (HTTP {exc.status})"
     if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        if isinstance(_innermost(exc), ConnectionResetError):
+            return "connection reset before the response was complete"
         return "connection closed before a complete response"
     if isinstance(exc, aiohttp.ClientResponseError):  # the response head did not parse
         cause = _innermost(exc)
