@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import zlib
 
 import pytest
 
 from gateway.core.model import FaultKind
 from gateway.exceptions import UpstreamError, UpstreamTimeout
+from gateway.logs import configure_logging
 from gateway.poller.transport import send
 from gateway.poller.upstream import (
     AiohttpTransport,
@@ -266,3 +268,20 @@ async def test_the_fake_sees_the_request_as_the_wire_would_and_answers_it() -> N
     await fake.aclose()
     closed = await send(fake, REQUEST, name="vp", timeout_s=3.0)
     assert not isinstance(closed, UpstreamResponse) and closed.kind is FaultKind.NETWORK
+
+
+def test_aiohttp_client_loggers_stay_at_warning_even_at_debug() -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    names = ("aiohttp.client", "aiohttp.internal", "httpx")
+    levels = {name: logging.getLogger(name).level for name in names}
+    try:
+        configure_logging("json", level=logging.DEBUG)
+        assert {n: logging.getLogger(n).getEffectiveLevel() for n in names} == dict.fromkeys(
+            names, logging.WARNING
+        )
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
