@@ -352,19 +352,30 @@ class AiohttpTransport:
         # encoded=True: yarl would otherwise re-quote the path and query.
         wire_url = URL(target.origin + target.path_query, encoded=True)
         proxy = self._proxy_of(target)
+        # aiohttp sends an idempotent request once more by itself when the
+        # connection closed before any answer; a status query is a read
+        # whatever its method, so a POST gets that second chance here.
+        retries = 0 if method.upper() in aiohttp.client.IDEMPOTENT_METHODS else 1
         try:
             async with asyncio.timeout(timeout_s):
-                async with session.request(
-                    method,
-                    wire_url,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    proxy=proxy[0] if proxy else None,
-                    proxy_headers=proxy[1] if proxy and proxy[1] else None,
-                ) as reply:
-                    content = await self._read(reply)
-                    return UpstreamResponse(reply.status, _join_headers(reply.raw_headers), content)
+                while True:
+                    try:
+                        async with session.request(
+                            method,
+                            wire_url,
+                            headers=headers,
+                            data=body,
+                            allow_redirects=False,
+                            proxy=proxy[0] if proxy else None,
+                            proxy_headers=proxy[1] if proxy and proxy[1] else None,
+                        ) as reply:
+                            content = await self._read(reply)
+                            headers_in = _join_headers(reply.raw_headers)
+                            return UpstreamResponse(reply.status, headers_in, content)
+                    except aiohttp.ServerDisconnectedError:
+                        if not retries:
+                            raise
+                        retries -= 1
         except TimeoutError:
             raise UpstreamTimeout(f"no response within {timeout_s:g} s") from None
         except aiohttp.ClientError as exc:

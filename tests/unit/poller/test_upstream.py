@@ -158,6 +158,34 @@ async def test_a_kept_connection_the_upstream_closed_is_replaced_without_an_erro
     assert server.connections == 2
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_kept_connection_closed_as_the_request_went_out_is_retried_once(
+    method: str,
+) -> None:
+    def hang_up(writer: asyncio.StreamWriter) -> None:
+        writer.close()  # the request was read, and nothing answers it
+
+    async with serving([ok(b"first"), hang_up, ok(b"second")]) as server:
+        client = AiohttpTransport()
+        url = f"{server.url}/v2/query"
+        assert (await client.request(method, url, body=b"[]", timeout_s=2.0)).body == b"first"
+        assert (await client.request(method, url, body=b"[]", timeout_s=2.0)).body == b"second"
+        await client.aclose()
+    assert server.connections == 2 and len(server.requests) == 3
+
+
+async def test_an_upstream_that_never_answers_is_asked_twice_at_most() -> None:
+    def hang_up(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with serving([hang_up, hang_up, hang_up, ok()]) as server:
+        client = AiohttpTransport()
+        with pytest.raises(UpstreamError, match="closed before a complete response"):
+            await client.request("POST", f"{server.url}/q", body=b"[]", timeout_s=2.0)
+        await client.aclose()
+    assert len(server.requests) == 2
+
+
 @pytest.mark.parametrize(
     ("reply", "message"),
     [
