@@ -28,7 +28,7 @@ import urllib.request
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Annotated, Any, Protocol, runtime_checkable
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
@@ -147,6 +147,17 @@ def request_target(url: str, params: tuple[tuple[str, str], ...] = ()) -> Target
     return Target(scheme, parts.hostname, port, path_query)
 
 
+@lru_cache(maxsize=4096)
+def _wire(url: str, params: tuple[tuple[str, str], ...]) -> tuple[Target, URL]:
+    """:func:`request_target` and its ``yarl.URL``, kept for URLs polled again and again.
+
+    ``encoded=True``: yarl would otherwise re-quote the path and query.
+    """
+    target = request_target(url, params)
+    return target, URL(target.origin + target.path_query, encoded=True)
+
+
+@lru_cache(maxsize=1024)  # adapters send the same few header sets again and again
 def _check_headers(headers: tuple[tuple[str, str], ...]) -> None:
     for name, value in headers:
         if any(c in name or c in value for c in "\r\n\0"):
@@ -346,11 +357,9 @@ class AiohttpTransport:
         body: bytes | None = None,
         timeout_s: float,
     ) -> UpstreamResponse:
-        target = request_target(url, params)
+        target, wire_url = _wire(url, params)
         _check_headers(headers)
         session = self._session or self._open()
-        # encoded=True: yarl would otherwise re-quote the path and query.
-        wire_url = URL(target.origin + target.path_query, encoded=True)
         proxy = self._proxy_of(target)
         # aiohttp sends an idempotent request once more by itself when the
         # connection closed before any answer; a status query is a read
