@@ -49,15 +49,20 @@ async def flood_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         await writer.drain()
 
 
-async def gzip_bomb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """A small gzip body that inflates to 10 MB (and says it is JSON)."""
-    while True:
-        await read_request(reader)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(BOMB), BOMB)
-        )
-        await writer.drain()
+def gzip_bomb(served: list[float]) -> Behaviour:
+    """A small gzip body that inflates to 10 MB (and says it is JSON), to every request."""
+
+    async def behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            served.append(time.monotonic())
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(BOMB), BOMB)
+            )
+            await writer.drain()
+
+    return behave
 
 
 async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -84,6 +89,16 @@ def cut_off(reply: bytes, *, rst: bool) -> Behaviour:
             writer.close()
 
     return behave
+
+
+def counted(behave: Behaviour, hits: list[float]) -> Behaviour:
+    """``behave``, noting when each connection came."""
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hits.append(time.monotonic())
+        await behave(reader, writer)
+
+    return count
 
 
 def status_url(port: int) -> str:
@@ -122,7 +137,7 @@ async def test_a_gzip_bomb_is_refused_at_the_decoded_limit_without_inflating_it(
     import tracemalloc
 
     client = AiohttpTransport(HttpSettings(max_body_bytes=1024 * 1024))
-    async with listening(gzip_bomb) as port:
+    async with listening(gzip_bomb([])) as port:
         tracemalloc.start()
         try:
             with pytest.raises(UpstreamError, match=r"larger than 1048576 bytes"):
@@ -244,19 +259,24 @@ async def read_events(client: httpx.AsyncClient, url: str, seconds: float) -> li
 async def test_live_a_header_flood_is_refused_while_healthz_stays_fast(
     tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
-    async with listening(flood_headers) as port:
+    floods: list[float] = []
+    async with listening(counted(flood_headers, floods)) as port:
         with gateway_on(port, tmp_path) as gateway:
             reader = asyncio.create_task(
                 read_events(client, events_url(gateway.url, "videoproc:t1"), 3.0)
             )
             await asyncio.sleep(0.3)
             latencies = []
+            window = time.monotonic()
             for _ in range(50):
                 started = time.monotonic()
                 assert (await client.get(f"{gateway.url}/healthz")).status_code == 200
                 latencies.append(time.monotonic() - started)
                 await asyncio.sleep(0.03)
+            during = [t for t in floods if t >= window]
             events = await reader
+    # Each poll met a fresh 20 MB flood while /healthz was being timed.
+    assert len(during) >= 3, floods
     notices = [e for e in events if e.get("event") == "notice"]
     assert notices and notices[0]["code"] == "upstream_network", events
     assert "header lines" in notices[0]["message"]
@@ -267,13 +287,15 @@ async def test_live_a_header_flood_is_refused_while_healthz_stays_fast(
 async def test_live_a_gzip_bomb_is_a_fault_and_the_gateway_does_not_grow(
     tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
-    async with listening(gzip_bomb) as port:
+    bombs: list[float] = []
+    async with listening(gzip_bomb(bombs)) as port:
         with gateway_on(port, tmp_path, max_body_bytes=1024 * 1024) as gateway:
             assert gateway.proc is not None
             pid = gateway.proc.pid
             before = rss_kib(pid)
             events = await read_events(client, events_url(gateway.url, "videoproc:t1"), 3.0)
             after, peak = rss_kib(pid), rss_kib(pid, "VmHWM")
+    assert len(bombs) >= 3  # polled again and again, a bomb each time
     notices = [e for e in events if e.get("event") == "notice"]
     assert notices and notices[0]["code"] == "upstream_network", events
     assert "larger than 1048576 bytes" in notices[0]["message"]
