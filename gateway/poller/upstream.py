@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import ssl
 import urllib.request
 import zlib
@@ -30,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Annotated, Any, Protocol, runtime_checkable
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import certifi
@@ -199,6 +200,7 @@ class _BoundedBody:
         encoding = encoding.strip().lower()
         self._zlib: Any = None  # zlib's Decompress type is not importable
         self._deflate = encoding == "deflate"
+        self._head = b""  # "deflate": the first bytes, until there are two to look at
         if encoding in ("gzip", "x-gzip"):
             self._zlib = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
 
@@ -206,10 +208,15 @@ class _BoundedBody:
         self.received += len(data)
         if self.received > self.limit:
             raise _BodyTooLarge(self.limit)
-        if self._deflate and self._zlib is None and data:
+        if self._deflate and self._zlib is None:
             # RFC 9110 §8.4.1.2: "deflate" is zlib-wrapped, yet some servers
             # send raw deflate; a zlib header's first two bytes are a multiple of 31.
-            wrapped = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+            data = self._head + data
+            if len(data) < 2:
+                self._head = data  # too little to tell yet
+                return
+            self._head = b""
+            wrapped = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
             self._zlib = zlib.decompressobj(wbits=zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
         if self._zlib is None:
             self._add(data)
@@ -232,7 +239,7 @@ class _BoundedBody:
             self.chunks.append(data)
 
     def result(self) -> bytes:
-        if self._zlib is not None and not self._zlib.eof:
+        if self._head or (self._zlib is not None and not self._zlib.eof):
             raise UpstreamError("response body does not match its content-encoding")
         return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
@@ -270,7 +277,7 @@ def _proxy_parts(proxy: str) -> tuple[URL, tuple[tuple[str, str], ...]]:
     url = URL(proxy)
     if url.user is None:
         return url, ()
-    token = f"{unquote(url.user)}:{unquote(url.password or '')}".encode()
+    token = f"{url.user}:{url.password or ''}".encode()  # yarl has decoded them
     auth = "Basic " + base64.b64encode(token).decode("ascii")
     return url.with_user(None).with_password(None), (("Proxy-Authorization", auth),)
 
@@ -440,7 +447,8 @@ def describe(exc: aiohttp.ClientError, settings: HttpSettings) -> str:
             return f"response head has more than {settings.max_headers} header lines"
         return f"malformed HTTP response ({type(cause).__name__})"
     if isinstance(exc, aiohttp.ClientOSError):
-        return f"connection failed ({type(exc).__name__})"
+        name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        return f"connection failed ({name})"
     return f"request failed ({type(exc).__name__})"
 
 

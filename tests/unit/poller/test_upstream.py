@@ -114,15 +114,31 @@ async def test_chunked_gzip_deflate_and_until_close_bodies_are_read_whole() -> N
         writer.write(b"HTTP/1.0 200 OK\r\n\r\nall of it")
         writer.close()
 
-    async with serving([chunked, zipped, deflate, wrapped, until_close]) as server:
+    packed = zlib.compress(b"one byte a chunk")
+    one_byte_chunks = (
+        b"HTTP/1.1 200 OK\r\ncontent-encoding: deflate\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"".join(b"1\r\n%s\r\n" % packed[i : i + 1] for i in range(len(packed)))
+        + b"0\r\n\r\n"
+    )
+
+    async def dribble(writer: asyncio.StreamWriter) -> None:
+        first = one_byte_chunks.index(b"\r\n\r\n") + 4 + 6  # the head and one 1-byte chunk
+        writer.write(one_byte_chunks[:first])
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the reader sees that one byte alone
+        writer.write(one_byte_chunks[first:])
+
+    script = [chunked, zipped, deflate, wrapped, dribble, until_close]
+    async with serving(script) as server:
         client = AiohttpTransport()
-        replies = [await get(client, server) for _ in range(5)]
+        replies = [await get(client, server) for _ in range(6)]
         await client.aclose()
     assert [r.body for r in replies] == [
         b"hello world",
         b'{"state":"done"}',
         b"raw deflate",
         b"zlib deflate",
+        b"one byte a chunk",
         b"all of it",
     ]
     assert replies[0].headers["set-cookie"] == "a, b"
