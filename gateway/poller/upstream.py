@@ -46,9 +46,12 @@ __all__ = [
     "AiohttpTransport",
     "HttpSettings",
     "MockUpstream",
+    "Target",
     "UpstreamCall",
     "UpstreamTransport",
+    "describe",
     "request_target",
+    "ssl_context",
 ]
 
 USER_AGENT = "pollcast/1"
