@@ -11,16 +11,19 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
 from gateway.core.model import TaskKey
 from gateway.exceptions import ConfigError, InvalidTaskKey
 from gateway.poller.provider import ProviderRuntime
+from gateway.poller.upstream import HttpSettings, ssl_context
 from gateway.providers import adapter_class
 from gateway.providers.base import Adapter, PolicySettings
 from gateway.webhooks.settings import WebhooksConfig
@@ -101,6 +104,7 @@ class ProviderConfig(msgspec.Struct, frozen=True):
     kind: str
     settings: msgspec.Struct
     policy: PolicySettings
+    http: HttpSettings = HttpSettings()
 
     def adapter_class(self) -> type[Adapter]:
         return adapter_class(self.kind)
@@ -122,6 +126,7 @@ class Config(msgspec.Struct, frozen=True):
                 p.settings,
                 p.policy,
                 default_deadline_s=self.polling.deadline_s,
+                http=p.http,
             )
             for name, p in self.providers.items()
         }
@@ -136,7 +141,18 @@ class Config(msgspec.Struct, frozen=True):
             found.append(self.webhooks.secret)
         for runtime in self.runtimes().values():
             found.extend(v for v in runtime.adapter.secret_values() if v)
+        for provider in self.providers.values():
+            found.extend(_proxy_credentials(provider.http.proxy))
         return found
+
+
+def _proxy_credentials(proxy: str | None) -> list[str]:
+    """The user and password of a proxy URL, as written and decoded."""
+    if not proxy:
+        return []
+    parts = urlsplit(proxy)
+    found = [v for v in (parts.username, parts.password) if v]
+    return found + [unquote(v) for v in found if unquote(v) != v]
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -196,6 +212,39 @@ def _check_settings(cls: type[Adapter], settings: msgspec.Struct, path: str) -> 
     return settings
 
 
+def _check_http(http: HttpSettings, path: str) -> HttpSettings:
+    """A provider's proxy and CA bundle, checked before anything connects."""
+    if http.proxy is not None:
+        where = f"{path}.proxy"
+        parts = urlsplit(http.proxy)
+        if parts.scheme not in ("http", "https"):
+            raise ConfigError("a proxy URL starts with http:// or https://", path=where)
+        if not parts.hostname:
+            raise ConfigError("a proxy URL needs a host", path=where)
+        try:
+            parts.port  # noqa: B018 (raises on a port that is not one)
+        except ValueError:
+            raise ConfigError("the proxy's port is not a number in 0-65535", path=where) from None
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigError("a proxy URL has no path, query or fragment", path=where)
+        if http.trust_env:
+            raise ConfigError(
+                "set either proxy or trust_env: with proxy set, the environment is not read",
+                path=f"{path}.trust_env",
+            )
+    if http.ca_file is not None:
+        where = f"{path}.ca_file"
+        try:
+            ssl_context(http.ca_file)
+        except ssl.SSLError as exc:  # before OSError, of which it is one
+            raise ConfigError(
+                "not a PEM bundle of CA certificates (none could be loaded)", path=where
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read the CA bundle: {exc.strerror}", path=where) from exc
+    return http
+
+
 def _provider(name: str, table: Any, path: str) -> ProviderConfig:
     try:
         TaskKey.of(name, "x")
@@ -211,13 +260,20 @@ def _provider(name: str, table: Any, path: str) -> ProviderConfig:
     except ConfigError as exc:
         raise ConfigError(str(exc), path=f"{path}.kind") from exc
     adapter_fields = set(cls.Settings.__struct_fields__)
+    http_fields = set(HttpSettings.__struct_fields__) - adapter_fields
     settings = {k: v for k, v in table.items() if k in adapter_fields}
-    policy = {k: v for k, v in table.items() if k not in adapter_fields and k != "kind"}
+    http = {k: v for k, v in table.items() if k in http_fields}
+    policy = {
+        k: v
+        for k, v in table.items()
+        if k not in adapter_fields and k not in http_fields and k != "kind"
+    }
     provider = ProviderConfig(
         name=name,
         kind=kind,
         settings=_check_settings(cls, _convert(settings, cls.Settings, path), path),
         policy=_convert(policy, PolicySettings, path),
+        http=_check_http(_convert(http, HttpSettings, path), path),
     )
     for key, value in msgspec.structs.asdict(provider.policy).items():
         if isinstance(value, int | float) and (not math.isfinite(value) or value <= 0):

@@ -14,7 +14,7 @@ import threading
 import time
 import tomllib
 
-import httpx
+import aiohttp
 import msgspec
 import uvicorn
 
@@ -76,35 +76,38 @@ def _timeline(provider: str, n: int) -> list[dict[str, object]]:
 
 async def _feed(base: str, sim: str) -> None:
     providers = ["ailab", "aholo", "tryon", "genpic", "videoproc"]
-    async with httpx.AsyncClient(timeout=None, trust_env=False) as client:
+    # No total timeout: the event streams stay open for each task's whole life.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+    async with aiohttp.ClientSession(timeout=timeout) as client:
         for _ in range(100):
             try:
-                if (await client.get(f"{base}/readyz")).status_code == 200:
-                    break
-            except httpx.HTTPError:
+                async with client.get(f"{base}/readyz") as ready:
+                    if ready.status == 200:
+                        break
+            except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
         print(_banner(base, sim), flush=True)
         watchers: set[asyncio.Task[None]] = set()
         for n in itertools.count():
             provider = providers[n % len(providers)]
-            reply = await client.post(
+            async with client.post(
                 f"{sim}/_sim/tasks",
                 json={"provider": provider, "timeline": _timeline(provider, n // 5)},
-            )
-            task = f"{provider}:{reply.json()['task_id']}"
+            ) as reply:
+                task = f"{provider}:{(await reply.json())['task_id']}"
             watcher = asyncio.create_task(_watch(client, base, task))
             watchers.add(watcher)
             watcher.add_done_callback(watchers.discard)
             await asyncio.sleep(3.0 if len(watchers) < 10 else 6.0)
 
 
-async def _watch(client: httpx.AsyncClient, base: str, task: str) -> None:
+async def _watch(client: aiohttp.ClientSession, base: str, task: str) -> None:
     provider, _, task_id = task.partition(":")
     url = f"{base}/v1/tasks/{provider}/{task_id}/events"
     decoder = msgspec.json.Decoder()
-    async with client.stream("GET", url, headers={"Accept": "application/x-ndjson"}) as reply:
-        async for line in reply.aiter_lines():
+    async with client.get(url, headers={"Accept": "application/x-ndjson"}) as reply:
+        async for line in reply.content:
             if not line.strip():
                 continue
             event = decoder.decode(line)

@@ -14,6 +14,7 @@
     │   ├── LimitExceeded      a rate or quota ran out (429 + Retry-After)
     │   └── InvalidWebhook     a webhook URL pollcast will not call (422)
     ├── UpstreamError          a request to an upstream API failed
+    │   └── UpstreamTimeout    … because no complete response came in time
     └── BackendError           the hub's store is unreachable or refused a write
         └── SeqConflict        another writer already committed that seq
 """
@@ -118,6 +119,10 @@ class InvalidWebhook(InputError):
 
 class UpstreamError(PollcastError):
     """An upstream request failed at the transport level (timeout, reset, refused)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """No complete response from the upstream within the request's time limit."""
 
 
 class BackendError(PollcastError):

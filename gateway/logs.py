@@ -65,6 +65,8 @@ def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every request URL at INFO, and some upstreams sign requests in
-    # the query string: those lines must never be written.
-    for name in ("httpx", "httpcore"):
+    # the query string: those lines must never be written. aiohttp's client
+    # loggers say nothing of URLs above DEBUG; they are held at WARNING so that
+    # a root level of DEBUG cannot change that.
+    for name in ("httpx", "httpcore", "aiohttp.client", "aiohttp.internal"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -24,8 +24,8 @@ import msgspec
 from gateway.config import Config
 from gateway.core.model import Fault, Observation, TaskKey
 from gateway.exceptions import ConfigError, InputError
-from gateway.poller.http1 import UpstreamClient
 from gateway.poller.transport import send
+from gateway.poller.upstream import AiohttpTransport
 from gateway.providers.base import UpstreamRequest, fault_observations
 
 __all__ = ["probe", "run_probe"]
@@ -92,7 +92,7 @@ async def probe(config: Config, task: str, out: TextIO) -> list[Observation]:
     )
     show(f"request ({runtime.name}, kind {adapter.kind})", _describe_request(request))
     started = time.monotonic()
-    http = UpstreamClient(max_idle=1)
+    http = AiohttpTransport(runtime.http, concurrency=1)
     try:
         reply = await send(http, request, name=runtime.name, timeout_s=runtime.timeout_s)
     finally:

@@ -26,9 +26,9 @@ from gateway.hub.redis import RedisHub
 from gateway.hub.redis import connect as redis_connect
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller
-from gateway.poller.http1 import UpstreamClient
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import Schedule
+from gateway.poller.upstream import AiohttpTransport
 from gateway.webhooks.model import WebhookTarget
 from gateway.webhooks.service import Webhooks, outbox_for
 
@@ -70,9 +70,10 @@ class Gateway:
             if config.webhooks.secret
             else None
         )
-        # One client per provider, keeping as many connections as it may use at once.
+        # One transport per provider, with as many connections as it may use at once.
         self.http = {
-            name: UpstreamClient(max_idle=rt.concurrency) for name, rt in self.runtimes.items()
+            name: AiohttpTransport(rt.http, concurrency=rt.concurrency)
+            for name, rt in self.runtimes.items()
         }
         self.poller = Poller(
             self.hub,

@@ -35,10 +35,10 @@ from gateway.core.policy import CostBudget, TokenBucket
 from gateway.exceptions import BackendError, SeqConflict, UnknownProvider
 from gateway.hub.base import Hub, Watch
 from gateway.metrics import Metrics
-from gateway.poller.http1 import UpstreamClient
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
 from gateway.poller.transport import send
+from gateway.poller.upstream import UpstreamTransport
 from gateway.providers.base import UpstreamRequest, fault_observations
 
 __all__ = ["Poller", "ProviderLane"]
@@ -59,7 +59,7 @@ class ProviderLane:
         self.rt = runtime
         self.schedule = poller.schedule
         http = poller.http
-        self.http = http if isinstance(http, UpstreamClient) else http[runtime.name]
+        self.http = http if isinstance(http, UpstreamTransport) else http[runtime.name]
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(runtime.concurrency)
         self._rate = TokenBucket(runtime.rate_per_s)
@@ -341,7 +341,7 @@ class Poller:
         self,
         hub: Hub,
         providers: Mapping[str, ProviderRuntime],
-        http: UpstreamClient | Mapping[str, UpstreamClient],
+        http: UpstreamTransport | Mapping[str, UpstreamTransport],
         *,
         schedule: Schedule | None = None,
         metrics: Metrics | None = None,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.core.policy import IntervalPolicy
+from gateway.poller.upstream import HttpSettings
 from gateway.providers.base import Adapter, PolicySettings
 
 __all__ = ["ProviderRuntime"]
@@ -23,6 +24,7 @@ class ProviderRuntime:
     deadline_s: float
     cost_per_call: float
     budget_per_hour: float | None
+    http: HttpSettings = field(default_factory=HttpSettings)  # proxy, CA bundle, response limits
 
     @property
     def kind(self) -> str:
@@ -37,6 +39,7 @@ class ProviderRuntime:
         overrides: PolicySettings,
         *,
         default_deadline_s: float,
+        http: HttpSettings | None = None,
     ) -> ProviderRuntime:
         """Merge the adapter's documented defaults with the config's overrides."""
         d = adapter_cls.defaults_for(settings)
@@ -58,6 +61,7 @@ class ProviderRuntime:
             deadline_s=overrides.deadline_s or default_deadline_s,
             cost_per_call=d.cost_per_call,
             budget_per_hour=overrides.budget_per_hour,
+            http=http or HttpSettings(),
         )
 
     def describe(self) -> dict[str, object]:

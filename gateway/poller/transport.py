@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from gateway.core.model import Fault, FaultKind
-from gateway.poller.http1 import HttpFailure, UpstreamClient, UpstreamTimeout
+from gateway.exceptions import UpstreamError, UpstreamTimeout
+from gateway.poller.upstream import UpstreamTransport
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
 
 __all__ = ["send"]
 
 
 async def send(
-    http: UpstreamClient, request: UpstreamRequest, *, name: str, timeout_s: float
+    http: UpstreamTransport, request: UpstreamRequest, *, name: str, timeout_s: float
 ) -> UpstreamResponse | Fault:
     """Send ``request``; a transport failure comes back as a :class:`Fault`.
 
@@ -28,5 +29,5 @@ async def send(
         )
     except UpstreamTimeout:
         return Fault(FaultKind.TIMEOUT, f"{name} did not answer within {timeout_s:g} s")
-    except HttpFailure as exc:
+    except UpstreamError as exc:
         return Fault(FaultKind.NETWORK, f"{name}: {exc}")
