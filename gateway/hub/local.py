@@ -264,8 +264,8 @@ class LocalHub(Hub):
             yield db
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
                     db.execute("ROLLBACK")
             self._fault = self._describe("cannot write", exc)
             raise BackendError(self._describe(f"cannot store {what} in", exc)) from exc
