@@ -438,5 +438,5 @@ class LocalHub(Hub):
             db.executemany("DELETE FROM history WHERE task = ?", keys)
             db.executemany("DELETE FROM watches WHERE task = ?", keys)
         for task in gone:
-            self.finished.put(task, None)
+            self.finished.discard(task)
         return len(gone)
