@@ -211,10 +211,10 @@ async def _break_and_heal(
     subscribers: list[Subscriber],
 ) -> None:
     base = gateway.url
-    # Each task moves every 0.5 s and succeeds at 7 s: inside the outage below.
+    # Each task moves every 0.5 s and succeeds at 9 s: inside the outage below.
     created = time.monotonic()
     tasks = [
-        await create_sim_task(client, sim, "videoproc", steps(0.0, 0.5, 12, 7.0)) for _ in range(3)
+        await create_sim_task(client, sim, "videoproc", steps(0.0, 0.5, 16, 9.0)) for _ in range(3)
     ]
     subscribers.extend(
         Subscriber(client, events_url(base, task))
@@ -254,8 +254,8 @@ async def _break_and_heal(
     assert refused.json()["code"] == "backend_unavailable"
     assert "state.db" not in refused.text  # paths stay in the log
 
-    # Hold the outage past the tasks' terminal step (7 s), then heal the store.
-    await asyncio.sleep(max(0.0, created + 8.5 - time.monotonic()))
+    # Hold the outage past the tasks' terminal step (9 s), then heal the store.
+    await asyncio.sleep(max(0.0, created + 10.5 - time.monotonic()))
     assert await not_ready()
     assert not any(e.get("terminal") for s in subscribers for e in s.events)
     heal()
