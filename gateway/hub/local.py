@@ -96,11 +96,12 @@ def check_writable(path: str) -> None:
 
     SQLite opens a read-only file without complaint and only fails at the
     first write; this opens the file and its directory (where the WAL and
-    shared-memory files are created) for writing, then reads the file's
-    header (a file that is not a SQLite database fails here).
+    shared-memory files are created) for writing, then opens it with SQLite
+    and writes one row (a file that is not a SQLite database, or a full
+    disk, fails there).
 
     Raises:
-        BackendError: naming the path and the OS error.
+        BackendError: naming the path and the OS error (or SQLite's reason).
     """
     if not _is_file(path):
         return
@@ -115,11 +116,37 @@ def check_writable(path: str) -> None:
         raise BackendError(
             f"the state file {path} is not writable: {exc.strerror or exc} ({where})"
         ) from exc
+    _open(path).close()
+
+
+def _open(path: str) -> sqlite3.Connection:
+    """Connect, set WAL mode, create the schema and write once (a refused write fails here).
+
+    Raises:
+        BackendError: naming the path and SQLite's reason.
+    """
     try:
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            db.execute("PRAGMA schema_version")
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
+        raise BackendError(f"the state file {path} cannot be opened: {exc}") from exc
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        _probe(db)
+    except sqlite3.Error as exc:
+        db.close()
         raise BackendError(f"the state file {path} cannot be used: {exc}") from exc
+    return db
+
+
+def _probe(db: sqlite3.Connection) -> None:
+    """The smallest real write: one row of ``meta``."""
+    db.execute(
+        "INSERT INTO meta VALUES ('written_at', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (time.time(),),
+    )
 
 
 class SnapshotCache:
@@ -184,15 +211,8 @@ class LocalHub(Hub):
             BackendError: the file cannot be opened or written (names path and reason).
         """
         check_writable(self.path)
+        db = _open(self.path)
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise BackendError(f"cannot open the state file {self.path}: {exc}") from exc
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            self._probe(db)
             for task, body in db.execute(_LIVE_SNAPSHOTS):
                 self._snapshots[task] = _event_decoder.decode(body)
             for task, body in db.execute(_LIVE_HISTORY):
@@ -216,7 +236,7 @@ class LocalHub(Hub):
         if self._fault is None:
             return True
         try:
-            self._probe(self._db)
+            _probe(self._db)
         except sqlite3.Error as exc:
             self._fault = self._describe("cannot write", exc)
             return False
@@ -234,14 +254,6 @@ class LocalHub(Hub):
         if self._db is None:
             raise BackendError("the local hub is not started")
         return self._db
-
-    @staticmethod
-    def _probe(db: sqlite3.Connection) -> None:
-        db.execute(
-            "INSERT INTO meta VALUES ('written_at', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (time.time(),),
-        )
 
     def _describe(self, what: str, exc: sqlite3.Error) -> str:
         return f"{what} the state file {self.path}: {exc}"

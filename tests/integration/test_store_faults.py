@@ -139,6 +139,21 @@ def test_a_read_only_state_file_stops_serve_with_one_clear_line(sim: str, tmp_pa
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_a_full_disk_at_start_stops_serve_with_one_clear_line(sim: str, tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "store", "1M") as store:
+        fill(store)
+        state = store / "state.db"
+        config = tmp_path / "pollcast.toml"
+        config.write_text(to_toml(store_config(sim, state)))
+        result = serve_once(config)
+
+    assert result.returncode not in (0, None)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert str(state) in lines[0] and "full" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_a_directory_that_is_not_there_stops_serve_with_one_clear_line(
     sim: str, tmp_path: Path
 ) -> None:
