@@ -281,6 +281,11 @@ class LocalHub(Hub):
                     db.execute("ROLLBACK")
             self._fault = self._describe("cannot write", exc)
             raise BackendError(self._describe(f"cannot store {what} in", exc)) from exc
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            raise
         self._recovered()
 
     def _recovered(self) -> None:
