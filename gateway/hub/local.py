@@ -149,6 +149,13 @@ def _probe(db: sqlite3.Connection) -> None:
     )
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    """End a failed transaction; SQLite may already have rolled it back itself."""
+    with contextlib.suppress(sqlite3.Error):
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+
+
 class SnapshotCache:
     """A bounded LRU of finished tasks' snapshots; ``None`` records a task the file lacks."""
 
@@ -276,15 +283,11 @@ class LocalHub(Hub):
             yield db
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+            _rollback(db)
             self._fault = self._describe("cannot write", exc)
             raise BackendError(self._describe(f"cannot store {what} in", exc)) from exc
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._recovered()
 
