@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.config import load_config
-from gateway.exceptions import ConfigError
+from gateway.exceptions import BackendError, ConfigError
 from gateway.logs import configure_logging
 
 __all__ = ["main"]
@@ -25,6 +25,11 @@ def _serve(args: argparse.Namespace) -> int:
         server = replace(server, host=args.host or server.host, port=args.port or server.port)
         config = replace(config, server=server)
     configure_logging(args.log_format or config.server.log_format)
+    if config.backend.kind == "local":
+        from gateway.hub.local import check_writable
+
+        # Before uvicorn: a failure in its lifespan would be a traceback and exit 0.
+        check_writable(config.backend.path)
     serve(config, allow_open_public=args.allow_open_public)
     return 0
 
@@ -141,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pollcast: config error: {exc}", file=sys.stderr)
         return 2
+    except BackendError as exc:
+        print(f"pollcast: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

@@ -74,6 +74,8 @@ class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "pollcast"
     history_limit: Count = 256
+    # local: finished tasks' snapshots kept in memory (the rest are read from the file)
+    snapshot_cache: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 4096
     lease_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0  # redis: claim lease
 
 

@@ -59,7 +59,11 @@ class Gateway:
                 node_id=self.node_id,
             )
             tick_s = 0.25  # other nodes add tasks: look at the shared schedule this often
-        self.hub = hub or LocalHub(backend.path, history_limit=backend.history_limit)
+        self.hub = hub or LocalHub(
+            backend.path,
+            history_limit=backend.history_limit,
+            snapshot_cache=backend.snapshot_cache,
+        )
         # Deliveries live where the hub's state does: the same SQLite file or Redis.
         self.webhooks = (
             Webhooks(
@@ -124,12 +128,22 @@ class Gateway:
         await self.hub.close()
 
     async def ready(self) -> bool:
-        if self.draining or not self.poller.running:
-            return False
+        return await self.unready_reason() is None
+
+    async def unready_reason(self) -> str | None:
+        """Why ``/readyz`` is 503 (``None``: ready)."""
+        if self.draining:
+            return "draining"
+        if not self.poller.running:
+            return "poller stopped"
         try:
-            return await self.hub.ready()
+            if await self.hub.ready():
+                return None
         except BackendError:
-            return False
+            return "backend unavailable"
+        # Only the hub's own description: a driver's error text may carry a URL.
+        fault = self.hub.fault
+        return f"backend unavailable: {fault}" if fault else "backend unavailable"
 
     def drain(self) -> None:
         """Stop taking streams; every open feed ends with a ``server_draining`` notice."""

@@ -43,6 +43,11 @@ class Hub(ABC):
     async def ready(self) -> bool:
         """Whether the backing store answers right now (``/readyz``)."""
 
+    @property
+    def fault(self) -> str | None:
+        """What is wrong with the store, for ``/readyz`` (``None``: nothing known)."""
+        return None
+
     # -- state ------------------------------------------------------------
 
     @abstractmethod

@@ -283,8 +283,12 @@ class ProviderLane:
             entry.apply(decision.state)
             if event is None or not event.terminal:
                 again.append((entry, now + decision.delay_s))
-        if changes:
-            await poller.commit(changes, rt)
+        if changes and not await poller.commit(changes, rt):
+            # Not stored: poll these again (terminal ones too) and commit the same seqs.
+            unstored = {event.task for event in changes}
+            retry_at = now + rt.policy.base_s
+            again = [(e, at) for e, at in again if e.task not in unstored]
+            again += [(e, retry_at) for e in chunk if e.task in unstored]
         if again:
             await self.schedule.release(rt.name, again)
             self.wake()
@@ -329,7 +333,11 @@ class ProviderLane:
             previous, task=entry.task, state=state, error=error, now=poller.wall()
         )
         if event is not None:
-            await poller.commit([event], self.rt)
+            if not await poller.commit([event], self.rt):
+                # Not stored: the deadline still holds; try to end it again soon.
+                retry_at = poller.wall() + self.rt.policy.base_s
+                await self.schedule.release(self.rt.name, [(entry, retry_at)])
+                self.wake()
         else:
             await poller.finish([entry.task], self.rt)
 
@@ -531,16 +539,17 @@ class Poller:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def commit(self, events: list[Event], rt: ProviderRuntime) -> None:
+    async def commit(self, events: list[Event], rt: ProviderRuntime) -> bool:
+        """Store and fan out; ``False`` if the store refused them (poll them again)."""
         try:
             await self.hub.commit(events, terminal_ttl_s=rt.result_ttl_s)
         except SeqConflict:
             log.info("another node already recorded a newer state of %s", events[0].task)
-            return
-        except BackendError:
+            return True
+        except BackendError as exc:
             self.metrics.backend_errors.inc()
-            log.exception("could not store %d event(s) of %s", len(events), rt.name)
-            return
+            log.warning("could not store %d event(s) of %s: %s", len(events), rt.name, exc)
+            return False
         self.metrics.events_published.inc(len(events))
         for event in events:
             self.metrics.task_state(event.task, None if event.terminal else event.state.value)
@@ -549,6 +558,7 @@ class Poller:
         done = [event.task for event in events if event.terminal]
         if done:
             await self.finish(done, rt)
+        return True
 
     async def finish(self, tasks: list[str], rt: ProviderRuntime) -> None:
         """Terminal: never polled again, no longer watched."""

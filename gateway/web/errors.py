@@ -11,7 +11,7 @@ from litestar import Request, Response
 from litestar.exceptions import ClientException, HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from gateway.exceptions import InputError, LimitExceeded, Unauthorized
+from gateway.exceptions import BackendError, InputError, LimitExceeded, Unauthorized
 
 __all__ = ["EXCEPTION_HANDLERS", "GatewayRequest", "problem"]
 
@@ -78,6 +78,21 @@ class GatewayRequest(Request[Any, Any, Any]):
             raise ClientException("the JSON body is nested too deeply") from None
 
 
+# How long a client should wait before retrying while the state store is failing.
+BACKEND_RETRY_AFTER_S = 2
+
+
+def _backend_error(request: Request[Any, Any, Any], exc: BackendError) -> Response[dict[str, Any]]:
+    # The store's own words (paths, driver messages) go to the log, not to clients.
+    log.warning("state store error on %s %s: %s", request.method, request.url.path, exc)
+    return problem(
+        503,
+        "the gateway's state store is unavailable; retry shortly",
+        code="backend_unavailable",
+        headers={"Retry-After": str(BACKEND_RETRY_AFTER_S)},
+    )
+
+
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "internal error; the gateway logged it")
@@ -85,6 +100,7 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     InputError: _input_error,
+    BackendError: _backend_error,
     HTTPException: _http_error,
     Exception: _internal_error,
 }

@@ -27,7 +27,17 @@ from tests.bench.procs import ROOT, LoadGen, Pinning, raise_nofile, start_sim
 from tests.bench.report import evaluate_targets, render
 from tests.bench.scenarios import Bench, Plan
 
-STEPS = ("economy", "cluster", "sse_one", "ws_one", "sse_many", "ws_many", "churn", "poll")
+STEPS = (
+    "economy",
+    "cluster",
+    "sse_one",
+    "ws_one",
+    "sse_many",
+    "ws_many",
+    "churn",
+    "poll",
+    "retention",
+)
 PEERS = ("nchan", "pushpin")
 
 
@@ -156,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "ws_many": lambda: bench.many_tasks("ws"),
         "churn": bench.churn,
         "poll": bench.poll_throughput,
+        "retention": bench.retention,
         "nchan": lambda: bench.peer("nchan"),
         "pushpin": lambda: bench.peer("pushpin"),
     }

@@ -11,6 +11,8 @@ TARGETS = {
     "p99_ms_big": 250.0,
     "kib_per_idle_sse": 16.0,
     "single_task_polls_per_s": 2_000,
+    "bytes_per_retained_task": 1024.0,
+    "restart_ready_s": 2.0,
 }
 
 
@@ -112,7 +114,51 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     else:
         add("upstream requests per task per round = 1", "not measured", None)
+    retention = results.get("retention") or {}
+    n = retention.get("tasks", 100_000)
+    per_task = retention.get("bytes_per_task")
+    add(
+        f"RSS per retained finished task ≤ {TARGETS['bytes_per_retained_task']:.0f} B "
+        f"at {n:,} retained tasks",
+        f"{per_task:,.1f} B" if per_task is not None else "not measured",
+        None if per_task is None else per_task <= TARGETS["bytes_per_retained_task"],
+    )
+    ready_s = _get(retention, "full", "ready_s")
+    add(
+        f"restart to ready ≤ {TARGETS['restart_ready_s']:g} s at {n:,} retained tasks",
+        f"{ready_s:.2f} s" if ready_s is not None else "not measured",
+        None if ready_s is None else ready_s <= TARGETS["restart_ready_s"],
+    )
     return rows
+
+
+def _retention_section(retention: dict[str, Any]) -> str:
+    if "bytes_per_task" not in retention:
+        return ""
+    empty, full, checks = retention["empty"], retention["full"], retention.get("checks", {})
+    n = retention["tasks"]
+    lines = [
+        "### Retained finished tasks (local store)\n",
+        f"{n:,} finished tasks × {retention['events_per_task']} events written through "
+        f"`LocalHub.commit` in {retention['write_s']:.1f} s ({retention['file_mib']:.1f} MiB "
+        "state file). Each gateway timed from spawn to its first `/readyz` 200; RSS after "
+        "`gc.collect()` + `malloc_trim(0)`.\n",
+        "| state file | restart to ready | RSS (MiB) |",
+        "|---|---|---|",
+        f"| empty | {empty['ready_s']:.2f} s | {empty['rss_kib'] / 1024:.1f} |",
+        f"| {n:,} finished tasks | {full['ready_s']:.2f} s | {full['rss_kib'] / 1024:.1f} |",
+        "",
+        f"RSS per retained finished task: **{retention['bytes_per_task']:,.1f} B**; "
+        f"restart to ready: **{full['ready_s']:.2f} s**.",
+    ]
+    if checks:
+        lines.append(
+            f"Read back from the file, {checks['tried']} tasks: snapshot {checks['snapshot']}, "
+            f"`Last-Event-ID: 1` replay {checks['resume']}, 204 at the terminal seq "
+            f"{checks['no_content']}; RSS after those reads "
+            f"{full['rss_after_reads_kib'] / 1024:.1f} MiB."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def render(results: dict[str, Any]) -> str:
@@ -350,6 +396,7 @@ def render(results: dict[str, Any]) -> str:
                 )
         w("")
 
+    w(_retention_section(results.get("retention") or {}))
     w(_errors_section(results))
     return "\n".join(out)
 

@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 
 from gateway.config import ServerConfig
+from gateway.core.model import Event, EventKind, Result, State
+from gateway.hub.local import LocalHub
 from gateway.sim.credentials import SIM_CREDENTIALS
 from tests.bench import peers
 from tests.bench.procs import (
@@ -68,6 +70,7 @@ class Plan:
     peers: bool
     cluster_counts: tuple[int, ...] = ()
     poll_concurrencies: tuple[int, ...] = (2, 16, 64)
+    retained_tasks: int = 100_000  # finished tasks in the state file (retention step)
     settle_s: float = 2.0  # after subscribing, before a window
 
     @classmethod
@@ -165,6 +168,49 @@ def vp_steps(start_s: float, every_s: float, count: int, tag: str) -> list[dict[
         }
         for i in range(count)
     ]
+
+
+RETAINED_STATES = (
+    (EventKind.STATE, State.QUEUED, None),
+    (EventKind.STATE, State.RUNNING, 10),
+    (EventKind.PROGRESS, State.RUNNING, 60),
+    (EventKind.STATE, State.SUCCEEDED, 100),
+)
+
+
+async def write_finished_tasks(path: Path, provider: str, n: int, batch: int = 1_000) -> list[str]:
+    """``n`` tasks that ran queued → running → running → succeeded, through ``LocalHub``."""
+    hub = LocalHub(str(path), snapshot_cache=0)
+    await hub.start()
+    ids = [f"done{i:07d}" for i in range(n)]
+    stamp = "2026-11-21T10:00:00.000Z"
+    try:
+        for first in range(0, n, batch):
+            events = [
+                Event(
+                    event=kind,
+                    task=f"{provider}:{task_id}",
+                    seq=seq,
+                    state=state,
+                    terminal=state.terminal,
+                    progress=progress,
+                    position=None,
+                    message=None,
+                    result=Result(files={"video": f"/download/{task_id}.mp4"})
+                    if state.terminal
+                    else None,
+                    error=None,
+                    upstream={"status": state.value},
+                    updated_at=stamp,
+                    observed_at=stamp,
+                )
+                for task_id in ids[first : first + batch]
+                for seq, (kind, state, progress) in enumerate(RETAINED_STATES, 1)
+            ]
+            await hub.commit(events, terminal_ttl_s=24 * 3600.0)
+    finally:
+        await hub.close()
+    return ids
 
 
 def _pct_of(part: float, whole: float) -> float:
@@ -826,6 +872,65 @@ class Bench:
             f"{cpu:.0f}%, simulator CPU {sim_cpu:.0f}%)"
         )
         return row
+
+    # -- 7. retention: finished tasks in the state file --------------------------
+
+    def retention(self) -> dict[str, Any]:
+        """RSS per retained finished task and restart-to-ready time on a full state file.
+
+        The file is written through the gateway's own hub (``LocalHub.commit``,
+        a batch of tasks per transaction): the same rows, encoding and trimming
+        a running gateway writes. Each gateway is timed from spawn to its first
+        ``/readyz`` 200, then its RSS is read after ``gc.collect()`` and
+        ``malloc_trim(0)``. The empty file is measured the same way.
+        """
+        n = self.plan.retained_tasks
+        out: dict[str, Any] = {"tasks": n, "events_per_task": len(RETAINED_STATES)}
+        empty_db = self.workdir / "gw-retention-empty.db"
+        full_db = self.workdir / "gw-retention.db"
+        for old in self.workdir.glob("gw-retention*.db*"):
+            old.unlink()
+        started = time.monotonic()
+        ids = asyncio.run(write_finished_tasks(full_db, "econ", n))
+        out["write_s"] = round(time.monotonic() - started, 2)
+        out["file_mib"] = round(
+            sum(f.stat().st_size for f in self.workdir.glob("gw-retention.db*")) / 2**20, 1
+        )
+        self.log(f"  retention: wrote {n:,} finished tasks in {out['write_s']} s")
+        for label, db in (("empty", empty_db), ("full", full_db)):
+            doc = gateway_doc(self.sim_url, self.plan, db, grace_s=30.0)
+            started = time.monotonic()
+            gw = start_gateway(doc, self.workdir, self.pin, f"gw-retention-{label}")
+            try:
+                ready_s = time.monotonic() - started
+                out[label] = {"ready_s": round(ready_s, 3), "rss_kib": self._settled_rss(gw)}
+                if label == "full":
+                    out["checks"] = self._finished_reads(gw, ids)
+                    out["full"]["rss_after_reads_kib"] = self._settled_rss(gw)
+            finally:
+                gw.stop()
+            self.log(f"  retention: {label} store ready in {ready_s:.2f} s, {out[label]}")
+        extra_kib = out["full"]["rss_kib"] - out["empty"]["rss_kib"]
+        out["bytes_per_task"] = round(extra_kib * 1024 / n, 1)
+        return out
+
+    def _finished_reads(self, gw: Proc, ids: Sequence[str]) -> dict[str, Any]:
+        """A few finished tasks served from the file: snapshot, resume, 204 at the end."""
+        base = gw.extra["url"]
+        last = len(RETAINED_STATES)
+        checks: dict[str, Any] = {"snapshot": 0, "resume": 0, "no_content": 0, "tried": 0}
+        with httpx.Client(base_url=base, timeout=30, trust_env=False) as http:
+            for task_id in ids[:: max(1, len(ids) // 50)]:
+                checks["tried"] += 1
+                snap = http.get(f"/v1/tasks/econ/{task_id}").json()
+                checks["snapshot"] += snap["seq"] == last and snap["terminal"] is True
+                events = f"/v1/tasks/econ/{task_id}/events"
+                done = http.get(events, headers={"Last-Event-ID": str(last)})
+                checks["no_content"] += done.status_code == 204
+                replay = http.get(events, headers={"Last-Event-ID": "1"}).text
+                ids_seen = [line[4:] for line in replay.splitlines() if line.startswith("id: ")]
+                checks["resume"] += ids_seen == [str(i) for i in range(2, last + 1)]
+        return checks
 
     # -- peers --------------------------------------------------------------------
 

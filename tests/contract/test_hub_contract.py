@@ -239,3 +239,107 @@ async def test_state_survives_a_restart(backend: str, tmp_path: Path, clock: Clo
         await second.commit([ev("ailab:a", 3, State.SUCCEEDED)], terminal_ttl_s=60)
     finally:
         await second.close()
+
+
+async def _finished_then_restarted(
+    factory: Callable[[Path, int, Clock], Awaitable[Hub]],
+    tmp_path: Path,
+    clock: Clock,
+    history: int = 256,
+) -> Hub:
+    """A hub whose ``ailab:done`` ran seq 1..6 to success, closed and started again."""
+    first = await factory(tmp_path, history, clock)
+    await first.start()
+    for seq in range(1, 6):
+        await first.commit([ev("ailab:done", seq, progress=seq * 10)], terminal_ttl_s=60)
+    await first.commit([ev("ailab:done", 6, State.SUCCEEDED)], terminal_ttl_s=60)
+    await first.close()
+    second = await factory(tmp_path, history, clock)
+    await second.start()
+    return second
+
+
+@pytest.mark.parametrize("backend", sorted(DURABLE))
+async def test_a_finished_tasks_history_survives_a_restart(
+    backend: str, tmp_path: Path, clock: Clock
+) -> None:
+    hub = await _finished_then_restarted(DURABLE[backend], tmp_path, clock)
+    try:
+        snap = await hub.snapshot("ailab:done")
+        assert snap is not None and snap.terminal and snap.seq == 6
+        missed = await hub.history("ailab:done", 2)
+        assert missed is not None
+        assert [e.event.seq for e in missed] == [3, 4, 5, 6]
+        assert [e.event.progress for e in missed[:3]] == [30, 40, 50]
+        assert missed[-1].event.state is State.SUCCEEDED
+        everything = await hub.history("ailab:done", 0)
+        assert everything is not None and [e.event.seq for e in everything] == [1, 2, 3, 4, 5, 6]
+    finally:
+        await hub.close()
+
+
+@pytest.mark.parametrize("backend", sorted(DURABLE))
+async def test_resume_at_the_terminal_seq_after_a_restart_has_nothing_to_send(
+    backend: str, tmp_path: Path, clock: Clock
+) -> None:
+    hub = await _finished_then_restarted(DURABLE[backend], tmp_path, clock)
+    try:
+        assert await hub.history("ailab:done", 6) == []
+        snap = await hub.snapshot("ailab:done")
+        assert snap is not None and snap.terminal and snap.seq == 6
+        with pytest.raises(SeqConflict):
+            await hub.commit([ev("ailab:done", 6)], terminal_ttl_s=60)
+    finally:
+        await hub.close()
+
+
+@pytest.mark.parametrize("backend", sorted(DURABLE))
+async def test_a_trimmed_finished_history_reports_its_gap_after_a_restart(
+    backend: str, tmp_path: Path, clock: Clock
+) -> None:
+    hub = await _finished_then_restarted(DURABLE[backend], tmp_path, clock, history=3)
+    try:
+        assert await hub.history("ailab:done", 1) is None
+        kept = await hub.history("ailab:done", 3)
+        assert kept is not None and [e.event.seq for e in kept] == [4, 5, 6]
+    finally:
+        await hub.close()
+
+
+async def test_a_purged_tasks_history_is_gone(hub: Hub, clock: Clock) -> None:
+    await hub.commit([ev("ailab:a", 1), ev("ailab:a", 2, State.FAILED)], terminal_ttl_s=1)
+    assert await hub.history("ailab:a", 0) is not None
+    clock.now += 2
+    await hub.purge(clock.now)
+    await asyncio.sleep(1.1)  # Redis expires keys in real time
+    assert await hub.snapshot("ailab:a") is None
+    assert await hub.history("ailab:a", 0) == []
+    assert await hub.history("ailab:a", 1) == []
+    # The id is free again: its first event is seq 1.
+    await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+    again = await hub.history("ailab:a", 0)
+    assert again is not None and [e.event.seq for e in again] == [1]
+
+
+@pytest.mark.parametrize("backend", sorted(DURABLE))
+async def test_a_purged_task_stays_gone_after_a_restart(
+    backend: str, tmp_path: Path, clock: Clock
+) -> None:
+    factory = DURABLE[backend]
+    first = await factory(tmp_path, 256, clock)
+    await first.start()
+    await first.commit([ev("ailab:a", 1, State.SUCCEEDED)], terminal_ttl_s=1)
+    await first.commit([ev("ailab:b", 1, State.SUCCEEDED)], terminal_ttl_s=3600)
+    clock.now += 2
+    await first.purge(clock.now)
+    await asyncio.sleep(1.1)
+    await first.close()
+    second = await factory(tmp_path, 256, clock)
+    await second.start()
+    try:
+        assert await second.snapshot("ailab:a") is None
+        assert await second.history("ailab:a", 0) == []
+        kept = await second.history("ailab:b", 0)
+        assert kept is not None and [e.event.seq for e in kept] == [1]
+    finally:
+        await second.close()
