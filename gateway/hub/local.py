@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
@@ -103,7 +103,13 @@ class LocalHub(Hub):
     async def snapshot(self, task: str) -> Event | None:
         return self._snapshots.get(task)
 
-    async def commit(self, events: Sequence[Event], *, terminal_ttl_s: float) -> list[Encoded]:
+    async def commit(
+        self,
+        events: Sequence[Event],
+        *,
+        terminal_ttl_s: float,
+        leases: Mapping[str, str] | None = None,  # one process: a claim never lapses
+    ) -> list[Encoded]:
         now = self._clock()
         rows_hist: list[tuple[str, int, bytes]] = []
         rows_snap: list[tuple[str, int, float | None, bytes]] = []

@@ -284,7 +284,7 @@ class ProviderLane:
             if event is None or not event.terminal:
                 again.append((entry, now + decision.delay_s))
         if changes:
-            await poller.commit(changes, rt)
+            await poller.commit(changes, rt, {e.task: e.lease for e in chunk if e.lease})
         if again:
             await self.schedule.release(rt.name, again)
             self.wake()
@@ -531,9 +531,12 @@ class Poller:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def commit(self, events: list[Event], rt: ProviderRuntime) -> None:
+    async def commit(
+        self, events: list[Event], rt: ProviderRuntime, leases: Mapping[str, str] | None = None
+    ) -> None:
+        """``leases``: task → the token of the claim the events come from (fencing)."""
         try:
-            await self.hub.commit(events, terminal_ttl_s=rt.result_ttl_s)
+            stored = await self.hub.commit(events, terminal_ttl_s=rt.result_ttl_s, leases=leases)
         except SeqConflict:
             log.info("another node already recorded a newer state of %s", events[0].task)
             return
@@ -541,6 +544,9 @@ class Poller:
             self.metrics.backend_errors.inc()
             log.exception("could not store %d event(s) of %s", len(events), rt.name)
             return
+        if len(stored) < len(events):  # a lapsed claim's: the task is another node's now
+            self.metrics.commits_refused.inc(len(events) - len(stored))
+            events = [enc.event for enc in stored]
         self.metrics.events_published.inc(len(events))
         for event in events:
             self.metrics.task_state(event.task, None if event.terminal else event.state.value)

@@ -11,13 +11,21 @@ from litestar import Request, Response
 from litestar.exceptions import ClientException, HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from gateway.exceptions import InputError, LimitExceeded, Unauthorized
+from gateway.exceptions import BackendError, InputError, LimitExceeded, Unauthorized
 
-__all__ = ["EXCEPTION_HANDLERS", "GatewayRequest", "problem"]
+__all__ = [
+    "BACKEND_RETRY_S",
+    "EXCEPTION_HANDLERS",
+    "GatewayRequest",
+    "backend_unavailable",
+    "problem",
+]
 
 log = logging.getLogger("pollcast.web")
 
 PROBLEM_JSON = "application/problem+json"
+# A client told the state backend is unavailable tries again this much later.
+BACKEND_RETRY_S = 2
 
 
 def problem(
@@ -78,6 +86,22 @@ class GatewayRequest(Request[Any, Any, Any]):
             raise ClientException("the JSON body is nested too deeply") from None
 
 
+def backend_unavailable() -> Response[dict[str, Any]]:
+    """503: the state backend did not answer; the request may be retried as it is."""
+    return problem(
+        503,
+        "the state backend is unavailable; try again shortly",
+        code="backend_unavailable",
+        headers={"Retry-After": str(BACKEND_RETRY_S)},
+    )
+
+
+def _backend_error(request: Request[Any, Any, Any], exc: BackendError) -> Response[dict[str, Any]]:
+    # The message names only the failed operation and the error class: no URL, no credential.
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return backend_unavailable()
+
+
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "internal error; the gateway logged it")
@@ -85,6 +109,7 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     InputError: _input_error,
+    BackendError: _backend_error,
     HTTPException: _http_error,
     Exception: _internal_error,
 }
