@@ -247,6 +247,15 @@ async def test_state_survives_a_restart(backend: str, tmp_path: Path, clock: Clo
 # -- Redis only: fencing and epochs ------------------------------------------------
 
 
+async def _collect(q: SubscriberQueue, n: int, within_s: float = 5.0) -> list[Encoded]:
+    """The next ``n`` items of ``q``; fails if they do not all come within ``within_s``."""
+    got: list[Encoded] = []
+    async with asyncio.timeout(within_s):
+        while len(got) < n:
+            got += await q.get_batch(max_wait_s=within_s)
+    return got
+
+
 async def _redis_pair(tmp: Path) -> tuple[RedisHub, redis.Redis]:
     hub = await _redis(tmp, 256, Clock())
     assert isinstance(hub, RedisHub)
@@ -285,9 +294,7 @@ async def test_redis_commit_is_refused_unless_the_lease_key_holds_the_token(
         raw.set(lease, "b:2")
         assert len(await hub.commit(stale[:1], terminal_ttl_s=60, leases={"ailab:a": "b:2"})) == 1
         assert len(await hub.commit(stale[1:], terminal_ttl_s=60)) == 1
-        got = await q.get_batch(max_wait_s=2)
-        while len(got) < 2:
-            got += await q.get_batch(max_wait_s=2)
+        got = await _collect(q, 2)
         assert [(e.event.seq, e.event.progress) for e in got] == [(2, 10), (3, 20)]
         assert raw.get(lease) == b"b:2"  # checked, not extended or taken
     finally:
@@ -366,16 +373,12 @@ async def test_redis_store_losing_a_task_starts_a_new_epoch(tmp_path: Path) -> N
     hub.attach(q, ["ailab:a"])
     try:
         await hub.commit([ev("ailab:a", 1), ev("ailab:a", 2, progress=50)], terminal_ttl_s=60)
-        got = await q.get_batch(max_wait_s=2)
-        while len(got) < 2:
-            got += await q.get_batch(max_wait_s=2)
+        got = await _collect(q, 2)
         # The store forgets the task (e.g. the last second of an everysec AOF);
         # the poller's next commit starts again at seq 1.
         raw.delete(f"{hub.prefix}:{{ailab:a}}:snap", f"{hub.prefix}:{{ailab:a}}:hist")
         await hub.commit([ev("ailab:a", 1, progress=60)], terminal_ttl_s=60)
-        got = await q.get_batch(max_wait_s=2)
-        while len(got) < 2:
-            got += await q.get_batch(max_wait_s=2)
+        got = await _collect(q, 2)
         assert got[0].event.event is EventKind.NOTICE and got[0].event.code == "resync"
         assert (got[1].event.seq, got[1].event.progress) == (1, 60)
         await hub.commit([ev("ailab:a", 2, progress=70)], terminal_ttl_s=60)
@@ -398,9 +401,7 @@ async def test_redis_store_losing_everything_resyncs_and_restores(tmp_path: Path
     hub.attach(q, ["ailab:a"])
     try:
         await hub.commit([ev("ailab:a", 1), ev("ailab:a", 2)], terminal_ttl_s=60)
-        got = await q.get_batch(max_wait_s=2)
-        while len(got) < 2:
-            got += await q.get_batch(max_wait_s=2)
+        got = await _collect(q, 2)
         keys = raw.keys(f"{hub.prefix}:*")
         assert f"{hub.prefix}:incarnation".encode() in keys
         raw.delete(*keys)  # FLUSHALL, or a restart without persistence
