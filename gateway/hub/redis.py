@@ -145,6 +145,7 @@ class RedisHub(Hub):
         self.fanout = FanOut()
         self._commit = client.register_script(_COMMIT)
         self._listener: asyncio.Task[None] | None = None
+        self._restoring: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._last: dict[str, int] = {}  # task → last seq fanned out here
         self._incarnation: bytes | str | None = None  # the store's id as this node knows it
@@ -182,6 +183,8 @@ class RedisHub(Hub):
         self.fanout.close_all(CloseReason.DRAINING)
         if self._listener is not None:
             await cancel_and_wait(self._listener)
+        if self._restoring is not None:
+            await cancel_and_wait(self._restoring)
         await self.redis.aclose()
 
     async def ready(self) -> bool:
@@ -208,7 +211,7 @@ class RedisHub(Hub):
                 if not first:
                     log.info("reconnected to redis; catching up")
                     await self._catch_up(lost=lost)
-                    await self._restore()
+                    self._restore()
                 first = False
                 delay = 0.1
                 checked = time.monotonic()
@@ -221,7 +224,7 @@ class RedisHub(Hub):
                         checked = time.monotonic()
                         if await self._check_incarnation():  # flushed under us
                             await self._catch_up(lost=True)
-                            await self._restore()
+                            self._restore()
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -239,20 +242,31 @@ class RedisHub(Hub):
     async def _check_incarnation(self) -> bool:
         """Whether the store is not the one this node knew (it lost its contents)."""
         async with translated("incarnation"):
-            await self.redis.set(self._incarnation_key, uuid.uuid4().hex, nx=True)
             current = await self.redis.get(self._incarnation_key)
+            if current is None:  # a new store: the first node to look names it
+                await self.redis.set(self._incarnation_key, uuid.uuid4().hex, nx=True)
+                current = await self.redis.get(self._incarnation_key)
         known, self._incarnation = self._incarnation, current
         if known is not None and current != known:
             log.warning("the redis store lost its contents (restarted without persistence?)")
             return True
         return False
 
-    async def _restore(self) -> None:
-        if self.on_reconnect is not None:
-            try:
-                await self.on_reconnect()
-            except BackendError as exc:
-                log.warning("could not schedule again after a reconnect (%s)", exc)
+    def _restore(self) -> None:
+        """Run ``on_reconnect`` beside the listener: events keep flowing meanwhile.
+        One still running is for a store that is gone again: it starts over."""
+        if self.on_reconnect is None:
+            return
+        if self._restoring is not None:
+            self._restoring.cancel()
+        self._restoring = asyncio.create_task(self._run_restore(self.on_reconnect))
+
+    @staticmethod
+    async def _run_restore(restore: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await restore()
+        except BackendError as exc:
+            log.warning("could not schedule again after a reconnect (%s)", exc)
 
     async def _receive(self, data: bytes) -> None:
         event = _event_decoder.decode(data)

@@ -167,7 +167,11 @@ async def test_fan_out_shares_one_encoding(hub: Hub) -> None:
 
 
 async def test_notices_fan_out_but_are_not_stored(hub: Hub, clock: Clock) -> None:
+    seen = SubscriberQueue()
+    hub.attach(seen, ["ailab:a"])
     await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+    # Fanned out (Redis: through pub/sub, later) before q attaches: q gets only the notice.
+    assert [e.event.seq for e in await seen.get_batch(max_wait_s=2)] == [1]
     q = SubscriberQueue()
     hub.attach(q, ["ailab:a"])
     current = await hub.snapshot("ailab:a")
