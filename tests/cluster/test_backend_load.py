@@ -9,6 +9,7 @@ With Redis stopped, a request is answered ``503`` + ``Retry-After`` as
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +106,29 @@ async def test_with_redis_stopped_requests_get_503_and_retry_after(
         assert body["status"] == 503 and body["code"] == "backend_unavailable"
         assert "redis://" not in reply.text
     assert alive == 200
+
+
+async def test_with_redis_stopped_a_websocket_subscribe_gets_an_error_frame_and_stays_open(
+    sim: str, client: httpx.AsyncClient, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    from websockets.asyncio.client import connect as ws_connect
+
+    task = await create_sim_task(client, sim, "videoproc", [{"at": 0, "state": "running"}])
+    node = GatewayProcess(node_doc(sim, redis_server.url), tmp_path).start()
+    try:
+        async with ws_connect(node.url.replace("http", "ws") + "/v1/ws", proxy=None) as ws:
+            redis_server.kill()
+            await ws.send(json.dumps({"op": "subscribe", "tasks": [task]}))
+            refused = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await ws.send(json.dumps({"op": "ping"}))
+            pong = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            redis_server.start()
+            await asyncio.sleep(1.5)  # the node reconnects
+            await ws.send(json.dumps({"op": "subscribe", "tasks": [task]}))
+            subscribed = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    finally:
+        node.stop()
+    assert refused["event"] == "error" and refused["code"] == "backend_unavailable", refused
+    assert "redis://" not in json.dumps(refused)
+    assert pong == {"event": "pong"}
+    assert subscribed == {"event": "subscribed", "tasks": [task]}
