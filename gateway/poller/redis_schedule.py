@@ -40,11 +40,16 @@ that very token. The sequence for one task:
    key still holds our token. It does not extend the key.
 6. ``release`` deletes the key if it is still ours, then hands the claim back.
 
-Because the key's TTL never exceeds the schedule lease, a node can only
-take a task over once the previous holder's key is gone or about to be:
-from then on the previous holder's key is absent or another token, and
-every commit it still attempts is refused (step 5). A paused node whose
-key is still present when it wakes was not overtaken: its commit is valid.
+Why this is safe whatever the clocks: a node fences only once the previous
+holder's key is gone (expired or deleted), and from then on every commit of
+the previous holder is refused (step 5) — so the commits a task accepts come
+from one holder at a time, each from a request sent after that holder got
+the key, hence after every earlier holder's last accepted commit. A paused
+node whose key is still there when it wakes was not overtaken: its commit
+is valid. Clocks only decide how soon a task moves: the key is set to expire
+with the schedule lease, give or take the round trip between the two writes;
+outliving it makes the next claimer wait for it, expiring early makes the
+holder's commit refused and the task polled again.
 """
 
 from __future__ import annotations
