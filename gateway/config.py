@@ -77,6 +77,8 @@ class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # local: finished tasks' snapshots kept in memory (the rest are read from the file)
     snapshot_cache: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 4096
     lease_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0  # redis: claim lease
+    # redis: connection pool size (blocking pool, bounded wait)
+    max_connections: Annotated[int, msgspec.Meta(ge=2, le=100_000)] = 1000
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

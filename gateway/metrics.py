@@ -73,6 +73,11 @@ class Metrics:
             "Failed calls to the state backend (SQLite or Redis).",
             registry=r,
         )
+        self.commits_refused = Counter(
+            "pollcast_commits_refused",
+            "Events not stored: the claim they came from had lapsed and another node took it.",
+            registry=r,
+        )
         self._states: dict[str, tuple[str, str]] = {}  # task → (provider, state)
 
     def task_state(self, task: str, state: str | None) -> None:

@@ -19,7 +19,7 @@ from gateway.core import tracker
 from gateway.core.model import Event, TaskKey
 from gateway.core.sse import Encoded
 from gateway.exceptions import BackendError, InputError, TooManyTasks
-from gateway.hub.base import Hub
+from gateway.hub.base import Hub, Watch
 from gateway.hub.local import LocalHub
 from gateway.hub.queue import CloseReason, QueueStats, SubscriberQueue
 from gateway.hub.redis import RedisHub
@@ -27,7 +27,7 @@ from gateway.hub.redis import connect as redis_connect
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller
 from gateway.poller.redis_schedule import RedisSchedule
-from gateway.poller.schedule import Schedule
+from gateway.poller.schedule import FOREVER, Schedule
 from gateway.poller.upstream import AiohttpTransport
 from gateway.webhooks.model import WebhookTarget
 from gateway.webhooks.service import Webhooks, outbox_for
@@ -50,7 +50,7 @@ class Gateway:
         schedule: Schedule | None = None
         tick_s = 1.0
         if hub is None and backend.kind == "redis":
-            client = redis_connect(backend.url)
+            client = redis_connect(backend.url, max_connections=backend.max_connections)
             hub = RedisHub(client, prefix=backend.prefix, history_limit=backend.history_limit)
             schedule = RedisSchedule(
                 client,
@@ -96,6 +96,8 @@ class Gateway:
         self.metrics.watch_queues(self.queue_stats)
         if isinstance(schedule, RedisSchedule):
             self.metrics.watch_takeovers(schedule.takeovers)
+        if isinstance(self.hub, RedisHub):
+            self.hub.on_reconnect = self.restore
         self.draining = False
 
     async def start(self) -> None:
@@ -126,6 +128,36 @@ class Gateway:
         for client in self.http.values():
             await client.aclose()
         await self.hub.close()
+
+    async def restore(self) -> None:
+        """After a reconnect to the store: schedule and watch again, from this node's
+        own memory, every task it has subscribers or watches for.
+
+        A store restarted without persistence has lost its schedules and
+        watches; nothing else would poll these tasks again. Adding is
+        idempotent across nodes (``Schedule.add`` keeps what is there).
+        """
+        self._snapshot_frames.clear()  # a new epoch may reuse seqs
+        poller = self.poller
+        wall = poller.wall()
+        watched = set(poller.watching)
+        stored = {watch.task for watch in await self.hub.watches()} if watched else set()
+        for task in [*poller.followers, *(watched - set(poller.followers))]:
+            key = TaskKey.parse(task)
+            lane = poller.lanes.get(key.provider)
+            snapshot = await self.hub.snapshot(task)
+            if lane is None or (snapshot is not None and snapshot.terminal):
+                continue
+            known = lane.tasks.get(task)
+            deadline = known.deadline_at if known is not None else None
+            keep = FOREVER if task in watched else wall + self.config.polling.grace_s
+            if task in watched and task not in stored:
+                await self.hub.put_watch(Watch(task=task, created_at=wall, deadline_at=deadline))
+            if await poller.schedule.add(
+                key.provider, lane.new_entry(task, deadline), keep_until=keep
+            ):
+                log.info("scheduled %s again after the store lost it", task)
+                lane.wake()
 
     async def ready(self) -> bool:
         return await self.unready_reason() is None
@@ -310,6 +342,11 @@ class Feed:
         if last is None:
             return False
         if not enc.counts_for_resume:
+            if enc.event.code == "resync":
+                # A new epoch of the task's history (RedisHub): its seqs start over.
+                self.seqs[name] = 0
+                self.finished.discard(name)
+                return True
             return name not in self.finished
         if enc.event.seq <= last:
             return False

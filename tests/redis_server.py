@@ -6,6 +6,9 @@ Usage::
         ...
         redis.kill()                          # SIGKILL (persisted with appendfsync always)
         redis.start()                         # same port, same data
+
+    RedisServer(tmp_path, fsync="everysec")   # AOF fsynced once a second (Redis' default)
+    RedisServer(tmp_path, persist=False)      # no AOF, no snapshots: a restart loses everything
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import pytest
 import redis
@@ -32,7 +36,14 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *, persist: bool = True, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persist: bool = True,
+        fsync: Literal["always", "everysec"] = "always",
+        port: int | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/ensure-system-deps.sh)")
@@ -41,6 +52,7 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or _free_port()
         self.persist = persist
+        self.fsync = fsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,7 +74,7 @@ class RedisServer:
             str(self.dir / "redis.log"),
         ]
         if self.persist:
-            args += ["--appendonly", "yes", "--appendfsync", "always"]
+            args += ["--appendonly", "yes", "--appendfsync", self.fsync]
         else:
             args += ["--appendonly", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

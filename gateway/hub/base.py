@@ -12,7 +12,7 @@ falls between "read" and "live".
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -55,10 +55,21 @@ class Hub(ABC):
         """The latest ``state``/``progress`` event of ``task``, or ``None`` if never seen."""
 
     @abstractmethod
-    async def commit(self, events: Sequence[Event], *, terminal_ttl_s: float) -> list[Encoded]:
+    async def commit(
+        self,
+        events: Sequence[Event],
+        *,
+        terminal_ttl_s: float,
+        leases: Mapping[str, str] | None = None,
+    ) -> list[Encoded]:
         """Store ``events`` (each with seq = previous + 1) and fan them out.
 
         Terminal snapshots are kept for ``terminal_ttl_s`` seconds.
+
+        ``leases`` maps a task to the fencing token of the claim its events
+        come from (``Entry.lease``). An event whose task's lease is no longer
+        held by that token is neither stored nor delivered, and is left out
+        of the returned list (a backend whose claims cannot lapse ignores it).
 
         Raises:
             SeqConflict: if another writer already committed one of these seqs.

@@ -29,7 +29,7 @@ import sqlite3
 import tempfile
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import msgspec
 
@@ -309,7 +309,13 @@ class LocalHub(Hub):
         self.finished.put(task, snapshot)
         return snapshot
 
-    async def commit(self, events: Sequence[Event], *, terminal_ttl_s: float) -> list[Encoded]:
+    async def commit(
+        self,
+        events: Sequence[Event],
+        *,
+        terminal_ttl_s: float,
+        leases: Mapping[str, str] | None = None,  # one process: a claim never lapses
+    ) -> list[Encoded]:
         now = self._clock()
         rows_hist: list[tuple[str, int, bytes]] = []
         rows_snap: list[tuple[str, int, float | None, bytes]] = []

@@ -283,7 +283,9 @@ class ProviderLane:
             entry.apply(decision.state)
             if event is None or not event.terminal:
                 again.append((entry, now + decision.delay_s))
-        if changes and not await poller.commit(changes, rt):
+        if changes and not await poller.commit(
+            changes, rt, {e.task: e.lease for e in chunk if e.lease}
+        ):
             # Not stored: poll these again (terminal ones too) and commit the same seqs.
             unstored = {event.task for event in changes}
             retry_at = now + rt.policy.base_s
@@ -539,10 +541,15 @@ class Poller:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def commit(self, events: list[Event], rt: ProviderRuntime) -> bool:
-        """Store and fan out; ``False`` if the store refused them (poll them again)."""
+    async def commit(
+        self, events: list[Event], rt: ProviderRuntime, leases: Mapping[str, str] | None = None
+    ) -> bool:
+        """Store and fan out; ``False`` if the store refused them (poll them again).
+
+        ``leases``: task → the token of the claim the events come from (fencing).
+        """
         try:
-            await self.hub.commit(events, terminal_ttl_s=rt.result_ttl_s)
+            stored = await self.hub.commit(events, terminal_ttl_s=rt.result_ttl_s, leases=leases)
         except SeqConflict:
             log.info("another node already recorded a newer state of %s", events[0].task)
             return True
@@ -550,6 +557,9 @@ class Poller:
             self.metrics.backend_errors.inc()
             log.warning("could not store %d event(s) of %s: %s", len(events), rt.name, exc)
             return False
+        if len(stored) < len(events):  # a lapsed claim's: the task is another node's now
+            self.metrics.commits_refused.inc(len(events) - len(stored))
+            events = [enc.event for enc in stored]
         self.metrics.events_published.inc(len(events))
         for event in events:
             self.metrics.task_state(event.task, None if event.terminal else event.state.value)

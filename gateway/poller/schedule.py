@@ -35,6 +35,8 @@ class Entry(msgspec.Struct, kw_only=True):
     failures: int = 0
     deadline_at: float | None = None  # wall clock
     degraded: bool = False
+    # Fencing token of this node's claim (``RedisSchedule``); empty when claims cannot lapse.
+    lease: str = ""
 
     @property
     def poll(self) -> PollState:

@@ -13,11 +13,19 @@ from litestar.types import ExceptionHandlersMap
 
 from gateway.exceptions import BackendError, InputError, LimitExceeded, Unauthorized
 
-__all__ = ["EXCEPTION_HANDLERS", "GatewayRequest", "problem"]
+__all__ = [
+    "BACKEND_RETRY_S",
+    "EXCEPTION_HANDLERS",
+    "GatewayRequest",
+    "backend_unavailable",
+    "problem",
+]
 
 log = logging.getLogger("pollcast.web")
 
 PROBLEM_JSON = "application/problem+json"
+# A client told the state backend is unavailable tries again this much later.
+BACKEND_RETRY_S = 2
 
 
 def problem(
@@ -78,19 +86,20 @@ class GatewayRequest(Request[Any, Any, Any]):
             raise ClientException("the JSON body is nested too deeply") from None
 
 
-# How long a client should wait before retrying while the state store is failing.
-BACKEND_RETRY_AFTER_S = 2
+def backend_unavailable() -> Response[dict[str, Any]]:
+    """503: the state backend did not answer; the request may be retried as it is."""
+    return problem(
+        503,
+        "the state backend is unavailable; try again shortly",
+        code="backend_unavailable",
+        headers={"Retry-After": str(BACKEND_RETRY_S)},
+    )
 
 
 def _backend_error(request: Request[Any, Any, Any], exc: BackendError) -> Response[dict[str, Any]]:
-    # The store's own words (paths, driver messages) go to the log, not to clients.
-    log.warning("state store error on %s %s: %s", request.method, request.url.path, exc)
-    return problem(
-        503,
-        "the gateway's state store is unavailable; retry shortly",
-        code="backend_unavailable",
-        headers={"Retry-After": str(BACKEND_RETRY_AFTER_S)},
-    )
+    # The message names only the failed operation and the error class: no URL, no credential.
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return backend_unavailable()
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

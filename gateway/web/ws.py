@@ -28,7 +28,7 @@ from gateway.core.protocol import (
     encode_frame,
 )
 from gateway.core.sse import MAX_SEQ, Encoded
-from gateway.exceptions import Forbidden, InputError, Unauthorized
+from gateway.exceptions import BackendError, Forbidden, InputError, Unauthorized
 from gateway.hub.queue import CloseReason, QueueClosed
 from gateway.service import Feed, Gateway
 from gateway.web.auth import (
@@ -90,6 +90,11 @@ class Connection:
                 await self.handle(decode_client_message(data))
             except InputError as exc:
                 await self.error(exc.code, exc.message)
+            except BackendError:
+                # The frame may be sent again as it is; the connection stays open.
+                await self.error(
+                    "backend_unavailable", "the state backend is unavailable; try again shortly"
+                )
 
     async def handle(self, msg: Subscribe | Unsubscribe | Ping) -> None:
         match msg:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from gateway.core.model import ErrorInfo, Event, EventKind, Result, State
 from gateway.core.sse import Encoded
@@ -22,7 +23,9 @@ from gateway.exceptions import SeqConflict
 from gateway.hub.base import Hub, Watch
 from gateway.hub.local import LocalHub
 from gateway.hub.queue import SubscriberQueue
-from gateway.hub.redis import RedisHub, connect
+from gateway.hub.redis import INCARNATION_CHECK_S, RedisHub, connect
+from gateway.poller.redis_schedule import RedisSchedule
+from gateway.poller.schedule import Entry
 from tests.redis_server import RedisServer
 
 HubFactory = Callable[[Path, int], Awaitable[Hub]]
@@ -164,7 +167,11 @@ async def test_fan_out_shares_one_encoding(hub: Hub) -> None:
 
 
 async def test_notices_fan_out_but_are_not_stored(hub: Hub, clock: Clock) -> None:
+    seen = SubscriberQueue()
+    hub.attach(seen, ["ailab:a"])
     await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+    # Fanned out (Redis: through pub/sub, later) before q attaches: q gets only the notice.
+    assert [e.event.seq for e in await seen.get_batch(max_wait_s=2)] == [1]
     q = SubscriberQueue()
     hub.attach(q, ["ailab:a"])
     current = await hub.snapshot("ailab:a")
@@ -343,3 +350,176 @@ async def test_a_purged_task_stays_gone_after_a_restart(
         assert kept is not None and [e.event.seq for e in kept] == [1]
     finally:
         await second.close()
+
+
+# -- Redis only: fencing and epochs ------------------------------------------------
+
+
+async def _collect(q: SubscriberQueue, n: int, within_s: float = 5.0) -> list[Encoded]:
+    """The next ``n`` items of ``q``; fails if they do not all come within ``within_s``."""
+    got: list[Encoded] = []
+    async with asyncio.timeout(within_s):
+        while len(got) < n:
+            got += await q.get_batch(max_wait_s=within_s)
+    return got
+
+
+async def _redis_pair(tmp: Path) -> tuple[RedisHub, redis.Redis]:
+    hub = await _redis(tmp, 256, Clock())
+    assert isinstance(hub, RedisHub)
+    await hub.start()
+    return hub, redis.Redis.from_url(_server[0].url)
+
+
+def _schedule(hub: RedisHub, node: str, clock: Clock, lease_s: float = 10.0) -> RedisSchedule:
+    return RedisSchedule(hub.redis, prefix=hub.prefix, lease_s=lease_s, node_id=node, clock=clock)
+
+
+async def test_redis_commit_is_refused_unless_the_lease_key_holds_the_token(
+    tmp_path: Path,
+) -> None:
+    hub, raw = await _redis_pair(tmp_path)
+    lease = f"{hub.prefix}:{{ailab:a}}:lease"
+    q = SubscriberQueue()
+    hub.attach(q, ["ailab:a"])
+    try:
+        raw.set(lease, "a:1")
+        stored = await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60, leases={"ailab:a": "a:1"})
+        assert [e.event.seq for e in stored] == [1]
+        assert [e.event.seq for e in await q.get_batch(max_wait_s=2)] == [1]
+
+        raw.set(lease, "b:2")  # another node took the task over
+        stale = [ev("ailab:a", 2, progress=10), ev("ailab:a", 3, progress=20)]
+        assert await hub.commit(stale, terminal_ttl_s=60, leases={"ailab:a": "a:1"}) == []
+        raw.delete(lease)  # or the lease simply ran out
+        assert await hub.commit(stale[:1], terminal_ttl_s=60, leases={"ailab:a": "a:1"}) == []
+        assert hub.refused == 3
+        snap = await hub.snapshot("ailab:a")
+        assert snap is not None and snap.seq == 1
+        assert await hub.history("ailab:a", 1) == []
+
+        # The holder's token commits; a commit that names no lease is not fenced.
+        raw.set(lease, "b:2")
+        assert len(await hub.commit(stale[:1], terminal_ttl_s=60, leases={"ailab:a": "b:2"})) == 1
+        assert len(await hub.commit(stale[1:], terminal_ttl_s=60)) == 1
+        got = await _collect(q, 2)
+        assert [(e.event.seq, e.event.progress) for e in got] == [(2, 10), (3, 20)]
+        assert raw.get(lease) == b"b:2"  # checked, not extended or taken
+    finally:
+        raw.close()
+        await hub.close()
+
+
+async def test_redis_claims_are_fenced_in_the_tasks_slot(tmp_path: Path) -> None:
+    hub, raw = await _redis_pair(tmp_path)
+    clock = Clock()
+    a, b = _schedule(hub, "a", clock), _schedule(hub, "b", clock)
+    task = "videoproc:t1"
+    lease = a.lease_key(task)
+    assert lease == f"{hub.prefix}:{{{task}}}:lease"  # the slot of the task's snapshot
+    try:
+        await a.add("videoproc", Entry(task=task, interval_s=1.0), keep_until=clock.now + 100)
+        [mine] = await a.claim("videoproc", clock.now, clock.now)
+        assert mine.lease == "a:1"
+        assert raw.get(lease) == b"a:1"
+        assert 9_000 < raw.pttl(lease) <= 10_000  # what is left of the lease
+
+        # a is paused past its lease: b's claim takes the task back, but a's key is
+        # still there (it runs out a moment after the schedule's lease) — hand it back.
+        clock.now += 10.5
+        assert await b.claim("videoproc", clock.now, clock.now) == []
+        assert b.unfenced == 1 and b.takeovers == {"videoproc": 1}
+        raw.delete(lease)  # now it has run out too
+        clock.now += 10.5  # past what the refused claim waited for
+        [theirs] = await b.claim("videoproc", clock.now, clock.now)
+        assert theirs.lease == "b:3"
+        assert raw.get(lease) == b"b:3"
+
+        # a wakes up: its renewal extends nothing, its commit is refused, b's is not.
+        await a.renew("videoproc", [task])
+        assert raw.get(lease) == b"b:3"
+        assert await hub.commit([ev(task, 1)], terminal_ttl_s=60, leases={task: mine.lease}) == []
+        assert len(await hub.commit([ev(task, 1)], terminal_ttl_s=60, leases={task: "b:3"})) == 1
+        await a.release("videoproc", [(mine, clock.now)])  # a no-op: not a's any more
+        assert raw.get(lease) == b"b:3"
+
+        # b's renewal keeps its fence; its release removes it before the claim goes back.
+        raw.pexpire(lease, 500)
+        await b.renew("videoproc", [task])
+        assert raw.pttl(lease) > 9_000
+        await b.release("videoproc", [(theirs, clock.now)])
+        assert raw.get(lease) is None
+        [again] = await a.claim("videoproc", clock.now, clock.now)
+        assert again.lease == "a:4" and raw.get(lease) == b"a:4"
+    finally:
+        raw.close()
+        await hub.close()
+
+
+async def test_redis_claim_paused_before_its_fence_is_handed_back(tmp_path: Path) -> None:
+    hub, raw = await _redis_pair(tmp_path)
+    clock = Clock()
+    a = _schedule(hub, "a", clock, lease_s=5.0)
+    task = "videoproc:t2"
+    try:
+        await a.add("videoproc", Entry(task=task, interval_s=1.0), keep_until=clock.now + 100)
+        claimed_at = clock.now
+        clock.now += 6.0  # frozen between the claim script and the fence
+        assert await a.claim("videoproc", claimed_at, claimed_at) == []
+        assert a.unfenced == 1 and raw.get(a.lease_key(task)) is None
+        # Handed back due at once: the next claim (not paused) takes it and fences it.
+        [entry] = await a.claim("videoproc", clock.now, clock.now)
+        assert entry.lease == "a:2" and raw.get(a.lease_key(task)) == b"a:2"
+    finally:
+        raw.close()
+        await hub.close()
+
+
+async def test_redis_store_losing_a_task_starts_a_new_epoch(tmp_path: Path) -> None:
+    hub, raw = await _redis_pair(tmp_path)
+    q = SubscriberQueue()
+    hub.attach(q, ["ailab:a"])
+    try:
+        await hub.commit([ev("ailab:a", 1), ev("ailab:a", 2, progress=50)], terminal_ttl_s=60)
+        got = await _collect(q, 2)
+        # The store forgets the task (e.g. the last second of an everysec AOF);
+        # the poller's next commit starts again at seq 1.
+        raw.delete(f"{hub.prefix}:{{ailab:a}}:snap", f"{hub.prefix}:{{ailab:a}}:hist")
+        await hub.commit([ev("ailab:a", 1, progress=60)], terminal_ttl_s=60)
+        got = await _collect(q, 2)
+        assert got[0].event.event is EventKind.NOTICE and got[0].event.code == "resync"
+        assert (got[1].event.seq, got[1].event.progress) == (1, 60)
+        await hub.commit([ev("ailab:a", 2, progress=70)], terminal_ttl_s=60)
+        assert [e.event.seq for e in await q.get_batch(max_wait_s=2)] == [2]
+        assert hub.resyncs == 1
+    finally:
+        raw.close()
+        await hub.close()
+
+
+async def test_redis_store_losing_everything_resyncs_and_restores(tmp_path: Path) -> None:
+    hub, raw = await _redis_pair(tmp_path)
+    restored = asyncio.Event()
+
+    async def restore() -> None:
+        restored.set()
+
+    hub.on_reconnect = restore
+    q = SubscriberQueue()
+    hub.attach(q, ["ailab:a"])
+    try:
+        await hub.commit([ev("ailab:a", 1), ev("ailab:a", 2)], terminal_ttl_s=60)
+        got = await _collect(q, 2)
+        keys = raw.keys(f"{hub.prefix}:*")
+        assert f"{hub.prefix}:incarnation".encode() in keys
+        raw.delete(*keys)  # FLUSHALL, or a restart without persistence
+        # No event comes: the listener notices the new incarnation by itself.
+        async with asyncio.timeout(3 * INCARNATION_CHECK_S):
+            await restored.wait()
+        got = await q.get_batch(max_wait_s=1)
+        assert [(e.event.event, e.event.code) for e in got] == [(EventKind.NOTICE, "resync")]
+        await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+        assert [e.event.seq for e in await q.get_batch(max_wait_s=2)] == [1]
+    finally:
+        raw.close()
+        await hub.close()
