@@ -20,7 +20,7 @@ from gateway.webhooks.settings import WebhooksConfig
 from tests.unit.webhooks.support import TASK, event
 
 NOW = 1_800_000_000.0
-CONFIG = WebhooksConfig(secret="a-test-secret-of-enough-bytes")
+CONFIG = WebhooksConfig(secret="whsec_" + "dW5pdC10ZXN0LXNlY3JldC1vZi0zMi1ieXRlcyEhISE=")
 
 
 @pytest.fixture
