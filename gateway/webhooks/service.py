@@ -15,8 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-
-import httpx
+from typing import TYPE_CHECKING
 
 from gateway.aio import cancel_and_wait
 from gateway.core.model import Event
@@ -26,6 +25,7 @@ from gateway.webhooks.dispatcher import Dispatcher
 from gateway.webhooks.model import Registration, WebhookTarget, deliveries_for
 from gateway.webhooks.outbox import Outbox, SqliteOutbox
 from gateway.webhooks.retry import RetrySchedule
+from gateway.webhooks.sender import AiohttpTransport, WebhookTransport
 from gateway.webhooks.settings import WebhooksConfig
 from gateway.webhooks.signing import decode_secret
 from gateway.webhooks.targets import (
@@ -35,6 +35,9 @@ from gateway.webhooks.targets import (
     resolve_checked,
     system_resolver,
 )
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
 
 __all__ = ["Webhooks", "outbox_for"]
 
@@ -58,8 +61,10 @@ class Webhooks:
         hub: Hub,
         *,
         resolver: Resolver = system_resolver,
+        transport: WebhookTransport | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if not config.secret:
             raise ValueError("webhooks need a secret")
@@ -69,11 +74,8 @@ class Webhooks:
         self.policy = UrlPolicy(tuple(config.allowed_hosts), config.allow_private)
         self.resolver = resolver
         self.wall = wall
-        self.http = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=config.concurrency),
-        )
+        # aiohttp, like the gateway's other outbound HTTP; a connection per attempt.
+        self.transport = transport or AiohttpTransport(timeout_s=config.timeout_s)
         self.dispatcher = Dispatcher(
             outbox,
             key=decode_secret(config.secret),
@@ -82,10 +84,11 @@ class Webhooks:
             timeout_s=config.timeout_s,
             poll_s=config.poll_s,
             concurrency=config.concurrency,
-            http=self.http,
+            transport=self.transport,
             resolver=resolver,
             wall=wall,
             rng=rng,
+            metrics=metrics,
         )
         self._runner: asyncio.Task[None] | None = None
 
@@ -102,7 +105,6 @@ class Webhooks:
             await cancel_and_wait(self._runner)
             self._runner = None
         await self.dispatcher.close()
-        await self.http.aclose()
         await self.outbox.close()
 
     async def check(self, target: WebhookTarget) -> None:

@@ -191,6 +191,13 @@ async def resolve_checked(
         InvalidWebhook: one of its addresses is refused.
     """
     try:
+        literal = ipaddress.ip_address(target.host)
+    except ValueError:
+        pass
+    else:  # an IP literal is its own address: the connection goes there, whatever DNS says
+        check_address(str(literal), policy)
+        return [str(literal)]
+    try:
         addresses = await resolver(target.host, target.port)
     except OSError:
         raise HostUnresolved(f"host {target.host!r} does not resolve") from None

@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
-import httpx
 import pytest
 
 from gateway.webhooks.dispatcher import Dispatcher
@@ -56,28 +55,27 @@ async def running(
     resolver: Resolver = system_resolver,
     timeout_s: float = 2.0,
     max_age_s: float = 30.0,
+    concurrency: int = 4,
 ) -> AsyncIterator[Dispatcher]:
-    async with httpx.AsyncClient(trust_env=False) as http:
-        dispatcher = Dispatcher(
-            outbox,
-            key=KEY,
-            policy=policy,
-            schedule=RetrySchedule(base_s=0.1, max_s=0.4, max_age_s=max_age_s),
-            timeout_s=timeout_s,
-            poll_s=0.05,
-            concurrency=4,
-            http=http,
-            resolver=resolver,
-            rng=random.Random(3),
-        )
-        runner = asyncio.create_task(dispatcher.run())
-        try:
-            yield dispatcher
-        finally:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-            await dispatcher.close()
+    dispatcher = Dispatcher(
+        outbox,
+        key=KEY,
+        policy=policy,
+        schedule=RetrySchedule(base_s=0.1, max_s=0.4, max_age_s=max_age_s),
+        timeout_s=timeout_s,
+        poll_s=0.05,
+        concurrency=concurrency,
+        resolver=resolver,
+        rng=random.Random(3),
+    )
+    runner = asyncio.create_task(dispatcher.run())
+    try:
+        yield dispatcher
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await dispatcher.close()
 
 
 @pytest.fixture

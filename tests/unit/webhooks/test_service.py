@@ -31,7 +31,6 @@ async def parts() -> AsyncIterator[tuple[Webhooks, LocalHub, SqliteOutbox]]:
     await outbox.start()
     webhooks = Webhooks(CONFIG, outbox, hub, wall=lambda: NOW)
     yield webhooks, hub, outbox
-    await webhooks.http.aclose()
     await outbox.close()
     await hub.close()
 
