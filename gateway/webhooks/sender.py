@@ -40,6 +40,7 @@ from typing import Protocol
 import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.connector import SocketFactoryType
 
 from gateway.exceptions import UpstreamError
 from gateway.webhooks.targets import WebhookUrl
@@ -130,8 +131,10 @@ class AiohttpTransport:
         timeout_s: float,
         max_reply_bytes: int = MAX_REPLY_BYTES,
         ssl_context: ssl.SSLContext | None = None,
+        socket_factory: SocketFactoryType | None = None,
     ) -> None:
         self.timeout_s = timeout_s
+        self.socket_factory = socket_factory  # tests: see which address a connect goes to
         self.max_reply_bytes = max_reply_bytes
         # None: aiohttp's default, certificates checked against the system's CAs.
         self.ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
@@ -159,6 +162,7 @@ class AiohttpTransport:
             force_close=True,
             limit=1,
             ssl=self.ssl,
+            socket_factory=self.socket_factory,
         )
         async with (
             aiohttp.ClientSession(

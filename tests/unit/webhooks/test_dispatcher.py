@@ -7,17 +7,20 @@ import contextlib
 import itertools
 import logging
 import random
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
+from aiohttp.connector import AddrInfoType
 
 from gateway.webhooks.dispatcher import Dispatcher
 from gateway.webhooks.model import Delivery, WebhookTarget
 from gateway.webhooks.outbox import Outbox, SqliteOutbox
 from gateway.webhooks.redis_outbox import RedisOutbox
 from gateway.webhooks.retry import RetrySchedule
+from gateway.webhooks.sender import AiohttpTransport, WebhookTransport
 from gateway.webhooks.signing import decode_secret
 from gateway.webhooks.targets import Resolver, UrlPolicy, system_resolver
 from tests.integration.webhook_receiver import Received, Receiver, standard_signature
@@ -56,6 +59,7 @@ async def running(
     timeout_s: float = 2.0,
     max_age_s: float = 30.0,
     concurrency: int = 4,
+    transport: WebhookTransport | None = None,
 ) -> AsyncIterator[Dispatcher]:
     dispatcher = Dispatcher(
         outbox,
@@ -65,6 +69,7 @@ async def running(
         timeout_s=timeout_s,
         poll_s=0.05,
         concurrency=concurrency,
+        transport=transport,
         resolver=resolver,
         rng=random.Random(3),
     )
@@ -251,3 +256,85 @@ async def test_a_cancel_that_races_a_wake_up_still_stops_the_loop(outbox: Outbox
             done, _pending = await asyncio.wait({runner}, timeout=2.0)
             assert done == {runner}, "run() ignored its cancellation"
             assert runner.cancelled()
+
+
+def answers(*batches: list[str]) -> tuple[Resolver, list[str]]:
+    """A resolver giving each call the next answer (the last one repeats), and its call log."""
+    calls: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return batches[min(len(calls), len(batches)) - 1]
+
+    return resolve, calls
+
+
+async def test_a_rebinding_host_is_never_connected_at_its_private_address(
+    outbox: Outbox,
+) -> None:
+    # The first answer is public and passes the check; every later one is the
+    # receiver's loopback address. The sender must connect only to what was
+    # checked: it never asks DNS (or the hook) a second time itself.
+    connects: list[tuple[str, int]] = []
+
+    def recording(addr_info: AddrInfoType) -> socket.socket:
+        connects.append(addr_info[4][:2])
+        if addr_info[4][0] != "127.0.0.1":  # keep the test off the internet
+            raise OSError("test: no route")
+        return socket.socket(addr_info[0], addr_info[1], addr_info[2])
+
+    resolver, calls = answers(["93.184.216.34"], ["127.0.0.1"])
+    transport = AiohttpTransport(timeout_s=1.0, socket_factory=recording)
+    with Receiver() as receiver:
+        await queue(outbox, [delivery(f"http://rebind.example:{receiver.port}/in")])
+        async with running(
+            outbox, policy=UrlPolicy(), resolver=resolver, transport=transport
+        ) as dispatcher:
+            await settle(lambda: dispatcher.abandoned == 1)
+        assert receiver.snapshot() == []
+    assert connects == [("93.184.216.34", receiver.port)]
+    assert calls == ["rebind.example", "rebind.example"]  # once per attempt, by the check
+
+
+async def test_each_attempt_connects_to_the_address_checked_for_it(outbox: Outbox) -> None:
+    # Two deliveries to one host, whose answer changes between them. A kept
+    # connection (aiohttp pools by host and port) would carry the second to
+    # the first address; both receivers share the port, so only the address differs.
+    with Receiver() as first, Receiver(host="127.0.0.2", port=first.port) as second:
+        resolver, calls = answers(["127.0.0.1"], ["127.0.0.2"])
+        url = f"http://hooks.example:{first.port}/in"
+        await queue(outbox, [delivery(url, 1), delivery(url, 2)])
+        async with running(outbox, resolver=resolver, concurrency=1) as dispatcher:
+            await settle(lambda: dispatcher.delivered == 2)
+        assert [r.headers["webhook-id"] for r in first.snapshot()] == ["vp:t1:1"]
+        assert [r.headers["webhook-id"] for r in second.snapshot()] == ["vp:t1:2"]
+    assert calls == ["hooks.example", "hooks.example"]
+
+
+async def test_a_reply_dripped_past_the_timeout_is_a_failed_attempt(outbox: Outbox) -> None:
+    # Every byte of the reply comes well within the timeout of the one
+    # before; the whole reply does not. One deadline covers the attempt.
+    attempts: list[float] = []
+
+    async def dripping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        attempts.append(time.monotonic())
+        reply = b"HTTP/1.1 204 No Content\r\nX-Slow: " + b"s" * 30 + b"\r\n\r\n"
+        pause = 0.05 if len(attempts) == 1 else 0.0
+        with contextlib.suppress(ConnectionError):
+            for i in range(len(reply)):
+                writer.write(reply[i : i + 1])
+                await writer.drain()
+                await asyncio.sleep(pause)
+        writer.close()
+
+    server = await asyncio.start_server(dripping, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await queue(outbox, [delivery(f"http://127.0.0.1:{port}/in")])
+        async with running(outbox, timeout_s=0.5) as dispatcher:
+            await settle(lambda: dispatcher.delivered == 1)
+    finally:
+        server.close()
+    assert len(attempts) == 2  # the first (3.5 s of drip) failed, the second went through
+    assert attempts[1] - attempts[0] < 1.5  # it was cut at 0.5 s, not read to its end
