@@ -8,9 +8,11 @@ import itertools
 import logging
 import random
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 
 import pytest
 from aiohttp.connector import AddrInfoType
@@ -338,3 +340,52 @@ async def test_a_reply_dripped_past_the_timeout_is_a_failed_attempt(outbox: Outb
         server.close()
     assert len(attempts) == 2  # the first (3.5 s of drip) failed, the second went through
     assert attempts[1] - attempts[0] < 1.5  # it was cut at 0.5 s, not read to its end
+
+
+async def pending_is(outbox: Outbox, count: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (left := await outbox.pending()) != count:
+        assert time.monotonic() < deadline, f"{left} deliveries still pending"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_locked_state_file_delays_deliveries_but_loses_and_repeats_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another process (a backup, sqlite3 on the command line) holds the state
+    # file's write lock: first before the loop starts, then while six
+    # attempts are in flight, so that recording their success fails.
+    caplog.set_level(logging.INFO, logger="pollcast.webhooks")
+    path = str(tmp_path / "state.db")
+    outbox = SqliteOutbox(path, busy_timeout_ms=20)
+    await outbox.start()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        with Receiver(answer_after_s=0.3) as receiver:
+            await queue(outbox, [delivery(receiver.url, 1, f"vp:t{n}") for n in range(6)])
+            other.execute("BEGIN EXCLUSIVE")
+            async with running(outbox, concurrency=8) as dispatcher:
+                await settle(lambda: dispatcher.store_failures >= 3)
+                assert receiver.snapshot() == []
+                other.execute("COMMIT")
+                await receiver.wait_for(requests=6)
+                other.execute("BEGIN EXCLUSIVE")
+                await receiver.wait_for(accepted=6)
+                await asyncio.sleep(0.5)
+                assert await outbox.pending() == 6  # delivered, not recorded yet
+                other.execute("COMMIT")
+                await pending_is(outbox, 0, timeout_s=5.0)
+                await asyncio.sleep(0.3)  # a repeat would show up by now
+            ids = sorted(r.headers["webhook-id"] for r in receiver.snapshot())
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+        await outbox.close()
+    assert ids == sorted(f"vp:t{n}:1" for n in range(6))
+    messages = [r.getMessage() for r in caplog.records]
+    streaks = [m for m in messages if "cannot read the webhook outbox" in m]
+    assert 1 <= len(streaks) <= 2, streaks  # once per streak, not once per try
+    assert dispatcher.store_failures > len(streaks)
+    assert all("database is locked" in m for m in streaks)
+    assert len([m for m in messages if "could not mark done" in m]) == 6
