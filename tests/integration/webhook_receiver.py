@@ -2,7 +2,8 @@
 
 It records every request it gets and answers the first ``fail_first`` with
 ``fail_status`` (or a redirect, or silence past the sender's timeout), then
-``204`` (each after ``answer_after_s``, if set). It listens on ``host``
+``204`` (each after ``answer_after_s``, if set; ``401`` if ``verify`` says
+the signature is wrong). It listens on ``host``
 (any 127.0.0.0/8 address on Linux) and a free port, or the ``port`` given.
 Signatures are checked here with ``hmac`` directly — not with the gateway's
 own signing code — so a test would catch a wrong signature.
@@ -17,6 +18,7 @@ import hmac
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -55,7 +57,9 @@ class Receiver:
         answer_after_s: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        verify: Callable[[dict[str, str], bytes], bool] | None = None,
     ) -> None:
+        self.verify = verify
         self.fail_first = fail_first
         self.answer_after_s = answer_after_s
         self.host = host
@@ -72,15 +76,18 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver._lock:
                     failing = len(receiver.requests) < receiver.fail_first
                     status = 204
                     if failing:
                         status = 307 if receiver.redirect_to else receiver.fail_status
+                    elif receiver.verify is not None and not receiver.verify(headers, body):
+                        status = 401
                     receiver.requests.append(
                         Received(
                             path=self.path,
-                            headers={k.lower(): v for k, v in self.headers.items()},
+                            headers=headers,
                             body=body,
                             answered=status,
                             at=time.monotonic(),
