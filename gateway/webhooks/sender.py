@@ -145,7 +145,7 @@ class AiohttpTransport:
                 return await self._post(attempt)
         except TimeoutError:
             raise DeliveryTimeout(f"no answer within {self.timeout_s:g} s") from None
-        except ssl.SSLError as exc:
+        except (ssl.SSLError, aiohttp.ClientSSLError) as exc:
             raise DeliveryFailed(f"TLS failed ({type(exc).__name__})") from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             # The type only: aiohttp's messages may quote the URL, query and all.

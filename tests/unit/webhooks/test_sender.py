@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import trustme
 
 from gateway.webhooks.sender import (
     AiohttpTransport,
@@ -204,7 +206,7 @@ async def test_https_to_a_plain_http_receiver_is_a_tls_failure() -> None:
         writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
 
     async with serving(plain) as port:
-        with pytest.raises(DeliveryFailed, match=r"TLS failed|connection failed"):
+        with pytest.raises(DeliveryFailed, match=r"^TLS failed \("):
             await AiohttpTransport(timeout_s=2).post(attempt(f"https://127.0.0.1:{port}/in"))
 
 
@@ -217,3 +219,63 @@ async def test_the_pinned_resolver_answers_only_its_host() -> None:
     ]
     with pytest.raises(OSError, match="no checked address"):
         await resolver.resolve("other.example", 443)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+async def tls_server(
+    ca: trustme.CA, name: str, seen: list[str | None]
+) -> tuple[asyncio.Server, int]:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(name).configure_cert(server_ctx)
+
+    def sni(sock: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        seen.append(server_name)
+
+    server_ctx.sni_callback = sni  # type: ignore[assignment]
+
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(ok, "127.0.0.1", 0, ssl=server_ctx)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def test_tls_goes_to_the_pinned_address_with_the_hosts_name_for_sni_and_cert(
+    ca: trustme.CA,
+) -> None:
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    seen: list[str | None] = []
+    server, port = await tls_server(ca, "hooks.example", seen)
+    try:
+        transport = AiohttpTransport(timeout_s=3, ssl_context=client_ctx)
+        status = await transport.post(attempt(f"https://hooks.example:{port}/in"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert status == 204
+    assert seen == ["hooks.example"]  # SNI names the host, not 127.0.0.1
+
+
+async def test_a_certificate_for_another_name_fails_the_attempt(ca: trustme.CA) -> None:
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    seen: list[str | None] = []
+    server, port = await tls_server(ca, "other.example", seen)
+    try:
+        transport = AiohttpTransport(timeout_s=3, ssl_context=client_ctx)
+        with pytest.raises(
+            DeliveryFailed, match=r"^TLS failed \(ClientConnectorCertificateError\)$"
+        ):
+            await transport.post(attempt(f"https://hooks.example:{port}/in"))
+    finally:
+        server.close()
+        await server.wait_closed()
