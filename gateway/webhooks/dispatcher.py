@@ -59,7 +59,7 @@ from gateway.webhooks.targets import (
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "Sleep"]
 
 log = logging.getLogger("pollcast.webhooks")
 

@@ -2,10 +2,11 @@
 
 The poller calls :meth:`Webhooks.committed` after the hub stored a batch of
 events; whichever node stored them queues the deliveries, because the
-registrations live in the shared outbox, not in one node's memory. At start
-:meth:`Webhooks.catch_up` queues whatever was committed but never queued (a
-node that died between the two steps), and the marks make that replay
-harmless.
+registrations live in the shared outbox, not in one node's memory.
+:meth:`Webhooks.catch_up` queues whatever was committed but never queued — at
+start (a node that died between the two steps) and, by :meth:`Webhooks.keep_up`,
+whenever queueing failed (the store was down), with backoff until it works;
+the marks make those replays harmless.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gateway.aio import cancel_and_wait
 from gateway.core.model import Event
 from gateway.exceptions import BackendError
 from gateway.hub.base import Hub
-from gateway.webhooks.dispatcher import Dispatcher
+from gateway.webhooks.dispatcher import Dispatcher, Sleep
 from gateway.webhooks.model import Registration, WebhookTarget, deliveries_for
 from gateway.webhooks.outbox import Outbox, SqliteOutbox
 from gateway.webhooks.retry import RetrySchedule
@@ -65,6 +66,7 @@ class Webhooks:
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         if not config.secret:
             raise ValueError("webhooks need a secret")
@@ -89,21 +91,22 @@ class Webhooks:
             wall=wall,
             rng=rng,
             metrics=metrics,
+            sleep=sleep,
         )
-        self._runner: asyncio.Task[None] | None = None
+        self._runners: list[asyncio.Task[None]] = []
+        self._behind = asyncio.Event()  # a commit was not queued: catch up
 
     async def start(self) -> None:
         await self.outbox.start()
-        try:
-            await self.catch_up()
-        except BackendError:
-            log.warning("webhook catch-up failed; will retry at the next start", exc_info=True)
-        self._runner = asyncio.create_task(self.dispatcher.run(), name="pollcast-webhooks")
+        self._behind.set()  # what a previous run committed but never queued
+        self._runners = [
+            asyncio.create_task(self.dispatcher.run(), name="pollcast-webhooks"),
+            asyncio.create_task(self.keep_up(), name="pollcast-webhooks-catch-up"),
+        ]
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await cancel_and_wait(self._runner)
-            self._runner = None
+        await cancel_and_wait(*self._runners)
+        self._runners = []
         await self.dispatcher.close()
         await self.outbox.close()
 
@@ -141,10 +144,40 @@ class Webhooks:
             registrations = await self.outbox.registrations(list(by_task))
             for task, registration in registrations.items():
                 await self._enqueue(task, registration, by_task[task])
-        except Exception:
-            # Not lost: catch_up() at the next start queues what the marks lack.
-            # Raising here would fail the poll that committed these events.
-            log.exception("could not queue webhook deliveries for %d task(s)", len(by_task))
+        except Exception as exc:
+            # Not lost: keep_up() runs catch_up(), which queues what the marks
+            # lack. Raising here would fail the poll that committed these events.
+            log.warning(
+                "could not queue webhook deliveries for %d task(s) (%s); catching up later",
+                len(by_task),
+                exc,
+                exc_info=not isinstance(exc, BackendError),
+            )
+            self._behind.set()
+
+    async def keep_up(self) -> None:
+        """Run :meth:`catch_up` whenever queueing failed, backing off while it fails too."""
+        dispatcher = self.dispatcher
+        failures = 0
+        while True:
+            await self._behind.wait()
+            self._behind.clear()
+            try:
+                await self.catch_up()
+            except Exception as exc:  # this loop must outlive the store, like the dispatcher
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "webhook catch-up failed (%s); retrying with backoff",
+                        exc,
+                        exc_info=not isinstance(exc, BackendError),
+                    )
+                self._behind.set()
+                await dispatcher.sleep(dispatcher.backoff.delay(failures, dispatcher.rng))
+                continue
+            if failures:
+                log.info("webhook catch-up done after %d failed attempt(s)", failures)
+                failures = 0
 
     async def catch_up(self, tasks: Sequence[str] | None = None) -> None:
         """Queue the stored events of registered tasks that lie above their marks."""
