@@ -147,6 +147,8 @@ class AiohttpTransport:
             raise DeliveryTimeout(f"no answer within {self.timeout_s:g} s") from None
         except (ssl.SSLError, aiohttp.ClientSSLError) as exc:
             raise DeliveryFailed(f"TLS failed ({type(exc).__name__})") from None
+        except aiohttp.ClientResponseError as exc:  # a reply aiohttp will not parse
+            raise DeliveryFailed(f"unreadable reply ({type(exc).__name__})") from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             # The type only: aiohttp's messages may quote the URL, query and all.
             raise DeliveryFailed(f"connection failed ({type(exc).__name__})") from None

@@ -279,3 +279,23 @@ async def test_a_certificate_for_another_name_fails_the_attempt(ca: trustme.CA) 
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_endless_reply_headers_fail_the_attempt_at_once() -> None:
+    sent = 0
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        while sent < 256 * 1024 * 1024:
+            writer.write(b"X-More: headers\r\n" * 4096)
+            await writer.drain()
+            sent += 17 * 4096
+
+    async with serving(flood) as port:
+        started = time.monotonic()
+        with pytest.raises(DeliveryFailed, match=r"^unreadable reply \("):
+            await AiohttpTransport(timeout_s=5).post(attempt(f"http://127.0.0.1:{port}/in"))
+        assert time.monotonic() - started < 2.0
+    assert sent < 64 * 1024 * 1024
