@@ -298,11 +298,23 @@ async def test_a_rebinding_host_is_never_connected_at_its_private_address(
     assert calls == ["rebind.example", "rebind.example"]  # once per attempt, by the check
 
 
+def receivers_on_one_port() -> tuple[Receiver, Receiver]:
+    """Receivers on 127.0.0.1 and 127.0.0.2 with the same free port."""
+    for _ in range(50):
+        first = Receiver()
+        try:
+            return first, Receiver(host="127.0.0.2", port=first.port)
+        except OSError:  # that port is taken on 127.0.0.2: try another
+            first.server.server_close()
+    raise AssertionError("no port free on both addresses")
+
+
 async def test_each_attempt_connects_to_the_address_checked_for_it(outbox: Outbox) -> None:
     # Two deliveries to one host, whose answer changes between them. A kept
     # connection (aiohttp pools by host and port) would carry the second to
     # the first address; both receivers share the port, so only the address differs.
-    with Receiver() as first, Receiver(host="127.0.0.2", port=first.port) as second:
+    first, second = receivers_on_one_port()
+    with first, second:
         resolver, calls = answers(["127.0.0.1"], ["127.0.0.2"])
         url = f"http://hooks.example:{first.port}/in"
         await queue(outbox, [delivery(url, 1), delivery(url, 2)])
