@@ -299,3 +299,17 @@ async def test_endless_reply_headers_fail_the_attempt_at_once() -> None:
             await AiohttpTransport(timeout_s=5).post(attempt(f"http://127.0.0.1:{port}/in"))
         assert time.monotonic() - started < 2.0
     assert sent < 64 * 1024 * 1024
+
+
+async def test_an_international_host_name_is_sent_as_idna_to_the_pinned_address() -> None:
+    seen: list[bytes] = []
+
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+
+    async with serving(ok) as port:
+        url = f"http://bücher.example:{port}/in"
+        assert await AiohttpTransport(timeout_s=2).post(attempt(url)) == 204
+    assert f"host: xn--bcher-kva.example:{port}\r\n".encode() in seen[0].lower()
