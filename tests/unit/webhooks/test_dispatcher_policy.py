@@ -155,7 +155,7 @@ async def test_a_stale_attempt_cannot_undo_the_claim_that_replaced_it(
         await asyncio.sleep(0.05)
     assert len(transport.sent) == 2
     assert {a.headers["webhook-id"] for a in transport.sent} == {"vp:t1:1"}
-    assert metrics.webhook_claims_lost._value.get() == 1
+    assert metrics.registry.get_sample_value("pollcast_webhook_claims_lost_total") == 1
 
 
 async def test_a_stale_success_does_not_finish_what_another_attempt_holds(
@@ -242,7 +242,7 @@ async def test_the_loop_outlives_a_failing_store_backing_off_and_logging_once(
     rng = random.Random(11)
     assert sleeps.delays == [backoff.delay(n, rng) for n in range(1, 7)]
     assert d.store_failures == 6
-    assert metrics.backend_errors._value.get() == 6
+    assert metrics.registry.get_sample_value("pollcast_backend_errors_total") == 6
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if "cannot read the webhook outbox" in m]) == 1
     assert len([m for m in messages if "readable again after 6 failed" in m]) == 1
