@@ -78,6 +78,11 @@ class Metrics:
             "Events not stored: the claim they came from had lapsed and another node took it.",
             registry=r,
         )
+        self.webhook_claims_lost = Counter(
+            "pollcast_webhook_claims_lost",
+            "Webhook outcomes not recorded: the delivery's lease ran out and it was claimed again.",
+            registry=r,
+        )
         self._states: dict[str, tuple[str, str]] = {}  # task → (provider, state)
 
     def task_state(self, task: str, state: str | None) -> None:

@@ -70,6 +70,7 @@ class Gateway:
                 config.webhooks,
                 outbox_for(backend.kind, path=backend.path, url=backend.url, prefix=backend.prefix),
                 self.hub,
+                metrics=self.metrics,
             )
             if config.webhooks.secret
             else None

@@ -19,10 +19,12 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 
@@ -119,15 +121,24 @@ class SqliteOutbox(Outbox):
     the same ``webhook-id``.
     """
 
-    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_ms: int = 5000,
+    ) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._clock = clock
+        # How long a write waits for another connection's lock before it is a
+        # BackendError ("database is locked"); the caller retries later.
+        self.busy_timeout_ms = busy_timeout_ms
 
     async def start(self) -> None:
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
@@ -160,10 +171,15 @@ class SqliteOutbox(Outbox):
             counts = [db.execute(sql, params).rowcount for sql, params in statements]
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            _rollback(db)
             raise BackendError(f"webhook outbox write failed: {exc}") from exc
         return counts
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self.db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise BackendError(f"webhook outbox read failed: {exc}") from exc
 
     async def register(self, task: str, target: WebhookTarget, mark: int) -> None:
         self._write(
@@ -182,17 +198,18 @@ class SqliteOutbox(Outbox):
 
     async def registrations(self, tasks: Sequence[str] | None = None) -> dict[str, Registration]:
         if tasks is None:
-            rows = self.db.execute("SELECT task, target, mark FROM webhook_targets").fetchall()
+            rows = self._read("SELECT task, target, mark FROM webhook_targets")
         elif not tasks:
             return {}
         else:
             marks = ", ".join("?" * len(tasks))
-            rows = self.db.execute(
+            rows = self._read(
                 f"SELECT task, target, mark FROM webhook_targets WHERE task IN ({marks})",
                 tuple(tasks),
-            ).fetchall()
+            )
         return {
-            task: Registration(_target_decoder.decode(target), mark) for task, target, mark in rows
+            str(task): Registration(_target_decoder.decode(target), int(mark))
+            for task, target, mark in rows
         }
 
     async def enqueue(
@@ -228,8 +245,7 @@ class SqliteOutbox(Outbox):
                     db.execute("UPDATE webhook_targets SET mark = ? WHERE task = ?", (seq, task))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            _rollback(db)
             raise BackendError(f"webhook outbox write failed: {exc}") from exc
         return stored
 
@@ -270,5 +286,12 @@ class SqliteOutbox(Outbox):
         return count > 0
 
     async def pending(self) -> int:
-        (count,) = self.db.execute("SELECT COUNT(*) FROM webhook_deliveries").fetchone()
+        [(count,)] = self._read("SELECT COUNT(*) FROM webhook_deliveries")
         return int(count)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Undo a failed transaction; a failure to do so is the original error's business."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")

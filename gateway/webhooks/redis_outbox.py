@@ -97,8 +97,9 @@ _encode = msgspec.json.encode
 
 
 class RedisOutbox(Outbox):
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, *, timeout_s: float = 5.0) -> None:
         self.url = url
+        self.timeout_s = timeout_s
         base = f"{prefix}:wh:"
         self.targets_key = base + "targets"
         self.marks_key = base + "marks"
@@ -109,7 +110,11 @@ class RedisOutbox(Outbox):
         self._scripts: dict[str, Any] = {}
 
     async def start(self) -> None:
-        client = aioredis.Redis.from_url(self.url)
+        # Bounded waits: a Redis that stops answering is a BackendError the
+        # delivery loop backs off from, not a call that hangs forever.
+        client = aioredis.Redis.from_url(
+            self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
+        )
         try:
             await client.ping()
         except RedisError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["RetrySchedule"]
+__all__ = ["Backoff", "RetrySchedule"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +40,20 @@ class RetrySchedule:
         if due - created_at > self.max_age_s:
             return None
         return due
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How long the delivery loop waits after its store failed ``failures`` times in a row.
+
+    The same equal jitter as :meth:`RetrySchedule.delay`: a store that is down
+    (Redis restarting, a SQLite file locked by a backup) is asked again soon,
+    then less and less often, and nodes that failed together spread out.
+    """
+
+    base_s: float
+    max_s: float
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        step = min(self.max_s, self.base_s * 2.0 ** min(max(failures - 1, 0), 60))
+        return step / 2 + rng.uniform(0, step / 2)

@@ -2,10 +2,11 @@
 
 The poller calls :meth:`Webhooks.committed` after the hub stored a batch of
 events; whichever node stored them queues the deliveries, because the
-registrations live in the shared outbox, not in one node's memory. At start
-:meth:`Webhooks.catch_up` queues whatever was committed but never queued (a
-node that died between the two steps), and the marks make that replay
-harmless.
+registrations live in the shared outbox, not in one node's memory.
+:meth:`Webhooks.catch_up` queues whatever was committed but never queued — at
+start (a node that died between the two steps) and, by :meth:`Webhooks.keep_up`,
+whenever queueing failed (the store was down), with backoff until it works;
+the marks make those replays harmless.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-
-import httpx
+from typing import TYPE_CHECKING
 
 from gateway.aio import cancel_and_wait
 from gateway.core.model import Event
 from gateway.exceptions import BackendError
 from gateway.hub.base import Hub
-from gateway.webhooks.dispatcher import Dispatcher
+from gateway.webhooks.dispatcher import Dispatcher, Sleep
 from gateway.webhooks.model import Registration, WebhookTarget, deliveries_for
 from gateway.webhooks.outbox import Outbox, SqliteOutbox
 from gateway.webhooks.retry import RetrySchedule
+from gateway.webhooks.sender import AiohttpTransport, WebhookTransport
 from gateway.webhooks.settings import WebhooksConfig
 from gateway.webhooks.signing import decode_secret
 from gateway.webhooks.targets import (
@@ -35,6 +36,9 @@ from gateway.webhooks.targets import (
     resolve_checked,
     system_resolver,
 )
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
 
 __all__ = ["Webhooks", "outbox_for"]
 
@@ -58,8 +62,11 @@ class Webhooks:
         hub: Hub,
         *,
         resolver: Resolver = system_resolver,
+        transport: WebhookTransport | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         if not config.secret:
             raise ValueError("webhooks need a secret")
@@ -69,11 +76,8 @@ class Webhooks:
         self.policy = UrlPolicy(tuple(config.allowed_hosts), config.allow_private)
         self.resolver = resolver
         self.wall = wall
-        self.http = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=config.concurrency),
-        )
+        # aiohttp, like the gateway's other outbound HTTP; a connection per attempt.
+        self.transport = transport or AiohttpTransport(timeout_s=config.timeout_s)
         self.dispatcher = Dispatcher(
             outbox,
             key=decode_secret(config.secret),
@@ -82,27 +86,28 @@ class Webhooks:
             timeout_s=config.timeout_s,
             poll_s=config.poll_s,
             concurrency=config.concurrency,
-            http=self.http,
+            transport=self.transport,
             resolver=resolver,
             wall=wall,
             rng=rng,
+            metrics=metrics,
+            sleep=sleep,
         )
-        self._runner: asyncio.Task[None] | None = None
+        self._runners: list[asyncio.Task[None]] = []
+        self._behind = asyncio.Event()  # a commit was not queued: catch up
 
     async def start(self) -> None:
         await self.outbox.start()
-        try:
-            await self.catch_up()
-        except BackendError:
-            log.warning("webhook catch-up failed; will retry at the next start", exc_info=True)
-        self._runner = asyncio.create_task(self.dispatcher.run(), name="pollcast-webhooks")
+        self._behind.set()  # what a previous run committed but never queued
+        self._runners = [
+            asyncio.create_task(self.dispatcher.run(), name="pollcast-webhooks"),
+            asyncio.create_task(self.keep_up(), name="pollcast-webhooks-catch-up"),
+        ]
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await cancel_and_wait(self._runner)
-            self._runner = None
+        await cancel_and_wait(*self._runners)
+        self._runners = []
         await self.dispatcher.close()
-        await self.http.aclose()
         await self.outbox.close()
 
     async def check(self, target: WebhookTarget) -> None:
@@ -139,10 +144,40 @@ class Webhooks:
             registrations = await self.outbox.registrations(list(by_task))
             for task, registration in registrations.items():
                 await self._enqueue(task, registration, by_task[task])
-        except Exception:
-            # Not lost: catch_up() at the next start queues what the marks lack.
-            # Raising here would fail the poll that committed these events.
-            log.exception("could not queue webhook deliveries for %d task(s)", len(by_task))
+        except Exception as exc:
+            # Not lost: keep_up() runs catch_up(), which queues what the marks
+            # lack. Raising here would fail the poll that committed these events.
+            log.warning(
+                "could not queue webhook deliveries for %d task(s) (%s); catching up later",
+                len(by_task),
+                exc,
+                exc_info=not isinstance(exc, BackendError),
+            )
+            self._behind.set()
+
+    async def keep_up(self) -> None:
+        """Run :meth:`catch_up` whenever queueing failed, backing off while it fails too."""
+        dispatcher = self.dispatcher
+        failures = 0
+        while True:
+            await self._behind.wait()
+            self._behind.clear()
+            try:
+                await self.catch_up()
+            except Exception as exc:  # this loop must outlive the store, like the dispatcher
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "webhook catch-up failed (%s); retrying with backoff",
+                        exc,
+                        exc_info=not isinstance(exc, BackendError),
+                    )
+                self._behind.set()
+                await dispatcher.sleep(dispatcher.backoff.delay(failures, dispatcher.rng))
+                continue
+            if failures:
+                log.info("webhook catch-up done after %d failed attempt(s)", failures)
+                failures = 0
 
     async def catch_up(self, tasks: Sequence[str] | None = None) -> None:
         """Queue the stored events of registered tasks that lie above their marks."""

@@ -18,7 +18,7 @@ class WebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     Without a ``secret`` webhooks are off and registrations asking for one are refused.
     """
 
-    secret: str | None = None  # "whsec_<base64>" (Standard Webhooks) or 16+ bytes of text
+    secret: str | None = None  # "whsec_" + base64 of 16+ key bytes (Standard Webhooks)
     # Host names or IP literals, "*.example.com" for subdomains; empty: any public host.
     allowed_hosts: list[_Host] = msgspec.field(default_factory=list)
     allow_private: bool = False  # permit loopback / private / link-local addresses

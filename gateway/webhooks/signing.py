@@ -7,8 +7,11 @@ Every delivery carries three headers:
 * ``webhook-signature`` — ``v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>``;
   the spec allows several space-separated signatures (during a key rotation).
 
-Secrets are either the spec's ``whsec_<base64>`` form (the bytes after the
-prefix are the key) or any other text, used as UTF-8 bytes.
+A secret is the spec's ``whsec_<base64>`` form and nothing else: the key is
+the base64-decoded part after the prefix, exactly as the reference libraries
+(``standardwebhooks``) read it, so a receiver using them verifies what we
+sign. Padding may be left off (the reference accepts that too); anything
+that is not base64 is refused rather than guessed at.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 
 __all__ = [
@@ -33,19 +37,22 @@ DEFAULT_TOLERANCE_S = 300  # the spec's suggested replay window: five minutes
 
 
 def decode_secret(text: str) -> bytes:
-    """The HMAC key of a configured secret.
+    """The HMAC key of a configured ``whsec_<base64>`` secret.
 
     Raises:
-        ValueError: a ``whsec_`` secret that is not base64, or a key shorter
-            than :data:`MIN_SECRET_BYTES` bytes.
+        ValueError: not ``whsec_`` + base64, or a key shorter than
+            :data:`MIN_SECRET_BYTES` bytes.
     """
-    if text.startswith(_PREFIX):
-        try:
-            key = base64.b64decode(text[len(_PREFIX) :], validate=True)
-        except binascii.Error:
-            raise ValueError("the part after whsec_ is not valid base64") from None
-    else:
-        key = text.encode()
+    if not text.startswith(_PREFIX):
+        raise ValueError(
+            "a webhook secret is whsec_ followed by base64 (Standard Webhooks), "
+            "e.g. whsec_ + base64 of 32 random bytes"
+        )
+    encoded = text[len(_PREFIX) :]
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after whsec_ is not valid base64") from None
     if len(key) < MIN_SECRET_BYTES:
         raise ValueError(
             f"a webhook secret needs at least {MIN_SECRET_BYTES} bytes of key "
@@ -70,6 +77,9 @@ def signature_headers(key: bytes, message_id: str, timestamp: int, body: bytes) 
     }
 
 
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # integer Unix seconds; 12 digits reach year 33658
+
+
 def verify(
     key: bytes,
     headers: Mapping[str, str],
@@ -80,15 +90,29 @@ def verify(
 ) -> bool:
     """What a receiver checks: a matching ``v1`` signature and a recent timestamp.
 
-    ``headers`` keys are lower-case.
+    ``headers`` keys are lower-case. Never raises: missing headers, a
+    timestamp that is not integer seconds, and signatures that are not
+    ASCII are all just ``False``.
     """
     message_id = headers.get("webhook-id")
-    stamp = headers.get("webhook-timestamp", "")
-    offered = headers.get("webhook-signature", "")
-    if not message_id or not stamp.isdigit():
+    stamp = headers.get("webhook-timestamp")
+    offered = headers.get("webhook-signature")
+    if not isinstance(message_id, str) or not message_id:
+        return False
+    if not isinstance(stamp, str) or _TIMESTAMP.fullmatch(stamp) is None:
+        return False
+    if not isinstance(offered, str):
         return False
     timestamp = int(stamp)
-    if abs(now - timestamp) > tolerance_s:
+    if not abs(now - timestamp) <= tolerance_s:  # also False for a NaN ``now``
         return False
-    expected = sign(key, message_id, timestamp, body)
-    return any(hmac.compare_digest(expected, candidate) for candidate in offered.split())
+    try:
+        expected = sign(key, message_id, timestamp, body).encode()
+    except UnicodeEncodeError:  # a lone surrogate in the id: not something we sent
+        return False
+    # compare_digest refuses non-ASCII str: compare bytes (a lone surrogate
+    # becomes "?", which no base64 signature contains).
+    return any(
+        hmac.compare_digest(expected, candidate.encode("utf-8", "replace"))
+        for candidate in offered.split()
+    )

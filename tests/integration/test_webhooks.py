@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway.webhooks.redis_outbox import RedisOutbox
 from gateway.webhooks.signing import decode_secret
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 SECRET = "whsec_" + "aW50ZWdyYXRpb24tdGVzdC1zZWNyZXQtMzItYnl0ZXM="
 KEY = decode_secret(SECRET)
+OTHER_SECRET = "whsec_" + "YW5vdGhlci1rZXktb2YtMzItYnl0ZXMtZm9yLXRlc3Q="
 # The receivers listen on 127.0.0.1: allow it, and only it.
 WEBHOOKS: dict[str, Any] = {
     "secret": SECRET,
@@ -221,3 +224,57 @@ async def test_on_the_redis_backend_the_outbox_lives_in_redis(
         await asyncio.sleep(0.4)
     assert [r.answered for r in receiver.snapshot()] == [500, 204]
     assert_signed(receiver.snapshot())
+
+
+def reference_verifier(secret: str) -> Callable[[dict[str, str], bytes], bool]:
+    """A receiver's check with the Standard Webhooks reference library, not our code."""
+    webhook = Webhook(secret)
+
+    def verify(headers: dict[str, str], body: bytes) -> bool:
+        try:
+            webhook.verify(body, headers)
+        except WebhookVerificationError:
+            return False
+        return True
+
+    return verify
+
+
+async def test_every_delivery_verifies_with_the_standard_webhooks_reference_library(
+    sim: str, client: httpx.AsyncClient
+) -> None:
+    timeline = [
+        {"at": 0, "state": "queued"},
+        {"at": 0.3, "state": "running"},
+        {"at": 0.6, "state": "succeeded"},
+    ]
+    task = await create_sim_task(client, sim, "ailab", timeline)
+    other = await create_sim_task(client, sim, "ailab", timeline)
+    with (
+        Receiver(verify=reference_verifier(SECRET)) as receiver,
+        Receiver(verify=reference_verifier(OTHER_SECRET)) as wrong_key,
+        running_gateway(sim_config(sim, webhooks=WEBHOOKS)) as (base, _gw),
+    ):
+        reply = await watch(client, base, task, {"url": receiver.url, "events": ["state"]})
+        assert reply.status_code == 201, reply.text
+        reply = await watch(client, base, other, {"url": wrong_key.url})
+        assert reply.status_code == 201, reply.text
+        await until_terminal(receiver)
+        await wrong_key.wait_for(requests=2, timeout_s=20)
+    got = receiver.snapshot()
+    assert {r.answered for r in got} == {204}
+    # Every state the gateway saw (under load its first poll may come after
+    # "queued"), each once, the last one terminal.
+    seqs = sorted(r.json["data"]["seq"] for r in got)
+    assert seqs == list(range(1, len(got) + 1)) and len(got) >= 2
+    assert max(got, key=lambda r: r.json["data"]["seq"]).json["data"]["state"] == "succeeded"
+    # The check can fail: a receiver holding another key refuses every attempt.
+    assert {r.answered for r in wrong_key.snapshot()} == {401}
+
+
+async def until_terminal(receiver: Receiver, timeout_s: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not any(r.json["data"]["terminal"] for r in receiver.accepted):
+        assert asyncio.get_running_loop().time() < deadline, receiver.snapshot()
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.4)  # a duplicate would show up by now

@@ -2,8 +2,11 @@
 
 It records every request it gets and answers the first ``fail_first`` with
 ``fail_status`` (or a redirect, or silence past the sender's timeout), then
-``204``. Signatures are checked here with ``hmac`` directly — not with the
-gateway's own signing code — so a test would catch a wrong signature.
+``204`` (each after ``answer_after_s``, if set; ``401`` if ``verify`` says
+the signature is wrong). It listens on ``host``
+(any 127.0.0.0/8 address on Linux) and a free port, or the ``port`` given.
+Signatures are checked here with ``hmac`` directly — not with the gateway's
+own signing code — so a test would catch a wrong signature.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hmac
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -50,8 +54,15 @@ class Receiver:
         fail_status: int = 500,
         redirect_to: str | None = None,
         stall_s: float = 0.0,
+        answer_after_s: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        verify: Callable[[dict[str, str], bytes], bool] | None = None,
     ) -> None:
+        self.verify = verify
         self.fail_first = fail_first
+        self.answer_after_s = answer_after_s
+        self.host = host
         self.fail_status = fail_status
         self.redirect_to = redirect_to
         self.stall_s = stall_s
@@ -65,15 +76,18 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver._lock:
                     failing = len(receiver.requests) < receiver.fail_first
                     status = 204
                     if failing:
                         status = 307 if receiver.redirect_to else receiver.fail_status
+                    elif receiver.verify is not None and not receiver.verify(headers, body):
+                        status = 401
                     receiver.requests.append(
                         Received(
                             path=self.path,
-                            headers={k.lower(): v for k, v in self.headers.items()},
+                            headers=headers,
                             body=body,
                             answered=status,
                             at=time.monotonic(),
@@ -81,6 +95,8 @@ class Receiver:
                     )
                 if failing and receiver.stall_s:
                     time.sleep(receiver.stall_s)
+                if receiver.answer_after_s:
+                    time.sleep(receiver.answer_after_s)
                 self.send_response(status)
                 if status == 307 and receiver.redirect_to:
                     self.send_header("Location", receiver.redirect_to)
@@ -90,14 +106,14 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/pollcast"
+        return f"http://{self.host}:{self.port}/hooks/pollcast"
 
     @property
     def accepted(self) -> list[Received]:

@@ -30,7 +30,9 @@ def test_a_configured_secret_is_a_secret() -> None:
 @pytest.mark.parametrize(
     ("section", "path", "fragment"),
     [
-        ({"secret": "short"}, "webhooks.secret", "at least 16 bytes"),
+        ({"secret": "short"}, "webhooks.secret", "whsec_ followed by base64"),
+        ({"secret": "a plain text secret of many bytes"}, "webhooks.secret", "whsec_ followed"),
+        ({"secret": "whsec_c2hvcnQ="}, "webhooks.secret", "at least 16 bytes"),
         ({"secret": "whsec_***"}, "webhooks.secret", "not valid base64"),
         ({"allowed_hosts": ["https://hooks.example.com"]}, "webhooks.allowed_hosts[0]", "regex"),
         ({"max_age_s": 0}, "webhooks.max_age_s", "> 0"),

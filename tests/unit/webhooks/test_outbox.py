@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from gateway.exceptions import BackendError
 from gateway.webhooks.model import Delivery, WebhookTarget
 from gateway.webhooks.outbox import Outbox, SqliteOutbox
 from gateway.webhooks.redis_outbox import RedisOutbox
@@ -191,3 +193,100 @@ async def test_registrations_and_deliveries_survive_a_restart(
         assert claimed == []
         later = await second.claim(NOW + 31, NOW + 61, 5, "new-run")
         assert [d.seq for d in later] == [1, 2]
+
+
+async def test_a_stale_claim_cannot_finish_or_retry_once_the_delivery_was_claimed_again(
+    make_outbox: MakeOutbox,
+) -> None:
+    # Each claim has its own token. node-a's first claim lapses (the node was
+    # paused past its lease), node-b fails an attempt and releases it, node-a
+    # claims it again: the first claim's late answer still counts for nothing.
+    outbox = await make_outbox()
+    await outbox.register(TASK, TARGET, 0)
+    await outbox.enqueue(TASK, [delivery(1)], 1, done=False)
+    [stale] = await outbox.claim(NOW, NOW + 30, 5, "node-a.1")
+    [b] = await outbox.claim(NOW + 31, NOW + 61, 5, "node-b.1")
+    assert await outbox.retry(b, NOW + 40, "HTTP 503") is True
+    [fresh] = await outbox.claim(NOW + 40, NOW + 70, 5, "node-a.2")
+    assert fresh.attempts == 1
+    assert await outbox.retry(stale, NOW + 45, "late") is False
+    assert await outbox.finish(stale) is False
+    # The refused calls changed nothing: the current claim still holds.
+    assert await outbox.claim(NOW + 50, NOW + 80, 5, "node-c.1") == []
+    assert await outbox.finish(fresh) is True
+    assert await outbox.pending() == 0
+
+
+async def test_an_unclaimed_delivery_cannot_be_finished(make_outbox: MakeOutbox) -> None:
+    outbox = await make_outbox()
+    await outbox.register(TASK, TARGET, 0)
+    await outbox.enqueue(TASK, [delivery(1)], 1, done=False)
+    assert await outbox.finish(delivery(1)) is False  # claim None
+    assert await outbox.retry(delivery(1), NOW + 5, "x") is False
+    assert await outbox.pending() == 1
+
+
+async def test_sqlite_errors_are_backend_errors(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    outbox = SqliteOutbox(path, clock=lambda: NOW, busy_timeout_ms=50)
+    await outbox.start()
+    try:
+        await outbox.register(TASK, TARGET, 0)
+        await outbox.enqueue(TASK, [delivery(1), delivery(2)], 2, done=False)
+        [held, _] = await outbox.claim(NOW, NOW + 30, 5, "node-a.1")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # a backup, another process: the file is locked
+        writes: list[Callable[[], Awaitable[object]]] = [
+            lambda: outbox.claim(NOW, NOW + 30, 5, "node-a.2"),
+            lambda: outbox.finish(held),
+            lambda: outbox.retry(held, NOW + 5, "x"),
+            lambda: outbox.enqueue(TASK, [delivery(3)], 3, done=False),
+            lambda: outbox.register("vp:2", TARGET, 0),
+            lambda: outbox.unregister(TASK),
+        ]
+        for write in writes:
+            with pytest.raises(BackendError, match="database is locked"):
+                await write()
+        other.execute("ROLLBACK")
+        assert await outbox.finish(held) is True  # nothing was half-done
+        other.execute("DROP TABLE webhook_deliveries")
+        other.execute("DROP TABLE webhook_targets")
+        other.close()
+        for read in (outbox.pending, outbox.registrations):
+            with pytest.raises(BackendError, match="no such table"):
+                await read()
+        with pytest.raises(BackendError, match="no such table"):
+            await outbox.registrations([TASK])
+    finally:
+        await outbox.close()
+    with pytest.raises(BackendError, match="not started"):
+        await outbox.pending()
+
+
+async def test_redis_errors_are_backend_errors(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis", persist=False) as server:
+        outbox = RedisOutbox(server.url, "t-down", timeout_s=0.5)
+        await outbox.start()
+        await outbox.register(TASK, TARGET, 0)
+        await outbox.enqueue(TASK, [delivery(1)], 1, done=False)
+        [held] = await outbox.claim(NOW, NOW + 30, 5, "node-a.1")
+        server.kill()
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: outbox.claim(NOW, NOW + 30, 5, "node-a.2"),
+            lambda: outbox.finish(held),
+            lambda: outbox.retry(held, NOW + 5, "x"),
+            lambda: outbox.enqueue(TASK, [delivery(2)], 2, done=False),
+            lambda: outbox.register("vp:2", TARGET, 0),
+            lambda: outbox.unregister(TASK),
+            outbox.pending,
+            outbox.registrations,
+            lambda: outbox.registrations([TASK]),
+        ]
+        try:
+            for call in calls:
+                with pytest.raises(BackendError):
+                    await call()
+        finally:
+            await outbox.close()
+    with pytest.raises(BackendError, match="cannot reach Redis"):
+        await RedisOutbox(server.url, "t-down", timeout_s=0.5).start()

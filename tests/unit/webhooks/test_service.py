@@ -6,12 +6,16 @@ dispatcher is not started, so what was queued can be read back with a claim.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from gateway.core.model import State
+from gateway.exceptions import BackendError
 from gateway.hub.local import LocalHub
 from gateway.webhooks.model import WebhookTarget
 from gateway.webhooks.outbox import SqliteOutbox
@@ -20,7 +24,7 @@ from gateway.webhooks.settings import WebhooksConfig
 from tests.unit.webhooks.support import TASK, event
 
 NOW = 1_800_000_000.0
-CONFIG = WebhooksConfig(secret="a-test-secret-of-enough-bytes")
+CONFIG = WebhooksConfig(secret="whsec_" + "dW5pdC10ZXN0LXNlY3JldC1vZi0zMi1ieXRlcyEhISE=")
 
 
 @pytest.fixture
@@ -31,7 +35,6 @@ async def parts() -> AsyncIterator[tuple[Webhooks, LocalHub, SqliteOutbox]]:
     await outbox.start()
     webhooks = Webhooks(CONFIG, outbox, hub, wall=lambda: NOW)
     yield webhooks, hub, outbox
-    await webhooks.http.aclose()
     await outbox.close()
     await hub.close()
 
@@ -92,3 +95,49 @@ async def test_registering_mid_way_owes_only_what_comes_next(
     await hub.commit([event(2, State.RUNNING)], terminal_ttl_s=60)
     await webhooks.committed([event(2, State.RUNNING)])
     assert await queued(outbox) == [(f"{TASK}:2", "running")]
+
+
+async def test_events_the_store_failed_to_queue_are_queued_once_it_recovers(
+    parts: tuple[Webhooks, LocalHub, SqliteOutbox], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The outbox refuses writes for a while (a locked file, Redis restarting):
+    # the committed events must not wait for the next start to be queued.
+    webhooks, hub, outbox = parts
+    delays: list[float] = []
+
+    async def no_wait(delay: float) -> None:
+        delays.append(delay)
+        await asyncio.sleep(0)
+
+    webhooks.dispatcher.sleep = no_wait
+    await webhooks.register(TASK, WebhookTarget("https://h.example/in", ("state", "terminal")))
+    real_enqueue = outbox.enqueue
+    refusals = 4
+
+    async def locked(*args: Any, **kwargs: Any) -> int:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise BackendError("webhook outbox write failed: database is locked")
+        return await real_enqueue(*args, **kwargs)
+
+    outbox.enqueue = locked  # type: ignore[method-assign]
+    events = [event(1, State.QUEUED), event(2, State.RUNNING)]
+    await hub.commit(events, terminal_ttl_s=60)
+    await webhooks.committed(events)  # fails: nothing queued, nothing raised
+    assert await outbox.pending() == 0
+    keeper = asyncio.create_task(webhooks.keep_up())
+    try:
+        for _ in range(200):
+            if await outbox.pending() == 2:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+    assert await queued(outbox) == [(f"{TASK}:1", "queued"), (f"{TASK}:2", "running")]
+    assert len(delays) == 3  # three failed catch-ups, each after a backoff delay
+    assert delays[0] < delays[2]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "webhook catch-up failed" in m]) == 1

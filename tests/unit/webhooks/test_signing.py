@@ -22,8 +22,11 @@ def test_the_spec_vector() -> None:
     assert sign(key, SPEC_ID, SPEC_TIMESTAMP, SPEC_BODY) == SPEC_SIGNATURE
 
 
-def test_plain_text_secrets_are_their_utf8_bytes() -> None:
-    assert decode_secret("a plain secret of 30 characters") == b"a plain secret of 30 characters"
+def test_a_secret_without_padding_is_the_same_key() -> None:
+    key = bytes(range(32))
+    padded = base64.b64encode(key).decode()
+    assert padded.endswith("=")
+    assert decode_secret("whsec_" + padded) == decode_secret("whsec_" + padded.rstrip("=")) == key
 
 
 @pytest.mark.parametrize(
@@ -31,7 +34,12 @@ def test_plain_text_secrets_are_their_utf8_bytes() -> None:
     [
         ("whsec_not*base64", "not valid base64"),
         ("whsec_" + base64.b64encode(b"short").decode(), "at least 16 bytes"),
-        ("too short", "at least 16 bytes"),
+        # Plain text is refused: the reference libraries would base64-decode it
+        # into another key, and no receiver using them could verify a delivery.
+        ("a plain secret of 30 characters", "whsec_ followed by base64"),
+        ("c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMmJ5dGVz", "whsec_ followed by base64"),
+        ("whsec_" + base64.b64encode(bytes(32)).decode() + "!", "not valid base64"),
+        ("whsec_", "at least 16 bytes"),
     ],
 )
 def test_bad_secrets_are_refused(secret: str, fragment: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from gateway.exceptions import InvalidWebhook
@@ -10,6 +12,7 @@ from gateway.webhooks.targets import (
     UrlPolicy,
     check_address,
     check_url,
+    embedded_ipv4,
     resolve_checked,
 )
 
@@ -129,3 +132,66 @@ async def test_the_system_resolver_finds_loopback_for_an_ip_literal() -> None:
     assert await resolve_checked(target, UrlPolicy(allow_private=True)) == ["127.0.0.1"]
     with pytest.raises(InvalidWebhook, match="loopback"):
         await resolve_checked(target, OPEN)
+
+
+# IPv6 addresses that carry an IPv4 address: a NAT64 translator, a 6to4 relay
+# or the host's own stack delivers to the IPv4 address, so that is what is judged.
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("64:ff9b::7f00:1", "loopback"),  # NAT64 (RFC 6052) of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # 169.254.169.254, cloud metadata
+        ("64:ff9b::c0a8:1", "private"),  # 192.168.0.1
+        ("64:ff9b:1::a00:1", "private"),  # local-use NAT64 (RFC 8215) of 10.0.0.1
+        ("64:ff9b:1::808:808", "private"),  # local-use prefix: never global
+        ("2002:0a00:0001::", "private"),  # 6to4 (RFC 3056) of 10.0.0.1
+        ("2002:7f00:1:1::1", "loopback"),  # 6to4 of 127.0.0.1
+        ("2002:a9fe:a9fe::", "link-local"),  # 6to4 of 169.254.169.254
+        ("::7f00:1", "loopback"),  # IPv4-compatible ::127.0.0.1 (RFC 4291)
+        ("::10.0.0.1", "private"),
+        ("::ffff:10.0.0.1", "private"),  # IPv4-mapped
+        ("::ffff:0:7f00:1", "loopback"),  # IPv4-translated ::ffff:0:127.0.0.1 (RFC 2765)
+        ("::ffff:0:a9fe:a9fe", "link-local"),
+        ("::ffff:0:6440:1", "reserved"),  # 100.64.0.1, carrier-grade NAT
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "private"),  # Teredo: not global
+    ],
+)
+def test_ipv4_embedded_in_ipv6_is_judged_as_that_ipv4(address: str, kind: str) -> None:
+    with pytest.raises(InvalidWebhook) as info:
+        check_address(address, OPEN)
+    assert f"{kind} address" in info.value.message
+    check_address(address, UrlPolicy(allow_private=True))
+
+
+@pytest.mark.parametrize(
+    ("address", "inner"),
+    [
+        ("64:ff9b::808:808", "8.8.8.8"),
+        ("2002:5db8:d822::1", "93.184.216.34"),
+        ("::ffff:0:808:808", "8.8.8.8"),
+        ("::ffff:8.8.8.8", "8.8.8.8"),
+        ("::8.8.8.8", "8.8.8.8"),
+        ("2606:2800:220:1:248:1893:25c8:1946", None),
+        ("::1", None),
+        ("::", None),
+    ],
+)
+def test_embedded_public_ipv4_passes(address: str, inner: str | None) -> None:
+    ip = ipaddress.IPv6Address(address)
+    found = embedded_ipv4(ip)
+    assert (str(found) if found else None) == inner
+    if inner is not None:
+        check_address(address, OPEN)
+
+
+@pytest.mark.parametrize(
+    "address", ["64:ff9b::e000:1", "2002:e000:1::", "::ffff:0:0:0", "64:ff9b::", "::0.0.0.0"]
+)
+def test_embedded_multicast_and_unspecified_are_refused_always(address: str) -> None:
+    with pytest.raises(InvalidWebhook, match="not a unicast address"):
+        check_address(address, UrlPolicy(allow_private=True))
+
+
+def test_a_resolver_answer_that_is_not_an_address_is_refused() -> None:
+    with pytest.raises(InvalidWebhook, match="not an IP address"):
+        check_address("hooks.example.com", OPEN)
