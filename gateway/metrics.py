@@ -73,6 +73,13 @@ class Metrics:
             "Failed calls to the state backend (SQLite or Redis).",
             registry=r,
         )
+        self.loop_failures = Counter(
+            "pollcast_loop_failures",
+            "Failures of the poller's long-running loops (each retried with backoff), by loop "
+            "(lane:<provider>, housekeeping).",
+            ["loop"],
+            registry=r,
+        )
         self._states: dict[str, tuple[str, str]] = {}  # task → (provider, state)
 
     def task_state(self, task: str, state: str | None) -> None:

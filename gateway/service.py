@@ -123,12 +123,20 @@ class Gateway:
         await self.hub.close()
 
     async def ready(self) -> bool:
-        if self.draining or not self.poller.running:
-            return False
+        return await self.readiness() is None
+
+    async def readiness(self) -> str | None:
+        """Why this node should not take traffic now (``/readyz``), or ``None``."""
+        if self.draining:
+            return "draining"
+        problems = self.poller.problems()
+        if problems:
+            return "; ".join(problems)
         try:
-            return await self.hub.ready()
+            ok = await self.hub.ready()
         except BackendError:
-            return False
+            ok = False
+        return None if ok else "backend unavailable"
 
     def drain(self) -> None:
         """Stop taking streams; every open feed ends with a ``server_draining`` notice."""

@@ -35,6 +35,9 @@ class Entry(msgspec.Struct, kw_only=True):
     failures: int = 0
     deadline_at: float | None = None  # wall clock
     degraded: bool = False
+    # The claim token a fenced schedule hands out with the entry; a commit
+    # made under a lease that is no longer held is refused. Empty: unfenced.
+    lease: str = ""
 
     @property
     def poll(self) -> PollState:

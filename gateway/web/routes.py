@@ -308,9 +308,9 @@ async def metrics(state: State) -> Response[bytes]:
 @get("/readyz")
 async def readyz(state: State) -> Response[dict[str, Any]]:
     gw = gateway_of(state)
-    if await gw.ready():
+    reason = await gw.readiness()
+    if reason is None:
         return Response({"status": "ready"})
-    reason = "draining" if gw.draining else "backend unavailable"
     return Response({"status": "not ready", "reason": reason}, status_code=503)
 
 
