@@ -70,6 +70,7 @@ class FakeUpstream:
     clock: FakeClock | None = None
     latency_s: float = 0.0
     calls: list[Call] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # wall clock of each call
 
     async def request(
         self,
@@ -83,6 +84,8 @@ class FakeUpstream:
     ) -> UpstreamResponse:
         call = Call(method, url, params, headers, body, timeout_s)
         self.calls.append(call)
+        if self.clock is not None:
+            self.times.append(self.clock.wall())
         if self.clock is not None and self.latency_s:
             self.clock.advance(self.latency_s)
         await asyncio.sleep(0)

@@ -1,0 +1,128 @@
+"""The lane driver over a fake upstream and a fake clock: what goes on the wire, and when."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from gateway.core.model import State, TaskKey
+from gateway.hub.local import LocalHub
+from gateway.metrics import Metrics
+from gateway.poller.engine import Poller, ProviderLane
+from gateway.providers.base import UpstreamResponse
+from tests.unit.poller.fakes import (
+    Call,
+    FakeClock,
+    FakeUpstream,
+    aholo_listing,
+    response,
+    runtime,
+    server_error,
+)
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[LocalHub]:
+    hub = LocalHub(":memory:")
+    await hub.start()
+    yield hub
+    await hub.close()
+
+
+def make_poller(
+    hub: LocalHub, clock: FakeClock, handler: Callable[[Call], UpstreamResponse], **policy: object
+) -> tuple[Poller, ProviderLane, FakeUpstream]:
+    upstream = FakeUpstream(handler, clock=clock, latency_s=0.05)
+    poller = Poller(
+        hub,
+        {"aholo": runtime("aholo", **policy)},
+        {"aholo": upstream},  # type: ignore[dict-item]
+        metrics=Metrics(),
+        wall=clock.wall,
+        monotonic=clock.mono,
+        sleep=clock.sleep,
+        rng=random.Random(11),
+    )
+    return poller, poller.lane("aholo"), upstream
+
+
+async def run_for(lane: ProviderLane, clock: FakeClock, seconds: float) -> None:
+    """Turn the lane's crank on fake time: each round, its replies, then the wait it asks for."""
+    end = clock.wall() + seconds
+    while clock.wall() < end:
+        wait = await lane.turn()
+        await lane.drain()
+        clock.advance(wait)
+
+
+def ids_of(call: Call) -> list[str]:
+    ids: list[str] = call.json
+    return ids
+
+
+async def test_a_failing_batch_goes_out_whole_and_less_often_then_recovers(hub: LocalHub) -> None:
+    clock = FakeClock()
+    failing = [True]
+
+    def handler(call: Call) -> UpstreamResponse:
+        return server_error() if failing[0] else aholo_listing(ids_of(call))
+
+    poller, lane, upstream = make_poller(
+        hub, clock, handler, interval_s=0.2, max_interval_s=0.2, backoff_max_s=2.0
+    )
+    for i in range(100):
+        await poller.watch(TaskKey("aholo", f"A{i:03d}"))
+    await run_for(lane, clock, 10.0)
+    during = len(upstream.calls)
+    assert all(len(ids_of(c)) == 100 for c in upstream.calls)
+    gaps = [b - a for a, b in zip(upstream.times, upstream.times[1:], strict=False)]
+    # Each retry waited out one lane-wide backoff: never sooner than the minimum delay.
+    assert all(gap >= 0.05 for gap in gaps), gaps
+    assert during < 0.5 * 10.0 / 0.35  # a healthy round every ~0.35 s
+    failures = poller.metrics.upstream_requests.labels("aholo", "server")._value.get()
+    assert failures == during
+    failing[0] = False
+    await run_for(lane, clock, 3.0)
+    recovered = upstream.calls[during:]
+    assert recovered and all(len(ids_of(c)) == 100 for c in recovered)
+    snapshot = await hub.snapshot("aholo:A000")
+    assert snapshot is not None and snapshot.state is State.RUNNING
+    assert lane.planner.failures == 0
+
+
+async def test_retry_after_holds_the_lane_to_the_millisecond(hub: LocalHub) -> None:
+    clock = FakeClock()
+    answers = [response({"error": "slow down"}, 429, {"retry-after": "2"})]
+
+    def handler(call: Call) -> UpstreamResponse:
+        return answers.pop(0) if answers else aholo_listing(ids_of(call))
+
+    poller, lane, upstream = make_poller(hub, clock, handler, interval_s=0.2, max_interval_s=0.2)
+    await poller.watch(TaskKey("aholo", "A1"))
+    t0 = clock.wall()
+    await run_for(lane, clock, 2.5)
+    first, second = upstream.times[:2]
+    assert first == t0  # a new task is due at once
+    # The 429 arrived 50 ms later; nothing was sent for the next 2 s, then the
+    # retry waited the batch coalescing window (0.1 s) like any due task.
+    assert second == pytest.approx(first + 0.05 + 2.0 + 0.1, abs=1e-6)
+
+
+async def test_a_deadline_ends_the_task_expired_without_polling_it(hub: LocalHub) -> None:
+    clock = FakeClock()
+    poller, lane, upstream = make_poller(
+        hub, clock, lambda call: aholo_listing(ids_of(call)), interval_s=1.0, max_interval_s=1.0
+    )
+    clock_start = clock.wall()
+    await poller.watch(TaskKey("aholo", "D1"), deadline_s=2.5)
+    await run_for(lane, clock, 5.0)
+    snapshot = await hub.snapshot("aholo:D1")
+    assert snapshot is not None and snapshot.state is State.EXPIRED
+    assert snapshot.error is not None and snapshot.error.code == "gateway_deadline"
+    polled = len(upstream.calls)
+    assert polled >= 2 and all(t < clock_start + 2.5 for t in upstream.times)
+    assert "aholo:D1" not in poller.watching and lane.tasks == {}
+    await run_for(lane, clock, 5.0)
+    assert len(upstream.calls) == polled
