@@ -308,11 +308,19 @@ class LanePlanner:
         fault = next((f for _, f in faulted), None)
         out.outcome = "ok" if fault is None else fault.kind.value
         if fault is not None:
-            self._back_off(request, faulted, now, out)
+            # A batch request that failed as a whole says the upstream is in
+            # trouble; ids faulted within an answered reply are their own matter.
+            self._back_off(request, faulted, now, out, lane_wide=self.batch and not answered)
         return out
 
     def _back_off(
-        self, request: Request, faulted: list[tuple[Entry, Fault]], now: float, out: Outputs
+        self,
+        request: Request,
+        faulted: list[tuple[Entry, Fault]],
+        now: float,
+        out: Outputs,
+        *,
+        lane_wide: bool,
     ) -> None:
         policy = self.policy
         waits = [f.retry_after_s for _, f in faulted if f.retry_after_s is not None]
@@ -321,7 +329,7 @@ class LanePlanner:
             # whole, not about one task (RFC 9110 §10.2.3).
             self.paused_until = max(self.paused_until, now + max(waits))
         lane_delay: float | None = None
-        if self.batch:
+        if lane_wide:
             if request.epoch == self.epoch:
                 self.epoch += 1
                 self.failures += 1

@@ -5,17 +5,19 @@ No sockets, no sleeps: every time below is exact.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 
-from gateway.core.model import ErrorInfo, Fault, FaultKind, State
+from gateway.core.model import ErrorInfo, Fault, FaultKind, Observation, State
 from gateway.core.tracker import force_state, initial_snapshot
 from gateway.poller.planner import LanePlanner, Outputs, Request
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.schedule import Entry, LocalSchedule
+from gateway.providers.aholo import AholoAdapter
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
 from tests.unit.poller.fakes import (
     START,
@@ -190,6 +192,33 @@ def test_a_failed_batch_is_retried_whole_after_one_jittered_delay() -> None:
     assert early.requests == [] and early.due == [(e, at) for e in batch[:10]]
     (retry,) = p.plan(batch, now=at, mono=MONO + 5).requests
     assert len(retry.entries) == 100
+
+
+class OneBadRecord(AholoAdapter):
+    """aholo, except that the reply's record for T0001 cannot be read."""
+
+    def parse(self, request: UpstreamRequest, response: UpstreamResponse) -> list[Observation]:
+        bad = Fault(FaultKind.MALFORMED, "aholo reply: record T0001 unreadable")
+        return [
+            Observation(task_id=o.task_id, fault=bad) if o.task_id == "T0001" else o
+            for o in super().parse(request, response)
+        ]
+
+
+def test_one_bad_record_in_an_answered_batch_does_not_hold_the_lane() -> None:
+    rt = runtime("aholo", interval_s=1.0, max_interval_s=1.0)
+    rt = dataclasses.replace(
+        rt, adapter=OneBadRecord(rt.adapter.settings, batch_size=100, name="aholo")
+    )
+    p = planner(rt)
+    batch = entries("aholo", 3)
+    (request,) = p.plan(batch, now=START, mono=MONO).requests
+    out = absorb(p, request, aholo_listing(request.task_ids), now=START)
+    assert p.held_until == 0.0 and p.failures == 0
+    due = {entry.task: at for entry, at in out.due}
+    assert due[batch[0].task] == due[batch[2].task] == START + 1.0
+    assert START < due[batch[1].task] <= START + 2.0  # its own jittered retry
+    assert [n.code for n in out.notices] == ["upstream_malformed"]
 
 
 def test_requests_of_one_round_failing_together_count_as_one_failure() -> None:
