@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import ClassVar
 
 import pytest
 
-from gateway.core.model import State, TaskKey
+from gateway.core.model import ErrorInfo, Event, State, TaskKey
+from gateway.core.sse import Encoded
+from gateway.core.tracker import force_state
 from gateway.hub.local import LocalHub
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller, ProviderLane
+from gateway.poller.provider import ProviderRuntime
+from gateway.poller.schedule import Entry, LocalSchedule
 from gateway.providers.base import UpstreamResponse
 from tests.unit.poller.fakes import (
     Call,
@@ -21,6 +26,8 @@ from tests.unit.poller.fakes import (
     runtime,
     server_error,
 )
+
+ENDED = ErrorInfo("done", "done")
 
 
 @pytest.fixture
@@ -126,3 +133,92 @@ async def test_a_deadline_ends_the_task_expired_without_polling_it(hub: LocalHub
     assert "aholo:D1" not in poller.watching and lane.tasks == {}
     await run_for(lane, clock, 5.0)
     assert len(upstream.calls) == polled
+
+
+class LeasingSchedule(LocalSchedule):
+    """A local schedule that hands out a lease token with every claim, as a fenced one does."""
+
+    async def claim(self, provider: str, now: float, horizon: float) -> list[Entry]:
+        claimed = await super().claim(provider, now, horizon)
+        for entry in claimed:
+            entry.lease = f"lease-of-{entry.task}"
+        return claimed
+
+
+class RecordingPoller(Poller):
+    stores: ClassVar[list[tuple[list[str], dict[str, str] | None]]] = []
+
+    async def _store(
+        self, events: list[Event], rt: ProviderRuntime, leases: Mapping[str, str] | None
+    ) -> list[Event]:
+        RecordingPoller.stores.append(([e.task for e in events], dict(leases or {})))
+        return await super()._store(events, rt, leases)
+
+
+async def test_each_commit_carries_the_lease_its_observation_was_made_under(
+    hub: LocalHub,
+) -> None:
+    clock = FakeClock()
+    poller = RecordingPoller(
+        hub,
+        {"aholo": runtime("aholo")},
+        {"aholo": FakeUpstream(lambda call: aholo_listing(ids_of(call)), clock=clock)},  # type: ignore[dict-item]
+        schedule=LeasingSchedule(),
+        wall=clock.wall,
+        monotonic=clock.mono,
+        sleep=clock.sleep,
+    )
+    for name in ("L1", "L2"):
+        await poller.watch(TaskKey("aholo", name))
+    await run_for(poller.lane("aholo"), clock, 0.5)
+    assert RecordingPoller.stores == [
+        (
+            ["aholo:L1", "aholo:L2"],
+            {"aholo:L1": "lease-of-aholo:L1", "aholo:L2": "lease-of-aholo:L2"},
+        )
+    ]
+
+
+class RefusingHub(LocalHub):
+    """Refuses (does not store, leaves out of the result) every event of ``refused``."""
+
+    refused = "aholo:R1"
+
+    async def commit(self, events: Sequence[Event], *, terminal_ttl_s: float) -> list[Encoded]:
+        return await super().commit(
+            [e for e in events if e.task != self.refused], terminal_ttl_s=terminal_ttl_s
+        )
+
+
+async def test_only_what_the_hub_stored_is_published_and_finished() -> None:
+    hub = RefusingHub(":memory:")
+    await hub.start()
+    told: list[str] = []
+
+    async def on_commit(events: Sequence[Event]) -> None:
+        told.extend(e.task for e in events)
+
+    metrics = Metrics()
+    upstream = {"aholo": FakeUpstream(lambda call: aholo_listing(ids_of(call)))}
+    poller = Poller(
+        hub,
+        {"aholo": runtime("aholo")},
+        upstream,  # type: ignore[arg-type]
+        metrics=metrics,
+        on_commit=on_commit,
+    )
+    try:
+        for name in ("R1", "R2"):
+            await poller.watch(TaskKey("aholo", name))
+        done = [
+            force_state(None, task=f"aholo:{n}", state=State.SUCCEEDED, error=ENDED, now=1.0)
+            for n in ("R1", "R2")
+        ]
+        await poller.commit([e for e in done if e is not None], poller.runtime("aholo"))
+    finally:
+        await hub.close()
+    assert told == ["aholo:R2"]
+    assert metrics.events_published._value.get() == 1
+    # The refused terminal event did not end R1: it is still watched and scheduled.
+    assert poller.watching == {"aholo:R1"}
+    assert set(poller.lane("aholo").tasks) == {"aholo:R1"}
