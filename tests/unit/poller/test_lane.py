@@ -222,3 +222,36 @@ async def test_only_what_the_hub_stored_is_published_and_finished() -> None:
     # The refused terminal event did not end R1: it is still watched and scheduled.
     assert poller.watching == {"aholo:R1"}
     assert set(poller.lane("aholo").tasks) == {"aholo:R1"}
+
+
+async def test_a_followed_task_is_polled_until_its_grace_period_after_the_last_subscriber(
+    hub: LocalHub,
+) -> None:
+    clock = FakeClock()
+    upstream = FakeUpstream(lambda call: aholo_listing(ids_of(call)), clock=clock)
+    poller = Poller(
+        hub,
+        {"aholo": runtime("aholo", interval_s=1.0, max_interval_s=1.0)},
+        {"aholo": upstream},  # type: ignore[dict-item]
+        grace_s=3.0,
+        wall=clock.wall,
+        monotonic=clock.mono,
+        sleep=clock.sleep,
+    )
+    lane = poller.lane("aholo")
+    key = TaskKey("aholo", "G1")
+    t0 = clock.wall()
+    await poller.follow(key)
+    for _ in range(4):  # followed: the housekeeper keeps extending its interest
+        await run_for(lane, clock, 1.0)
+        await poller.housekeep()  # one pass: 1 s on the fake clock, then keep
+    followed = len(upstream.calls)
+    assert followed >= 4 and upstream.times[-1] > t0 + 3.0  # well past one grace period
+    poller.unfollow(key)
+    left_at = clock.wall()
+    await run_for(lane, clock, 6.0)
+    await poller.housekeep()
+    # Polled during the grace period only, then dropped from the schedule.
+    assert all(t <= left_at + 3.0 for t in upstream.times[followed:])
+    assert len(upstream.calls) > followed
+    assert lane.tasks == {}
