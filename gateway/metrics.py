@@ -83,6 +83,13 @@ class Metrics:
             "Webhook outcomes not recorded: the delivery's lease ran out and it was claimed again.",
             registry=r,
         )
+        self.loop_failures = Counter(
+            "pollcast_loop_failures",
+            "Failures of the poller's long-running loops (each retried with backoff), by loop "
+            "(lane:<provider>, housekeeping).",
+            ["loop"],
+            registry=r,
+        )
         self._states: dict[str, tuple[str, str]] = {}  # task → (provider, state)
 
     def task_state(self, task: str, state: str | None) -> None:

@@ -161,14 +161,15 @@ class Gateway:
                 lane.wake()
 
     async def ready(self) -> bool:
-        return await self.unready_reason() is None
+        return await self.readiness() is None
 
-    async def unready_reason(self) -> str | None:
-        """Why ``/readyz`` is 503 (``None``: ready)."""
+    async def readiness(self) -> str | None:
+        """Why this node should not take traffic now (``/readyz``), or ``None``."""
         if self.draining:
             return "draining"
-        if not self.poller.running:
-            return "poller stopped"
+        problems = self.poller.problems()
+        if problems:
+            return "; ".join(problems)
         try:
             if await self.hub.ready():
                 return None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from gateway.core.model import Fault
 
-__all__ = ["CostBudget", "Decision", "IntervalPolicy", "PollState", "TokenBucket"]
+__all__ = ["CostBudget", "Decision", "IntervalPolicy", "PollState", "RetryDelay", "TokenBucket"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +59,50 @@ class IntervalPolicy:
 
     def after_fault(self, state: PollState, fault: Fault, rng: random.Random) -> Decision:
         failures = state.failures + 1
+        delay = self.backoff_delay(failures, fault, rng)
+        return Decision(
+            PollState(state.interval_s, failures), delay, self.gives_up(fault, failures)
+        )
+
+    def backoff_delay(self, failures: int, fault: Fault, rng: random.Random) -> float:
+        """The wait after the ``failures``-th consecutive failure (``failures >= 1``):
+        full jitter up to ``min(backoff_cap_s, base_s · 2^failures)``, at least
+        ``min_delay_s`` and never sooner than the fault's ``Retry-After``."""
         ceiling = min(self.backoff_cap_s, self.base_s * 2.0**failures)
         delay = max(self.min_delay_s, rng.uniform(0.0, ceiling))
         if fault.retry_after_s is not None:
             delay = max(delay, fault.retry_after_s)
-        give_up = not fault.retryable and failures >= self.max_auth_failures
-        return Decision(PollState(state.interval_s, failures), delay, give_up)
+        return delay
+
+    def gives_up(self, fault: Fault, failures: int) -> bool:
+        """Whether ``failures`` consecutive faults like this one mean: stop trying."""
+        return not fault.retryable and failures >= self.max_auth_failures
+
+
+class RetryDelay:
+    """How long a failing loop waits before its next try: doubling, capped, reset on success.
+
+    The shape of ``websockets.client.backoff()``, without its jitter: one
+    loop per process retries, so there is no herd to spread.
+    """
+
+    def __init__(self, first_s: float = 0.2, cap_s: float = 5.0, factor: float = 2.0) -> None:
+        if first_s <= 0 or cap_s < first_s or factor < 1:
+            raise ValueError("need 0 < first_s <= cap_s and factor >= 1")
+        self.first_s = first_s
+        self.cap_s = cap_s
+        self.factor = factor
+        self._next = first_s
+
+    def next_delay(self) -> float:
+        """The wait after one more consecutive failure."""
+        delay = self._next
+        self._next = min(self.cap_s, delay * self.factor)
+        return delay
+
+    def reset(self) -> None:
+        """A success: the next failure waits ``first_s`` again."""
+        self._next = self.first_s
 
 
 class TokenBucket:

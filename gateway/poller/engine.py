@@ -1,13 +1,17 @@
 """The poller: one upstream request per task per due time, whoever is watching.
 
-One :class:`ProviderLane` per configured provider keeps a heap of due times.
-When tasks fall due, a lane takes every task due within a short coalescing
-window, splits them into requests of at most ``batch_size`` ids (batch
-providers) or one id each, and sends them within the provider's concurrency
-limit, request rate and cost budget. Observations go through the pure
-tracker; changes are committed to the hub, which fans them out. The pure
-:class:`~gateway.core.policy.IntervalPolicy` decides when each task is asked
-about next.
+One :class:`ProviderLane` per configured provider is a thin async driver
+around a pure :class:`~gateway.poller.planner.LanePlanner`: it claims the
+due tasks from the schedule, lets the planner decide (deadlines, batches,
+rate, budget, backoff), sends the planned requests within the provider's
+concurrency, feeds each reply back, and carries out what comes back —
+commit events to the hub (which fans them out), notify, finish, and hand
+the tasks back to the schedule with their next due time.
+
+Every long-running loop (each lane, the housekeeper) is supervised: a
+failure is logged once per streak, counted in
+``pollcast_loop_failures_total{loop}`` and retried with backoff, and a loop
+that is failing or has stopped makes ``/readyz`` answer 503 with its name.
 """
 
 from __future__ import annotations
@@ -19,57 +23,120 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from gateway.aio import cancel_and_wait, raise_if_cancelled
 from gateway.core import tracker
-from gateway.core.model import (
-    ErrorInfo,
-    Event,
-    Fault,
-    FaultKind,
-    Observation,
-    State,
-    TaskKey,
-)
-from gateway.core.policy import CostBudget, TokenBucket
+from gateway.core.model import Event, Fault, TaskKey
+from gateway.core.policy import RetryDelay
 from gateway.exceptions import BackendError, SeqConflict, UnknownProvider
 from gateway.hub.base import Hub, Watch
 from gateway.metrics import Metrics
+from gateway.poller.planner import LanePlanner, Outputs, Request
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
 from gateway.poller.transport import send
 from gateway.poller.upstream import UpstreamTransport
-from gateway.providers.base import UpstreamRequest, fault_observations
 
-__all__ = ["Poller", "ProviderLane"]
+__all__ = ["LoopHealth", "Poller", "ProviderLane"]
 
 log = logging.getLogger("pollcast.poller")
 
+Sleep = Callable[[float], Awaitable[None]]
 
-def _task_id(task: str) -> str:
-    """The upstream id of a scheduled task key (validated before it was scheduled)."""
-    return task.partition(":")[2]
+
+@dataclass(slots=True)
+class LoopHealth:
+    """How one supervised loop is doing."""
+
+    name: str
+    failures: int = 0  # consecutive, in the current streak
+    total_failures: int = 0
+    last_error: str | None = None
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    @property
+    def failing(self) -> bool:
+        return self.failures > 0
+
+    @property
+    def problem(self) -> str | None:
+        """Why this loop is not doing its job right now (``None``: it is)."""
+        if self.stopped:
+            return f"poller loop {self.name} stopped"
+        if self.failing:
+            return f"poller loop {self.name} failing ({self.last_error})"
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def supervise(
+    health: LoopHealth,
+    step: Callable[[], Awaitable[None]],
+    *,
+    metrics: Metrics,
+    sleep: Sleep = asyncio.sleep,
+    delays: RetryDelay | None = None,
+) -> None:
+    """Run ``step`` over and over until cancelled; a failure never ends the loop.
+
+    A failure is counted (``pollcast_loop_failures_total{loop}``), logged
+    once per streak of consecutive failures, and retried after a delay that
+    doubles while the streak lasts and starts again after a success.
+    """
+    delays = delays or RetryDelay()
+    while True:
+        raise_if_cancelled()  # the store may have swallowed a cancel (gateway/aio.py)
+        try:
+            await step()
+        except Exception as exc:
+            health.failures += 1
+            health.total_failures += 1
+            health.last_error = _describe(exc)
+            metrics.loop_failures.labels(health.name).inc()
+            if isinstance(exc, BackendError):
+                metrics.backend_errors.inc()
+            delay = delays.next_delay()
+            if health.failures == 1:
+                # A known backend failure is one line; anything else keeps its traceback.
+                log.warning(
+                    "poller loop %s failed (%s); retrying in %.1f s",
+                    health.name,
+                    health.last_error,
+                    delay,
+                    exc_info=not isinstance(exc, BackendError),
+                )
+            await sleep(delay)
+        else:
+            if health.failures:
+                log.info(
+                    "poller loop %s works again after %d failure(s)", health.name, health.failures
+                )
+                health.failures = 0
+                health.last_error = None
+            delays.reset()
 
 
 class ProviderLane:
-    """Claims, performs and reschedules the polls of one provider."""
+    """Claims, performs and reschedules the polls of one provider (the I/O half)."""
 
     def __init__(self, poller: Poller, runtime: ProviderRuntime) -> None:
         self.poller = poller
         self.rt = runtime
         self.schedule = poller.schedule
         http = poller.http
-        self.http = http if isinstance(http, UpstreamTransport) else http[runtime.name]
+        self.http = http[runtime.name] if isinstance(http, Mapping) else http
+        self.planner = LanePlanner(runtime, coalesce_s=poller.coalesce_s, rng=poller.rng)
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(runtime.concurrency)
-        self._rate = TokenBucket(runtime.rate_per_s)
-        self._budget = (
-            CostBudget(runtime.budget_per_hour, runtime.cost_per_call)
-            if runtime.budget_per_hour is not None and runtime.cost_per_call > 0
-            else None
-        )
-        self._budget_noticed = False
-        self.paused_until = 0.0  # wall clock
         self._inflight: set[asyncio.Task[None]] = set()
         self.requests_sent = 0
 
@@ -77,6 +144,15 @@ class ProviderLane:
     def tasks(self) -> Mapping[str, Entry]:
         """The tasks this node knows are scheduled for this provider."""
         return self.schedule.known(self.rt.name)
+
+    @property
+    def paused_until(self) -> float:
+        """Wall time before which this lane sends nothing (Retry-After, lane backoff)."""
+        return self.planner.held_until
+
+    @property
+    def loop_name(self) -> str:
+        return f"lane:{self.rt.name}"
 
     def wake(self) -> None:
         self._wake.set()
@@ -89,90 +165,55 @@ class ProviderLane:
             deadline_at=deadline_at if deadline_at is not None else wall + self.rt.deadline_s,
         )
 
-    async def run(self) -> None:
-        """Poll until cancelled; a failing schedule store is waited out, not fatal."""
-        delay = 0.2
-        while True:
-            raise_if_cancelled()
-            try:
-                await self._run()
-            except BackendError as exc:
-                self.poller.metrics.backend_errors.inc()
-                log.warning("%s: schedule unavailable (%s); retrying", self.rt.name, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _run(self) -> None:
-        poller = self.poller
-        batch = self.rt.batch_size > 1
-        # Batch providers wait a moment after the first task falls due so that
-        # tasks registered together share one request.
-        window = poller.coalesce_s if batch else 0.0
-        while True:
-            raise_if_cancelled()  # the store may have swallowed a cancel (gateway/aio.py)
-            now = poller.wall()
-            if self.paused_until > now:
-                await asyncio.sleep(self.paused_until - now)
-                continue
-            first = await self.schedule.next_due(self.rt.name)
-            if first is not None and first + window <= now:
-                # A batch round also takes every task due within half a base
-                # interval: polling those a little early puts all of the
-                # provider's tasks on one beat, so after one round a round
-                # costs ⌈tasks / batch_size⌉ requests however they arrived.
-                horizon = now + self.rt.policy.base_s / 2 if batch else now
-                claimed = await self.schedule.claim(self.rt.name, now, horizon)
-                if claimed:
-                    await self._dispatch(claimed)
-                continue
-            self._wake.clear()
-            wait = poller.tick_s
-            if first is not None:
-                wait = min(wait, max(0.0, first + window - now))
+    async def step(self) -> None:
+        """One supervised turn: a round if one is due, else wait for news."""
+        wait = await self.turn()
+        if wait > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
 
-    async def _dispatch(self, claimed: list[Entry]) -> None:
-        ready: list[Entry] = []
-        wall = self.poller.wall()
-        for entry in claimed:
-            if entry.deadline_at is not None and wall >= entry.deadline_at:
-                error = ErrorInfo("gateway_deadline", "the task did not finish before its deadline")
-                await self._end(entry, State.EXPIRED, error)
-            else:
-                ready.append(entry)
-        size = self.rt.batch_size
-        for i in range(0, len(ready), size):
-            chunk = ready[i : i + size]
-            await self._admit(chunk)
-            await self._slots.acquire()
-            task = asyncio.create_task(self._poll(chunk))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+    async def turn(self) -> float:
+        """Look at the schedule and run a round if one is due; seconds until the next look."""
+        poller = self.poller
+        self._wake.clear()
+        now = poller.wall()
+        at = self.planner.round_at(await self.schedule.next_due(self.rt.name))
+        if at is not None and at <= now:
+            claimed = await self.schedule.claim(self.rt.name, now, self.planner.horizon(now))
+            if claimed:
+                await self._round(claimed)
+            return 0.0
+        return poller.tick_s if at is None else min(poller.tick_s, at - now)
 
-    async def _admit(self, chunk: list[Entry]) -> None:
-        """Wait for the request rate and the cost budget to allow one more call."""
-        wait = self._rate.reserve(self.poller.monotonic())
-        if wait > 0:
-            await asyncio.sleep(wait)
-        if self._budget is None:
-            return
-        wait = self._budget.wait_time(self.poller.monotonic())
-        if wait > 0:
-            if not self._budget_noticed:
-                self._budget_noticed = True
-                budget = self.rt.budget_per_hour
-                await self.poller.notify(
-                    [entry.task for entry in chunk],
-                    "budget_limited",
-                    f"{self.rt.name}: cost budget of {budget} per hour reached; "
-                    f"polling slowed for {wait:.0f} s",
-                )
-            await asyncio.sleep(wait)
-        else:
-            self._budget_noticed = False
-        self._budget.spend(self.poller.monotonic())
+    async def _round(self, claimed: list[Entry]) -> None:
+        poller = self.poller
+        out = self.planner.plan(claimed, now=poller.wall(), mono=poller.monotonic())
+        spawned: set[int] = set()
+        try:
+            await self._apply(out)
+            for request in out.requests:
+                wait = request.send_at - poller.monotonic()
+                if wait > 0:
+                    await poller.sleep(wait)
+                await self._slots.acquire()
+                task = asyncio.create_task(self._poll(request))
+                spawned.update(id(entry) for entry in request.entries)
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+        except BaseException:
+            # Whatever failed, no claimed task may be left out of the schedule
+            # (handing back one already handed back or finished is a no-op).
+            later = poller.wall() + self.rt.policy.base_s
+            left = [(entry, later) for entry in claimed if id(entry) not in spawned]
+            with contextlib.suppress(Exception):
+                await self.schedule.release(self.rt.name, left)
+            raise
+
+    async def drain(self) -> None:
+        """Wait until every request in flight has been absorbed (tests, shutdown)."""
+        while self._inflight:
+            await asyncio.wait(set(self._inflight))
 
     # -- polling ------------------------------------------------------------
 
@@ -184,164 +225,97 @@ class ProviderLane:
             with contextlib.suppress(BackendError):
                 await self.schedule.renew(self.rt.name, tasks)
 
-    async def _poll(self, chunk: list[Entry]) -> None:
+    async def _poll(self, request: Request) -> None:
         every = self.schedule.renew_every_s
         keeper = (
-            asyncio.create_task(self._keep_claims([e.task for e in chunk], every))
+            asyncio.create_task(self._keep_claims(request.tasks, every))
             if every is not None
             else None
         )
         try:
-            started = self.poller.monotonic()
-            observations = await self._request([_task_id(e.task) for e in chunk])
-            slow = self.poller.monotonic() - started > self.rt.timeout_s / 2
-            await self._absorb(chunk, observations, slow=slow)
+            await self._exchange(request)
         except Exception:
             log.exception("poll of %s failed unexpectedly", self.rt.name)
             later = self.poller.wall() + self.rt.policy.base_s
             with contextlib.suppress(Exception):
-                await self.schedule.release(self.rt.name, [(e, later) for e in chunk])
+                await self.schedule.release(self.rt.name, [(e, later) for e in request.entries])
             self.wake()
         finally:
             if keeper is not None:
                 keeper.cancel()
             self._slots.release()
-            for entry in chunk:
-                self.poller.release_waiters(entry.task)
+            for task in request.tasks:
+                self.poller.release_waiters(task)
 
-    async def _request(self, task_ids: list[str]) -> list[Observation]:
+    async def _exchange(self, request: Request) -> None:
+        """Send one planned request, feed the reply to the planner, carry out the result."""
+        poller = self.poller
         rt = self.rt
-        request: UpstreamRequest = rt.adapter.build_request(
-            task_ids, now_ms=int(self.poller.wall() * 1000), request_id=uuid.uuid4().hex
+        metrics = poller.metrics
+        task_ids = request.task_ids
+        sent = rt.adapter.build_request(
+            task_ids, now_ms=int(poller.wall() * 1000), request_id=uuid.uuid4().hex
         )
         self.requests_sent += 1
-        metrics = self.poller.metrics
         if rt.cost_per_call:
             metrics.budget_spent.labels(rt.name).inc(rt.cost_per_call)
         if len(task_ids) > 1:
             metrics.polls_saved.labels(rt.name).inc(len(task_ids) - 1)
-        started = self.poller.monotonic()
-        observations = await self._send(request, task_ids)
-        metrics.upstream_latency.labels(rt.name).observe(self.poller.monotonic() - started)
-        fault = next((o.fault for o in observations if o.fault is not None), None)
-        outcome = "ok" if fault is None else fault.kind.value
-        metrics.upstream_requests.labels(rt.name, outcome).inc()
-        return observations
-
-    async def _send(self, request: UpstreamRequest, task_ids: list[str]) -> list[Observation]:
-        rt = self.rt
-        reply = await send(self.http, request, name=rt.name, timeout_s=rt.timeout_s)
-        if isinstance(reply, Fault):
-            return fault_observations(task_ids, reply)
-        return rt.adapter.parse(request, reply)
-
-    async def _absorb(
-        self, chunk: list[Entry], observations: list[Observation], *, slow: bool = False
-    ) -> None:
-        poller = self.poller
-        rt = self.rt
-        now = poller.wall()
-        by_id = {obs.task_id: obs for obs in observations}
-        changes: list[Event] = []
-        again: list[tuple[Entry, float]] = []
-        for entry in chunk:
-            task_id = _task_id(entry.task)
-            obs = by_id.get(task_id)
-            if obs is None:
-                obs = Observation(
-                    task_id=task_id,
-                    fault=Fault(FaultKind.MALFORMED, f"{rt.name} reply did not cover this task"),
-                )
-            if obs.fault is not None:
-                delay = await self._fault(entry, obs.fault)
-                if delay is not None:
-                    again.append((entry, now + delay))
-                continue
-            followers = poller.followers.get(entry.task, 0)
-            if followers > 1:
-                poller.metrics.polls_saved.labels(rt.name).inc(followers - 1)
-            previous = await poller.hub.snapshot(entry.task)
-            event = tracker.observe(previous, obs, task=entry.task, now=now)
-            if slow and not entry.degraded:
-                entry.degraded = True
-                await poller.notify(
-                    [entry.task],
-                    "upstream_slow",
-                    f"{rt.name} took more than half its {rt.timeout_s:g} s timeout to answer",
-                )
-            elif entry.degraded and not slow:
-                entry.degraded = False
-                await poller.notify([entry.task], "upstream_recovered", f"{rt.name} answers again")
-            if previous is not None and previous.terminal:
-                await poller.finish([entry.task], rt)
-                continue
-            if event is None:
-                decision = rt.policy.after_no_change(entry.poll)
-            else:
-                changes.append(event)
-                decision = rt.policy.after_change(entry.poll)
-            entry.apply(decision.state)
-            if event is None or not event.terminal:
-                again.append((entry, now + decision.delay_s))
-        if changes and not await poller.commit(
-            changes, rt, {e.task: e.lease for e in chunk if e.lease}
-        ):
-            # Not stored: poll these again (terminal ones too) and commit the same seqs.
-            unstored = {event.task for event in changes}
-            retry_at = now + rt.policy.base_s
-            again = [(e, at) for e, at in again if e.task not in unstored]
-            again += [(e, retry_at) for e in chunk if e.task in unstored]
-        if again:
-            await self.schedule.release(rt.name, again)
-            self.wake()
-
-    async def _fault(self, entry: Entry, fault: Fault) -> float | None:
-        """Back off from a failed poll; the delay, or ``None`` if the task was ended."""
-        poller = self.poller
-        rt = self.rt
-        decision = rt.policy.after_fault(entry.poll, fault, poller.rng)
-        entry.apply(decision.state)
-        log.warning(
-            "upstream error",
-            extra={
-                "provider": rt.name,
-                "task": entry.task,
-                "fault": fault.kind.value,
-                "detail": fault.message,
-                "failures": decision.state.failures,
-                "retry_in_s": round(decision.delay_s, 3),
-            },
+        started = poller.monotonic()
+        reply = await send(self.http, sent, name=rt.name, timeout_s=rt.timeout_s)
+        elapsed = poller.monotonic() - started
+        metrics.upstream_latency.labels(rt.name).observe(elapsed)
+        snapshots: dict[str, Event | None] = {}
+        if not isinstance(reply, Fault):
+            for task in request.tasks:
+                snapshots[task] = await poller.hub.snapshot(task)
+        out = self.planner.absorb(
+            request, sent, reply, snapshots, now=poller.wall(), elapsed_s=elapsed
         )
-        if fault.kind is FaultKind.RATE_LIMITED and fault.retry_after_s is not None:
-            # A 429 is about this client as a whole, not about one task.
-            self.paused_until = max(self.paused_until, poller.wall() + fault.retry_after_s)
-        if decision.give_up:
-            error = ErrorInfo("upstream_auth", f"{rt.name} refused the gateway's credentials")
-            await self._end(entry, State.FAILED, error)
-            return None
-        if not entry.degraded:
-            entry.degraded = True
-            await poller.notify(
-                [entry.task],
-                f"upstream_{fault.kind.value}",
-                f"{fault.message}; retrying in {decision.delay_s:.1f} s",
+        metrics.upstream_requests.labels(rt.name, out.outcome or "ok").inc()
+        if out.outcome == "ok":
+            for task in request.tasks:
+                followers = poller.followers.get(task, 0)
+                if followers > 1:
+                    metrics.polls_saved.labels(rt.name).inc(followers - 1)
+        for report in out.faults:
+            log.warning(
+                "upstream error",
+                extra={
+                    "provider": rt.name,
+                    "task": report.tasks[0],
+                    "tasks": len(report.tasks),
+                    "fault": report.fault.kind.value,
+                    "detail": report.fault.message,
+                    "failures": report.failures,
+                    "retry_in_s": round(report.retry_in_s, 3),
+                },
             )
-        return decision.delay_s
+        await self._apply(out)
 
-    async def _end(self, entry: Entry, state: State, error: ErrorInfo) -> None:
+    async def _apply(self, out: Outputs) -> None:
+        """Carry out the planner's outputs: notices, commits, ends, finishes, releases."""
         poller = self.poller
-        previous = await poller.hub.snapshot(entry.task)
-        event = tracker.force_state(
-            previous, task=entry.task, state=state, error=error, now=poller.wall()
-        )
-        if event is not None:
-            if not await poller.commit([event], self.rt):
-                # Not stored: the deadline still holds; try to end it again soon.
-                retry_at = poller.wall() + self.rt.policy.base_s
-                await self.schedule.release(self.rt.name, [(entry, retry_at)])
-                self.wake()
-        else:
-            await poller.finish([entry.task], self.rt)
+        rt = self.rt
+        for notice in out.notices:
+            await poller.notify(notice.tasks, notice.code, notice.message)
+        if out.commits and not await poller.commit(out.events, rt, leases=out.leases()):
+            # Not stored (the store refused the write): nothing of it reached
+            # memory or subscribers, so these tasks are polled again soon,
+            # terminal ones too, and the same change is committed with the same seq.
+            unstored = {commit.entry.task for commit in out.commits}
+            retry_at = poller.wall() + rt.policy.base_s
+            out.due = [(e, at) for e, at in out.due if e.task not in unstored]
+            out.due += [(c.entry, retry_at) for c in out.commits]
+            out.finish = [e for e in out.finish if e.task not in unstored]
+        for end in out.ends:
+            previous = await poller.hub.snapshot(end.entry.task)
+            await self._apply(self.planner.conclude(end, previous, now=poller.wall()))
+        if out.finish:
+            await poller.finish([entry.task for entry in out.finish], rt)
+        if out.due:
+            await self.schedule.release(rt.name, out.due)
+            self.wake()
 
 
 class Poller:
@@ -358,8 +332,10 @@ class Poller:
         grace_s: float = 30.0,
         coalesce_s: float = 0.1,
         tick_s: float = 1.0,
+        purge_every_s: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         on_commit: Callable[[Sequence[Event]], Awaitable[None]] | None = None,
     ) -> None:
@@ -373,14 +349,17 @@ class Poller:
         self.coalesce_s = coalesce_s
         # How long a lane sleeps without news; a shared schedule is re-read this often.
         self.tick_s = tick_s
+        self.purge_every_s = purge_every_s
         self.monotonic = monotonic
         self.wall = wall
+        self.sleep = sleep
         self.rng = rng or random.Random()
         self.lanes = {name: ProviderLane(self, rt) for name, rt in providers.items()}
         self.followers: dict[str, int] = {}  # task → local subscribers
         self.watching: set[str] = set()  # tasks watched through this node
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._runner: asyncio.Task[None] | None = None
+        self.loops: dict[str, LoopHealth] = {}
+        self._purged_at: float | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -396,47 +375,51 @@ class Poller:
                 continue
             await self._schedule(lane, key, keep_until=FOREVER, deadline_at=watch.deadline_at)
             self.watching.add(watch.task)
-        self._runner = asyncio.create_task(self._run(), name="pollcast-poller")
-
-    async def _run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            for lane in self.lanes.values():
-                group.create_task(lane.run())
-            group.create_task(self._housekeeping())
+        steps: dict[str, Callable[[], Awaitable[None]]] = {
+            lane.loop_name: lane.step for lane in self.lanes.values()
+        }
+        steps["housekeeping"] = self.housekeep
+        for name, step in steps.items():
+            health = self.loops[name] = LoopHealth(name)
+            health.task = asyncio.create_task(
+                supervise(health, step, metrics=self.metrics, sleep=self.sleep),
+                name=f"pollcast-{name}",
+            )
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await cancel_and_wait(self._runner)
-            self._runner = None
+        loops = [h.task for h in self.loops.values() if h.task is not None]
+        await cancel_and_wait(*loops)
+        self.loops.clear()
         await cancel_and_wait(*(task for lane in self.lanes.values() for task in lane._inflight))
         await self.schedule.close()
 
+    def problems(self) -> list[str]:
+        """Why polling is not fully working: each loop that stopped or is failing."""
+        if not self.loops:
+            return ["poller not running"]
+        return [p for p in (h.problem for h in self.loops.values()) if p is not None]
+
     @property
     def running(self) -> bool:
-        return self._runner is not None and not self._runner.done()
+        """Started, and every loop is alive and not failing right now."""
+        return not self.problems()
 
-    async def _housekeeping(self) -> None:
-        """Keep followed tasks wanted; purge expired results."""
-        every = max(0.1, min(self.grace_s / 3, 5.0))
-        purged_at = 0.0
-        while True:
-            raise_if_cancelled()
-            await asyncio.sleep(every)
-            until = self.wall() + self.grace_s
-            by_provider: dict[str, list[str]] = {}
-            for task in self.followers:
-                by_provider.setdefault(task.partition(":")[0], []).append(task)
-            for provider, tasks in by_provider.items():
-                try:
-                    await self.schedule.keep(provider, tasks, until)
-                except BackendError:
-                    log.warning("could not refresh interest in %d task(s)", len(tasks))
-            if self.monotonic() - purged_at > 10:
-                purged_at = self.monotonic()
-                try:
-                    await self.hub.purge(self.wall())
-                except BackendError:
-                    log.warning("purge of expired tasks failed; will retry")
+    async def housekeep(self) -> None:
+        """One housekeeping pass: keep followed tasks wanted; purge expired results.
+
+        Raises whatever the schedule or the hub raise (the supervisor retries).
+        """
+        await self.sleep(max(0.1, min(self.grace_s / 3, 5.0)))
+        until = self.wall() + self.grace_s
+        by_provider: dict[str, list[str]] = {}
+        for task in self.followers:
+            by_provider.setdefault(task.partition(":")[0], []).append(task)
+        for provider, tasks in by_provider.items():
+            await self.schedule.keep(provider, tasks, until)
+        mono = self.monotonic()
+        if self._purged_at is None or mono - self._purged_at >= self.purge_every_s:
+            await self.hub.purge(self.wall())
+            self._purged_at = mono
 
     # -- what the web layer calls ---------------------------------------------
 
@@ -542,14 +525,23 @@ class Poller:
                 waiter.set_result(None)
 
     async def commit(
-        self, events: list[Event], rt: ProviderRuntime, leases: Mapping[str, str] | None = None
+        self,
+        events: list[Event],
+        rt: ProviderRuntime,
+        *,
+        leases: Mapping[str, str] | None = None,
     ) -> bool:
-        """Store and fan out; ``False`` if the store refused them (poll them again).
+        """Store ``events``, then publish what was stored (metrics, webhooks, finish).
 
-        ``leases``: task → the token of the claim the events come from (fencing).
+        ``leases`` maps a task to the schedule lease its event was observed
+        under; a fenced hub refuses an event whose lease is no longer held
+        (counted, and left to the node that holds the lease now).
+
+        Returns:
+            ``False`` if the store refused the write: poll these tasks again.
         """
         try:
-            stored = await self.hub.commit(events, terminal_ttl_s=rt.result_ttl_s, leases=leases)
+            stored = await self._store(events, rt, leases)
         except SeqConflict:
             log.info("another node already recorded a newer state of %s", events[0].task)
             return True
@@ -559,16 +551,24 @@ class Poller:
             return False
         if len(stored) < len(events):  # a lapsed claim's: the task is another node's now
             self.metrics.commits_refused.inc(len(events) - len(stored))
-            events = [enc.event for enc in stored]
-        self.metrics.events_published.inc(len(events))
-        for event in events:
+        if not stored:
+            return True
+        self.metrics.events_published.inc(len(stored))
+        for event in stored:
             self.metrics.task_state(event.task, None if event.terminal else event.state.value)
         if self.on_commit is not None:
-            await self.on_commit(events)
-        done = [event.task for event in events if event.terminal]
+            await self.on_commit(stored)
+        done = [event.task for event in stored if event.terminal]
         if done:
             await self.finish(done, rt)
         return True
+
+    async def _store(
+        self, events: list[Event], rt: ProviderRuntime, leases: Mapping[str, str] | None
+    ) -> list[Event]:
+        """The one call that stores events; the events actually stored come back."""
+        encoded = await self.hub.commit(events, terminal_ttl_s=rt.result_ttl_s, leases=leases)
+        return [enc.event for enc in encoded]
 
     async def finish(self, tasks: list[str], rt: ProviderRuntime) -> None:
         """Terminal: never polled again, no longer watched."""

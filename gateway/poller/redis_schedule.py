@@ -275,7 +275,8 @@ class RedisSchedule(Schedule):
         async with translated("schedule"):
             added = await self._add(
                 keys=self._keys(provider, "due", "lease", "state", "interest"),
-                args=[entry.task, _encode(entry), self.clock(), _score(keep_until)],
+                # Due at once for every node, whatever its clock says.
+                args=[entry.task, _encode(entry), 0.0, _score(keep_until)],
             )
         self._known.setdefault(provider, {}).setdefault(entry.task, entry)
         return bool(added)

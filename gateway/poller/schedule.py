@@ -35,7 +35,8 @@ class Entry(msgspec.Struct, kw_only=True):
     failures: int = 0
     deadline_at: float | None = None  # wall clock
     degraded: bool = False
-    # Fencing token of this node's claim (``RedisSchedule``); empty when claims cannot lapse.
+    # The claim token a fenced schedule hands out with the entry; a commit
+    # made under a lease that is no longer held is refused. Empty: unfenced.
     lease: str = ""
 
     @property

@@ -308,7 +308,7 @@ async def metrics(state: State) -> Response[bytes]:
 @get("/readyz")
 async def readyz(state: State) -> Response[dict[str, Any]]:
     gw = gateway_of(state)
-    reason = await gw.unready_reason()
+    reason = await gw.readiness()
     if reason is None:
         return Response({"status": "ready"})
     return Response({"status": "not ready", "reason": reason}, status_code=503)

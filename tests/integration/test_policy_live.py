@@ -1,4 +1,9 @@
-"""The polling policy as the simulator sees it: budgets, deadlines, grace, terminal tasks."""
+"""The polling policy as the simulator sees it: budgets, deadlines, grace, terminal tasks.
+
+The policy itself (delays, Retry-After, budget notices, deadlines) is tested on a
+fake clock in tests/unit/poller/; these show what only a live gateway can: the
+simulator-counted requests and coins.
+"""
 
 from __future__ import annotations
 

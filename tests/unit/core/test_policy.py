@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gateway.core.model import Fault, FaultKind
-from gateway.core.policy import CostBudget, IntervalPolicy, PollState, TokenBucket
+from gateway.core.policy import CostBudget, IntervalPolicy, PollState, RetryDelay, TokenBucket
 
 SERVER_FAULT = Fault(FaultKind.SERVER, "ailab answered HTTP 503")
 AUTH_FAULT = Fault(FaultKind.AUTH, "ailab answered HTTP 401", retryable=False)
@@ -151,6 +151,45 @@ def test_a_change_after_faults_restarts_the_backoff() -> None:
         state = policy.after_fault(state, SERVER_FAULT, TopOfRange()).state
     state = policy.after_change(state).state
     assert policy.after_fault(state, SERVER_FAULT, TopOfRange()).delay_s == 2.0
+
+
+def test_backoff_delay_is_the_delay_after_fault_draws() -> None:
+    # One jittered draw for a whole batch lane: the same number after_fault would give.
+    policy = IntervalPolicy(base_s=1.0, max_s=10.0, backoff_cap_s=100.0)
+    for failures in range(1, 6):
+        by_state = policy.after_fault(PollState(1.0, failures - 1), SERVER_FAULT, random.Random(9))
+        assert policy.backoff_delay(failures, SERVER_FAULT, random.Random(9)) == by_state.delay_s
+    assert policy.backoff_delay(3, SERVER_FAULT, TopOfRange()) == 8.0
+
+
+def test_gives_up_only_on_non_retryable_faults_from_max_auth_failures() -> None:
+    policy = IntervalPolicy(base_s=1.0, max_s=10.0, max_auth_failures=3)
+    assert [policy.gives_up(AUTH_FAULT, n) for n in (1, 2, 3, 4)] == [False, False, True, True]
+    assert not policy.gives_up(SERVER_FAULT, 100)
+
+
+# --- RetryDelay (a failing loop's wait) ----------------------------------------
+
+
+def test_retry_delay_doubles_up_to_its_cap() -> None:
+    delays = RetryDelay(first_s=0.2, cap_s=5.0)
+    assert [delays.next_delay() for _ in range(7)] == pytest.approx(
+        [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    )
+
+
+def test_retry_delay_starts_again_after_a_success() -> None:
+    delays = RetryDelay(first_s=0.2, cap_s=5.0)
+    for _ in range(6):
+        delays.next_delay()
+    delays.reset()
+    assert [delays.next_delay() for _ in range(3)] == pytest.approx([0.2, 0.4, 0.8])
+
+
+def test_retry_delay_rejects_nonsense() -> None:
+    for first, cap, factor in ((0.0, 1.0, 2.0), (2.0, 1.0, 2.0), (0.1, 1.0, 0.5)):
+        with pytest.raises(ValueError, match="first_s"):
+            RetryDelay(first_s=first, cap_s=cap, factor=factor)
 
 
 # --- TokenBucket -----------------------------------------------------------
