@@ -12,6 +12,7 @@ Per provider (one hash tag, so each script touches a single slot)::
 and per task, in the task's own slot (next to its snapshot)::
 
     P:{<task>}:lease               string the fencing token of the claim being polled
+    P:{<task>}:lease_until         string when that claim lapses (the claimers' clock)
 
 ``claim`` moves due tasks to ``lease`` atomically (Lua), so two nodes never
 poll a task in the same round; a node that dies mid-lease loses its claim
@@ -27,9 +28,10 @@ that very token. The sequence for one task:
 
 1. ``claim`` (provider slot, atomic): the task moves to ``lease``, epoch + 1.
 2. ``fence`` (task slot, atomic): ``SET lease token PX <what is left of the
-   lease>`` — only if the key is absent or holds a token of this node (an
-   earlier claim of ours), and only if the lease has not already run out by
-   this node's clock. Otherwise the claim is handed straight back: another
+   lease>`` — only if the key is absent, holds a token of this node (an
+   earlier claim of ours) or belongs to a claim that has lapsed by the
+   claiming node's ``now`` (its ``lease_until``), and only if the lease has
+   not already run out by this node's clock. Otherwise the claim is handed straight back: another
    node still holds the task (its key outlived the schedule's lease by the
    moment between its steps 1 and 2), or we were paused past our lease.
 3. The upstream request is sent only after step 2 succeeded, so what it
@@ -41,7 +43,7 @@ that very token. The sequence for one task:
 6. ``release`` deletes the key if it is still ours, then hands the claim back.
 
 Why this is safe whatever the clocks: a node fences only once the previous
-holder's key is gone (expired or deleted), and from then on every commit of
+holder's key is gone (expired, deleted or lapsed and overwritten), and from then on every commit of
 the previous holder is refused (step 5) — so the commits a task accepts come
 from one holder at a time, each from a request sent after that holder got
 the key, hence after every earlier holder's last accepted commit. A paused
@@ -150,8 +152,10 @@ end
 return renewed
 """
 
-# KEYS: task lease key   ARGV: token, node, ttl_ms
-# 0: fenced; -1: the lease already ran out; > 0: another node's key, its ms left
+# KEYS: task lease key, its expiry key   ARGV: token, node, ttl_ms, now, until
+# 0: fenced; -1: the lease already ran out; > 0: another node's key, its ms left.
+# Another node's key counts as gone once its expiry (in the claimers' clock, the
+# one ``claim`` runs on) has passed, even if Redis has not dropped it yet.
 _FENCE = """
 local ttl = tonumber(ARGV[3])
 if ttl <= 0 then
@@ -159,21 +163,27 @@ if ttl <= 0 then
 end
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[1] and string.sub(current, 1, #ARGV[2] + 1) ~= ARGV[2] .. ':' then
-  return math.max(1, redis.call('PTTL', KEYS[1]))
+  local left = tonumber(redis.call('GET', KEYS[2]) or '0') - tonumber(ARGV[4])
+  if left > 0 then
+    return math.max(1, math.ceil(left * 1000))
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('SET', KEYS[2], ARGV[5], 'PX', ttl)
 return 0
 """
 
-# KEYS: task lease key   ARGV: token, ttl_ms (0: delete) — only while the key is ours
+# KEYS: task lease key, its expiry key   ARGV: token, ttl_ms (0: delete), until
+# — only while the key is ours
 _REFENCE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
 else
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[2])
 end
 return 1
 """
@@ -253,6 +263,9 @@ class RedisSchedule(Schedule):
         """The task's lease key: in the task's slot, where the commit script checks it."""
         return task_key(self.prefix, task, "lease")
 
+    def _lease_keys(self, task: str) -> list[str]:
+        return [self.lease_key(task), task_key(self.prefix, task, "lease_until")]
+
     async def close(self) -> None:
         """Give this node's claims back so another node polls them at once (drain)."""
         try:
@@ -311,14 +324,14 @@ class RedisSchedule(Schedule):
         entries = [_entry_decoder.decode(body) for body in raw]
         for entry, epoch in zip(entries, epochs, strict=True):
             entry.lease = f"{self.node_id}:{int(epoch)}"
-        entries = await self._fence_all(provider, entries, lease_until)
+        entries = await self._fence_all(provider, entries, now, lease_until)
         known = self._known.setdefault(provider, {})
         for entry in entries:
             known[entry.task] = entry
         return entries
 
     async def _fence_all(
-        self, provider: str, entries: list[Entry], lease_until: float
+        self, provider: str, entries: list[Entry], now: float, lease_until: float
     ) -> list[Entry]:
         """Set each claimed task's lease key (step 2 above); hand back the claims
         whose key another node still holds, or whose lease ran out meanwhile."""
@@ -328,21 +341,21 @@ class RedisSchedule(Schedule):
         async with translated("fence"), self.redis.pipeline(transaction=False) as pipe:
             for entry in entries:
                 await self._fence(
-                    keys=[self.lease_key(entry.task)],
-                    args=[entry.lease, self.node_id, ttl_ms],
+                    keys=self._lease_keys(entry.task),
+                    args=[entry.lease, self.node_id, ttl_ms, now, lease_until],
                     client=pipe,
                 )
             results: list[Any] = await pipe.execute()
         fenced: list[Entry] = []
         back: list[tuple[Entry, float]] = []
-        now = self.clock()
+        wall = self.clock()
         for entry, result in zip(entries, results, strict=True):
             if int(result) == 0:
                 self._tokens[entry.task] = entry.lease
                 fenced.append(entry)
             else:
                 # Due again once the other node's key runs out (or at once: ours lapsed).
-                back.append((entry, now + max(0, int(result)) / 1000))
+                back.append((entry, wall + max(0, int(result)) / 1000))
         if back:
             self.unfenced += len(back)
             log.info("handed back %d claim(s) of %s held by another node", len(back), provider)
@@ -356,7 +369,7 @@ class RedisSchedule(Schedule):
             return
         async with translated("unfence"), self.redis.pipeline(transaction=False) as pipe:
             for task, token in tokens:
-                await self._refence(keys=[self.lease_key(task)], args=[token, 0], client=pipe)
+                await self._refence(keys=self._lease_keys(task), args=[token, 0, 0], client=pipe)
             await pipe.execute()
 
     @property
@@ -364,10 +377,11 @@ class RedisSchedule(Schedule):
         return self.lease_s / 3
 
     async def renew(self, provider: str, tasks: Sequence[str]) -> None:
+        until = self.clock() + self.lease_s
         async with translated("lease renewal"):
             renewed: list[bytes] = await self._renew(
                 keys=self._keys(provider, "lease", "owner"),
-                args=[self.node_id, self.clock() + self.lease_s, *tasks],
+                args=[self.node_id, until, *tasks],
             )
         # Only a claim still ours in the schedule keeps its fence (step 4 above).
         fences = [(t.decode(), self._tokens.get(t.decode())) for t in renewed]
@@ -378,7 +392,7 @@ class RedisSchedule(Schedule):
             for task, token in fences:
                 if token is not None:
                     await self._refence(
-                        keys=[self.lease_key(task)], args=[token, ttl_ms], client=pipe
+                        keys=self._lease_keys(task), args=[token, ttl_ms, until], client=pipe
                     )
             await pipe.execute()
 

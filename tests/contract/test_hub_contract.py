@@ -424,24 +424,22 @@ async def test_redis_claims_are_fenced_in_the_tasks_slot(tmp_path: Path) -> None
         assert raw.get(lease) == b"a:1"
         assert 9_000 < raw.pttl(lease) <= 10_000  # what is left of the lease
 
-        # a is paused past its lease: b's claim takes the task back, but a's key is
-        # still there (it runs out a moment after the schedule's lease) — hand it back.
+        # a is paused past its lease: b's claim takes the task back. a's key is
+        # still in Redis (it expires by Redis's own clock), but its recorded expiry
+        # has passed by the claimers' clock: b's fence replaces it.
         clock.now += 10.5
-        assert await b.claim("videoproc", clock.now, clock.now) == []
-        assert b.unfenced == 1 and b.takeovers == {"videoproc": 1}
-        raw.delete(lease)  # now it has run out too
-        clock.now += 10.5  # past what the refused claim waited for
         [theirs] = await b.claim("videoproc", clock.now, clock.now)
-        assert theirs.lease == "b:3"
-        assert raw.get(lease) == b"b:3"
+        assert b.unfenced == 0 and b.takeovers == {"videoproc": 1}
+        assert theirs.lease == "b:2"
+        assert raw.get(lease) == b"b:2"
 
         # a wakes up: its renewal extends nothing, its commit is refused, b's is not.
         await a.renew("videoproc", [task])
-        assert raw.get(lease) == b"b:3"
+        assert raw.get(lease) == b"b:2"
         assert await hub.commit([ev(task, 1)], terminal_ttl_s=60, leases={task: mine.lease}) == []
-        assert len(await hub.commit([ev(task, 1)], terminal_ttl_s=60, leases={task: "b:3"})) == 1
+        assert len(await hub.commit([ev(task, 1)], terminal_ttl_s=60, leases={task: "b:2"})) == 1
         await a.release("videoproc", [(mine, clock.now)])  # a no-op: not a's any more
-        assert raw.get(lease) == b"b:3"
+        assert raw.get(lease) == b"b:2"
 
         # b's renewal keeps its fence; its release removes it before the claim goes back.
         raw.pexpire(lease, 500)
@@ -450,7 +448,7 @@ async def test_redis_claims_are_fenced_in_the_tasks_slot(tmp_path: Path) -> None
         await b.release("videoproc", [(theirs, clock.now)])
         assert raw.get(lease) is None
         [again] = await a.claim("videoproc", clock.now, clock.now)
-        assert again.lease == "a:4" and raw.get(lease) == b"a:4"
+        assert again.lease == "a:3" and raw.get(lease) == b"a:3"
     finally:
         raw.close()
         await hub.close()
@@ -520,6 +518,29 @@ async def test_redis_store_losing_everything_resyncs_and_restores(tmp_path: Path
         assert [(e.event.event, e.event.code) for e in got] == [(EventKind.NOTICE, "resync")]
         await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
         assert [e.event.seq for e in await q.get_batch(max_wait_s=2)] == [1]
+    finally:
+        raw.close()
+        await hub.close()
+
+
+async def test_redis_claim_waits_for_another_nodes_unexpired_fence(tmp_path: Path) -> None:
+    hub, raw = await _redis_pair(tmp_path)
+    clock = Clock()
+    a = _schedule(hub, "a", clock, lease_s=5.0)
+    task = "videoproc:t3"
+    lease_key = a.lease_key(task)
+    until_key = lease_key + "_until"
+    try:
+        await a.add("videoproc", Entry(task=task, interval_s=1.0), keep_until=clock.now + 100)
+        # Another node's fence whose claim lapses 3 s from now (by the claimers' clock).
+        raw.set(lease_key, "z:9", px=60_000)
+        raw.set(until_key, str(clock.now + 3.0), px=60_000)
+        assert await a.claim("videoproc", clock.now, clock.now) == []
+        assert a.unfenced == 1 and raw.get(lease_key) == b"z:9"
+        assert await a.next_due("videoproc") == pytest.approx(clock.now + 3.0, abs=0.01)
+        clock.now += 3.0  # now that claim has lapsed: the fence is ours
+        [entry] = await a.claim("videoproc", clock.now, clock.now)
+        assert raw.get(lease_key) == entry.lease.encode() and entry.lease.startswith("a:")
     finally:
         raw.close()
         await hub.close()

@@ -184,7 +184,13 @@ class RefusingHub(LocalHub):
 
     refused = "aholo:R1"
 
-    async def commit(self, events: Sequence[Event], *, terminal_ttl_s: float) -> list[Encoded]:
+    async def commit(
+        self,
+        events: Sequence[Event],
+        *,
+        terminal_ttl_s: float,
+        leases: Mapping[str, str] | None = None,
+    ) -> list[Encoded]:
         return await super().commit(
             [e for e in events if e.task != self.refused], terminal_ttl_s=terminal_ttl_s
         )
