@@ -264,7 +264,12 @@ async def test_polling_resumes_after_the_state_file_was_locked(
         polled = (await sim_stats(client, sim))["tasks"][busy]
         await asyncio.sleep(1.5)
         later = (await sim_stats(client, sim))["tasks"][busy]
-        snapshot = (await client.get(f"{base}/v1/tasks/{provider}/{task_id}")).json()
+        # The upstream reports progress from 15 s on: it must reach the store.
+        for _ in range(200):
+            snapshot = (await client.get(f"{base}/v1/tasks/{provider}/{task_id}")).json()
+            if snapshot["progress"] >= 1:
+                break
+            await asyncio.sleep(0.1)
     failures = metrics.get(("pollcast_loop_failures_total", (("loop", "housekeeping"),)), 0.0)
     assert failures >= 1  # the purge failed under the lock: counted...
     assert ready  # ...retried until it worked: every loop is healthy again
