@@ -130,9 +130,9 @@ def check(
     if not missing:
         return FastPaths(active=True, reason="")
     log.warning(
-        "HTTP fast paths off: the installed uvicorn %s is not what they are built on "
-        "(tested with %s.x): %s; running on uvicorn's standard protocol and writing "
-        "streams through ASGI send (slower; limits and behaviour unchanged)",
+        "HTTP fast paths off: uvicorn %s differs from what they are built on (%s.x): %s; "
+        "running on uvicorn's standard protocol and writing streams through ASGI send "
+        "(slower)",
         _uvicorn_version(modules),
         TESTED_UVICORN,
         "; ".join(missing),

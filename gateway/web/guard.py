@@ -152,7 +152,9 @@ class HeadMeter:
         limits = self._limits
         if end >= 0:
             self.done = True
-        if self.line > limits.max_line or (self.line < 0 and self.size > limits.max_line):
+        # Still in the request line: a CR at the end may be its terminator's.
+        pending = self.size - int(window.endswith(b"\r")) if self.line < 0 else self.line
+        if pending > limits.max_line:
             return limits.too_long()
         if self.size > limits.max_head:
             return limits.too_large()

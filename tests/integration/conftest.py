@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
+
+from gateway.web.fastpaths import ENV
 
 
 async def create_sim_task(
@@ -28,3 +31,41 @@ async def sim_stats(client: httpx.AsyncClient, sim: str) -> dict[str, Any]:
 def events_url(base: str, task: str) -> str:
     provider, _, task_id = task.partition(":")
     return f"{base}/v1/tasks/{provider}/{task_id}/events"
+
+
+# -- both HTTP paths ----------------------------------------------------------
+#
+# The streaming and WebSocket modules run once on the fast path and once on
+# the plain one (POLLCAST_FAST_PATHS=off: uvicorn's standard protocol, streams
+# through ASGI send), so a uvicorn that turns the fast paths off at start-up
+# still serves every stream correctly. Tests about the fast path's own objects
+# carry ``@pytest.mark.fast_path_only``.
+
+BOTH_PATHS = frozenset({"test_connections", "test_fanout", "test_resume", "test_streams"})
+HTTP_PATHS = ("fast", "plain")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fast_path_only: about the fast path's own objects; not run on the plain path"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if module not in BOTH_PATHS or "http_path" in metafunc.fixturenames:
+        return
+    only_fast = metafunc.definition.get_closest_marker("fast_path_only") is not None
+    metafunc.fixturenames.append("http_path")
+    metafunc.parametrize("http_path", HTTP_PATHS[:1] if only_fast else HTTP_PATHS, indirect=True)
+
+
+@pytest.fixture
+def http_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The path every gateway this test starts runs on (in-process or child process)."""
+    path: str = getattr(request, "param", "fast")
+    if path == "plain":
+        monkeypatch.setenv(ENV, "off")
+    else:
+        monkeypatch.delenv(ENV, raising=False)
+    return path
