@@ -39,7 +39,9 @@ def events_url(base: str, task: str) -> str:
 # the plain one (POLLCAST_FAST_PATHS=off: uvicorn's standard protocol, streams
 # through ASGI send), so a uvicorn that turns the fast paths off at start-up
 # still serves every stream correctly. Tests about the fast path's own objects
-# carry ``@pytest.mark.fast_path_only``.
+# carry ``@pytest.mark.fast_path_only``; tests in these modules that are not
+# about the HTTP layer at all (polling) carry ``@pytest.mark.one_http_path``.
+# Both run once, on the fast path.
 
 BOTH_PATHS = frozenset({"test_connections", "test_fanout", "test_resume", "test_streams"})
 HTTP_PATHS = ("fast", "plain")
@@ -49,13 +51,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fast_path_only: about the fast path's own objects; not run on the plain path"
     )
+    config.addinivalue_line(
+        "markers", "one_http_path: not about the HTTP layer; run on the fast path only"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     module = metafunc.module.__name__.rpartition(".")[2]
     if module not in BOTH_PATHS or "http_path" in metafunc.fixturenames:
         return
-    only_fast = metafunc.definition.get_closest_marker("fast_path_only") is not None
+    marks = ("fast_path_only", "one_http_path")
+    only_fast = any(metafunc.definition.get_closest_marker(mark) for mark in marks)
     metafunc.fixturenames.append("http_path")
     metafunc.parametrize("http_path", HTTP_PATHS[:1] if only_fast else HTTP_PATHS, indirect=True)
 
