@@ -256,16 +256,13 @@ class PlainHeadGuard(asyncio.Protocol):
     limits: ClassVar[HeadLimits]
     address_connections: ClassVar[AddressConnections]
 
-    def __init__(
-        self,
-        config: Any,
-        server_state: Any,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self.loop = _loop or asyncio.get_running_loop()
-        self.inner = self.inner_class(  # type: ignore[call-arg]
-            config=config, server_state=server_state, app_state=app_state, _loop=self.loop
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Whatever uvicorn's server passes (today config=, server_state=,
+        # app_state=, _loop=) goes to the protocol it meant to build.
+        self.inner = self.inner_class(*args, **kwargs)
+        loop = kwargs.get("_loop")
+        self.loop: asyncio.AbstractEventLoop = (
+            loop if isinstance(loop, asyncio.AbstractEventLoop) else asyncio.get_running_loop()
         )
         self.transport: asyncio.Transport | None = None
         self.meter: HeadMeter | None = None  # the head being read

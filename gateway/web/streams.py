@@ -144,10 +144,11 @@ class FeedStream:
                     # (Gateway.heartbeat); an empty batch means "send a ping".
                     batch = await feed.queue.get_batch()
                 except QueueClosed as closed:
-                    if closed.reason is CloseReason.WRITE_FAILED and writer is not None:
+                    if closed.reason is CloseReason.WRITE_FAILED:
                         # Mid-chunk, maybe: nothing more can go on this connection.
-                        writer.abort()
-                        await asyncio.wait({gone}, timeout=ABORT_WAIT_S)
+                        if writer is not None:
+                            writer.abort()
+                            await asyncio.wait({gone}, timeout=ABORT_WAIT_S)
                         return
                     data = feed.closing_notice(closed.reason)
                     if data is not None:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from gateway.core.model import Event, EventKind, State
-from gateway.core.sse import Encoded
+from gateway.core.sse import Encoded, encode
 from gateway.hub.local import LocalHub
 from gateway.hub.queue import CloseReason, QueueClosed, QueueStats, SubscriberQueue
 from gateway.metrics import Metrics
+from gateway.web.fastpaths import DIRECT_WRITE
+from gateway.web.streams import FeedStream, single_sse
 
 TASK = "videoproc:a"
 
@@ -97,3 +101,74 @@ async def test_a_writer_that_raises_mid_fan_out_closes_only_its_subscriber(hub: 
     for task in waiting:
         task.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
+
+
+class BrokenTransport:
+    """A socket that died under the stream: every write raises."""
+
+    def __init__(self) -> None:
+        self.aborted = asyncio.Event()
+
+    def write(self, data: bytes) -> None:
+        raise ConnectionResetError("Connection reset by peer")
+
+    def abort(self) -> None:
+        self.aborted.set()
+
+
+class Cycle:
+    """The response state DirectWriter reads: started, chunked, writable."""
+
+    def __init__(self, transport: BrokenTransport) -> None:
+        self.transport = transport
+        self.response_started = True
+        self.chunked_encoding = True
+        self.response_complete = False
+        self.disconnected = False
+        self.flow = SimpleNamespace(write_paused=False)
+
+
+class OneTaskFeed:
+    """Just what FeedStream asks of a feed."""
+
+    def __init__(self) -> None:
+        self.queue = SubscriberQueue(stats=QueueStats())
+        self.done = False
+        self.closed = False
+
+    def accept(self, enc: Encoded) -> bool:
+        return True
+
+    def closing_notice(self, reason: CloseReason) -> bytes | None:
+        raise AssertionError(f"no notice can go on a broken connection ({reason})")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_stream_whose_direct_write_raises_drops_its_connection_and_ends() -> None:
+    transport = BrokenTransport()
+    feed = OneTaskFeed()
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        await transport.aborted.wait()  # uvicorn reports the hang-up once the socket is gone
+        return {"type": "http.disconnect"}
+
+    stream = FeedStream(feed, [], single_sse(3000))  # type: ignore[arg-type]
+    scope: Any = {"type": "http", DIRECT_WRITE: Cycle(transport)}
+    running = asyncio.create_task(stream(scope, receive, send))
+    for _ in range(3):  # its head sent, the stream waits for live events
+        await asyncio.sleep(0)
+    assert feed.queue.direct is not None
+
+    feed.queue.put_nowait(encode(event(1)))  # what the hub's fan-out does; it must not raise
+
+    await asyncio.wait_for(running, 2)
+    assert transport.aborted.is_set() and feed.closed
+    assert feed.queue.stats.direct_failures == 1
+    # The head went through send; after the failure nothing more (no notice, no last chunk).
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
