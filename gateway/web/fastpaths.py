@@ -16,6 +16,7 @@ plain path. Nothing in this module imports a uvicorn internal at import time.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -248,8 +249,10 @@ def _params(names: tuple[str, ...]) -> str:
     return "(" + ", ".join(names) + ")"
 
 
-def _source(cls: type) -> str:
-    return inspect.getsource(cls)
+@functools.lru_cache(maxsize=16)
+def _source(obj: type | ModuleType) -> str:
+    # Once per class or module: finding a class's source parses its whole module.
+    return inspect.getsource(obj)
 
 
 def _assigns(where: tuple[str, str], attr: str) -> Probe:
@@ -269,7 +272,7 @@ def _uses(where: tuple[str, str], attr: str, allowed: set[str]) -> Probe:
 
     def probe(modules: Callable[[str], ModuleType]) -> str | None:
         # Anywhere in the module (the protocol reaches into its cycle's event too).
-        used = set(pattern.findall(inspect.getsource(modules(where[0]))))
+        used = set(pattern.findall(_source(modules(where[0]))))
         extra = sorted(used - allowed)
         if extra:
             calls = ", ".join(f"{attr}.{name}" for name in extra)
