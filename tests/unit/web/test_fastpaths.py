@@ -147,3 +147,24 @@ def test_the_fallback_serves_uvicorns_own_protocol_behind_the_plain_guard(
 
     fast, http = http_protocol(parse_config({"server": {"fast_paths": "off"}}, env={}), {})
     assert not fast.active and isinstance(http, type) and issubclass(http, PlainHeadGuard)
+
+
+@pytest.mark.parametrize(("env", "path"), [({}, "fast"), ({"POLLCAST_FAST_PATHS": "off"}, "plain")])
+def test_the_path_is_in_the_start_up_log_line_and_in_metrics(
+    env: dict[str, str], path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.server import uvicorn_config
+    from gateway.web.app import create_app
+
+    config = parse_config({"backend": {"kind": "local", "path": ":memory:"}}, env={})
+    app = create_app(config)
+    with caplog.at_level(logging.INFO, logger="pollcast"):
+        uv = uvicorn_config(app, config, env)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pollcast"]
+    expected = "HTTP fast paths on" if path == "fast" else "HTTP fast paths off"
+    assert any(line.startswith(expected) for line in lines), lines
+    metrics = app.state.gateway.metrics.render().decode()
+    other = "plain" if path == "fast" else "fast"
+    assert f'pollcast_http_path{{path="{path}"}} 1.0' in metrics
+    assert f'pollcast_http_path{{path="{other}"}} 0.0' in metrics
+    assert isinstance(uv.http, type) and issubclass(uv.http, PlainHeadGuard) == (path == "plain")
