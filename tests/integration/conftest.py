@@ -43,7 +43,17 @@ def events_url(base: str, task: str) -> str:
 # about the HTTP layer at all (polling) carry ``@pytest.mark.one_http_path``.
 # Both run once, on the fast path.
 
-BOTH_PATHS = frozenset({"test_connections", "test_fanout", "test_resume", "test_streams"})
+BOTH_PATHS = frozenset(
+    {
+        "tests.integration.test_connections",
+        "tests.integration.test_fanout",
+        "tests.integration.test_resume",
+        "tests.integration.test_streams",
+        # The Python client's live tests (tests/clients/python/conftest.py imports these hooks).
+        "tests.clients.python.test_watch",
+        "tests.clients.python.test_ws_client",
+    }
+)
 HTTP_PATHS = ("fast", "plain")
 
 
@@ -57,8 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    module = metafunc.module.__name__.rpartition(".")[2]
-    if module not in BOTH_PATHS or "http_path" in metafunc.fixturenames:
+    if metafunc.module.__name__ not in BOTH_PATHS or "http_path" in metafunc.fixturenames:
         return
     marks = ("fast_path_only", "one_http_path")
     only_fast = any(metafunc.definition.get_closest_marker(mark) for mark in marks)
