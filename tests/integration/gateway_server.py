@@ -133,8 +133,17 @@ def to_toml(doc: Mapping[str, Any]) -> str:
 class GatewayProcess:
     """``pollcast serve`` in a child process with its own config file."""
 
-    def __init__(self, doc: Mapping[str, Any], workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        doc: Mapping[str, Any],
+        workdir: Path,
+        port: int | None = None,
+        *,
+        expect_path: str | None = None,
+    ) -> None:
         self.port = port or free_port()
+        # The HTTP path it must serve on; by default the one the environment asks for.
+        self.expect_path = expect_path
         full = dict(doc)
         full["server"] = {**doc.get("server", {}), "host": "127.0.0.1", "port": self.port}
         self.config_path = workdir / f"pollcast-{self.port}.toml"
@@ -169,7 +178,7 @@ class GatewayProcess:
 
     def _check_path(self) -> None:
         """The child serves the path this process's environment asks for."""
-        path = "plain" if os.environ.get(ENV) == "off" else "fast"
+        path = self.expect_path or ("plain" if os.environ.get(ENV) == "off" else "fast")
         metrics = httpx.get(f"{self.url}/metrics", timeout=5).text
         assert f'pollcast_http_path{{path="{path}"}} 1.0' in metrics, metrics
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,8 +24,9 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from gateway.web.auth import MAX_TOKEN_CHARS
-from tests.integration.conftest import create_sim_task
-from tests.integration.gateway_server import running_gateway, sim_config
+from tests.integration.conftest import create_sim_task, events_url
+from tests.integration.gateway_server import GatewayProcess, running_gateway, sim_config
+from tests.integration.readers import read_sse
 from tests.security.conftest import backend, register, secured_doc
 
 QUEUED_FOREVER = [{"at": 0, "state": "running", "progress": 5}]
@@ -270,3 +273,29 @@ async def test_a_websocket_opens_with_a_token_for_the_most_tasks_a_socket_may_fo
             snapshot = json.loads(await asyncio.wait_for(ws.recv(), 10))
     assert subscribed == {"event": "subscribed", "tasks": [task]}
     assert snapshot["task"] == task and snapshot["event"] == "snapshot"
+
+
+@pytest.mark.one_http_path  # it picks its own path: the one a changed uvicorn leaves
+async def test_a_uvicorn_the_fast_paths_do_not_know_still_serves_every_stream(
+    sim: str, client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A uvicorn installed by hand: the child process sees another version.
+    (tmp_path / "sitecustomize.py").write_text('import uvicorn\nuvicorn.__version__ = "0.99.0"\n')
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    )
+    steps = [{"at": 0, "state": "running", "progress": 10}, {"at": 0.5, "state": "succeeded"}]
+    task = await create_sim_task(client, sim, "videoproc", steps)
+    gateway = GatewayProcess(sim_config(sim), tmp_path, expect_path="plain").start()
+    try:
+        events = await asyncio.wait_for(read_sse(client, events_url(gateway.url, task)), 15)
+        log = gateway.log()
+    finally:
+        gateway.stop()
+    assert events[0]["event"] == "snapshot" and events[-1]["state"] == "succeeded"
+    lines = log.splitlines()
+    warnings = [line for line in lines if " warning " in line and "fast paths" in line]
+    assert len(warnings) == 1, log
+    # And the start-up line says which path runs.
+    assert any("HTTP fast paths off (uvicorn internals differ)" in line for line in lines), log
+    assert "uvicorn 0.99.0 differs" in warnings[0] and "uvicorn 0.99.0 is not 0.54.x" in warnings[0]
