@@ -78,7 +78,7 @@ def http_protocol(config: Config, env: Mapping[str, str]) -> tuple[FastPaths, ty
         from uvicorn.importer import import_from_string
 
         stock: type = import_from_string(HTTP_PROTOCOLS["auto"])
-    except Exception as exc:  # pragma: no cover  (a uvicorn without its own protocol table)
+    except Exception as exc:  # a uvicorn without its protocol table: no guard at all
         log.warning("no head guard: uvicorn's protocol table is gone (%s)", exc)
         return fast, "auto"
     return fast, plain_head_guard(server, stock)
