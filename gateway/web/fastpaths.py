@@ -20,6 +20,7 @@ import functools
 import importlib
 import inspect
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ def wanted(setting: str, env: Mapping[str, str]) -> str | None:
 
 
 def check(
-    env: Mapping[str, str],
+    env: Mapping[str, str] | None = None,
     setting: str = "auto",
     *,
     modules: Callable[[str], ModuleType] = importlib.import_module,
@@ -117,14 +118,14 @@ def check(
     Logs one warning naming every internal found missing or different.
 
     Args:
-        env: the environment (``POLLCAST_FAST_PATHS``).
+        env: the environment (``POLLCAST_FAST_PATHS``); the process's by default.
         setting: ``server.fast_paths``.
         modules: imports a module by name (a test passes a fake).
 
     Raises:
         ConfigError: a bad ``POLLCAST_FAST_PATHS`` value.
     """
-    off = wanted(setting, env)
+    off = wanted(setting, os.environ if env is None else env)
     if off is not None:
         return FastPaths(active=False, reason=off)
     missing = tuple(problem for _name, problem in _problems(modules))
