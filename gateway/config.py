@@ -66,6 +66,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     handshake_timeout_s: Positive = 10.0  # a request head must arrive within this (slowloris)
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 65536  # line + headers
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 24)] = 65536  # JSON bodies
+    # "off": uvicorn's standard protocol, no direct writes (gateway/web/fastpaths.py);
+    # POLLCAST_FAST_PATHS=off does the same.
+    fast_paths: Literal["auto", "off"] = "auto"
 
 
 class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -90,6 +90,13 @@ class Metrics:
             ["loop"],
             registry=r,
         )
+        self.http_path = Gauge(
+            "pollcast_http_path",
+            "1 for the HTTP path this node runs on: fast (uvicorn internals, direct "
+            "writes) or plain (uvicorn's standard protocol, writes via ASGI send).",
+            ["path"],
+            registry=r,
+        )
         self._states: dict[str, tuple[str, str]] = {}  # task → (provider, state)
 
     def task_state(self, task: str, state: str | None) -> None:
@@ -101,6 +108,11 @@ class Metrics:
             now = (task.partition(":")[0], state)
             self._states[task] = now
             self.tasks.labels(*now).inc()
+
+    def serving_on(self, path: str) -> None:
+        """Which HTTP path is active (``fast`` or ``plain``)."""
+        for name in ("fast", "plain"):
+            self.http_path.labels(name).set(1 if name == path else 0)
 
     def watch_queues(self, stats: QueueStats) -> None:
         """Expose the subscriber queues' plain counters at scrape time."""
@@ -133,6 +145,12 @@ class _QueueCollector(Collector):
             "pollcast_queue_overflows",
             "Subscriber streams closed for falling too far behind (they resume by seq).",
             value=s.overflows,
+        )
+        yield CounterMetricFamily(
+            "pollcast_direct_write_failures",
+            "Streams dropped because writing an event straight to their connection raised "
+            "(they resume by seq).",
+            value=s.direct_failures,
         )
 
 

@@ -5,6 +5,10 @@ never ends on its own; so on the first signal the gateway is drained first:
 ``/readyz`` turns false and every open stream gets a last ``server_draining``
 notice and ends, and clients reconnect (elsewhere) with ``Last-Event-ID``.
 ``timeout_graceful_shutdown`` is the backstop.
+
+The HTTP protocol is chosen at start-up (gateway/web/fastpaths.py): the fast
+path's subclass of uvicorn's httptools protocol when every internal it uses
+is as expected, else uvicorn's standard protocol behind the plain head guard.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import math
+import os
 import socket
+from collections.abc import Mapping
 from types import FrameType
 
 import uvicorn
@@ -24,9 +31,12 @@ from gateway.exceptions import ConfigError
 from gateway.service import Gateway
 from gateway.web.app import create_app
 from gateway.web.auth import REDACT_TOKENS
-from gateway.web.transport import guarded_http_protocol
+from gateway.web.fastpaths import FastPaths, check
+from gateway.web.guard import HeadLimits, fit_websockets_limits, plain_head_guard
 
-__all__ = ["DrainingServer", "is_loopback", "serve", "uvicorn_config"]
+__all__ = ["DrainingServer", "http_protocol", "is_loopback", "serve", "uvicorn_config"]
+
+log = logging.getLogger("pollcast")
 
 
 class DrainingServer(uvicorn.Server):
@@ -44,21 +54,63 @@ class DrainingServer(uvicorn.Server):
             self._loop.call_soon_threadsafe(self.gateway.drain)
         super().handle_exit(sig, frame)
         # uvicorn re-raises the signal once shut down, so the process dies
-        # "by SIGTERM". A completed drain is a clean exit: status 0.
-        self._captured_signals.clear()
+        # "by SIGTERM". A completed drain is a clean exit: status 0. (An
+        # internal list, checked at start-up; without it the exit is by signal.)
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
 
 
-def uvicorn_config(app: Litestar, config: Config) -> uvicorn.Config:
+def http_protocol(config: Config, env: Mapping[str, str]) -> tuple[FastPaths, type | str]:
+    """The path to run on and uvicorn's ``http=`` for it.
+
+    Raises:
+        ConfigError: a bad ``POLLCAST_FAST_PATHS`` value.
+    """
+    server = config.server
+    fast = check(env, server.fast_paths)
+    if fast.active:
+        from gateway.web.transport import guarded_http_protocol
+
+        return fast, guarded_http_protocol(server)
+    try:
+        from uvicorn.config import HTTP_PROTOCOLS
+        from uvicorn.importer import import_from_string
+
+        stock: type = import_from_string(HTTP_PROTOCOLS["auto"])
+    except Exception as exc:  # a uvicorn without its protocol table: no guard at all
+        log.warning("no head guard: uvicorn's protocol table is gone (%s)", exc)
+        return fast, "auto"
+    return fast, plain_head_guard(server, stock)
+
+
+def uvicorn_config(
+    app: Litestar, config: Config, env: Mapping[str, str] | None = None
+) -> uvicorn.Config:
+    """uvicorn's configuration for ``app``; also picks the HTTP path (logged, in /metrics).
+
+    Raises:
+        ConfigError: a bad ``POLLCAST_FAST_PATHS`` value.
+    """
     server = config.server
     # uvicorn logs WebSocket handshakes with their query string: no tokens in logs.
     logging.getLogger("uvicorn.error").addFilter(REDACT_TOKENS)
+    fast, http = http_protocol(config, os.environ if env is None else env)
+    missing = fit_websockets_limits(HeadLimits.of(server))
+    if missing:
+        log.warning(
+            "WebSocket heads over 8 KB cannot be let through: %s is gone", ", ".join(missing)
+        )
+    gateway: Gateway = app.state.gateway
+    gateway.metrics.serving_on(fast.path)
+    log.info("%s", fast.describe())
     return uvicorn.Config(
         app,
         host=server.host,
         port=server.port,
         loop="auto",
-        # httptools plus a guard: head deadline (slowloris), head size, per-address cap.
-        http=guarded_http_protocol(server),
+        # A guard on every path: head deadline (slowloris), head size, per-address cap.
+        http=http,
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -68,7 +120,9 @@ def uvicorn_config(app: Litestar, config: Config) -> uvicorn.Config:
         # Frames above our own limit still reach the handler (and get a precise
         # error frame) up to this size; beyond it uvicorn closes with 1009.
         ws_max_size=max(2 * 1024 * 1024, server.max_frame_bytes * 2),
-        timeout_keep_alive=15,
+        # The fast path's guard closes an idle kept-alive connection at the head
+        # deadline itself; the plain one leaves that to uvicorn.
+        timeout_keep_alive=15 if fast.active else max(1, math.ceil(server.handshake_timeout_s)),
         h11_max_incomplete_event_size=server.max_header_bytes,
     )
 

@@ -12,6 +12,7 @@ later from its last seq with nothing lost.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from enum import StrEnum
 
@@ -20,12 +21,17 @@ from gateway.core.sse import Encoded
 
 __all__ = ["CloseReason", "QueueClosed", "QueueStats", "SubscriberQueue"]
 
+log = logging.getLogger("pollcast.hub")
+
 
 class CloseReason(StrEnum):
     OVERFLOW = "overflow"  # too slow: resume from the last seq
     DRAINING = "server_draining"  # this node is shutting down: reconnect elsewhere
     BACKEND_LOST = "backend_unavailable"
     TOKEN_EXPIRED = "token_expired"
+    # The consumer's direct write raised (its connection broke under it): the
+    # stream is dropped without a notice and the client resumes by seq.
+    WRITE_FAILED = "write_failed"
 
 
 class QueueClosed(Exception):
@@ -37,12 +43,13 @@ class QueueClosed(Exception):
 class QueueStats:
     """Counters shared by every queue of one gateway (plain ints: the hot path)."""
 
-    __slots__ = ("coalesced", "delivered", "overflows")
+    __slots__ = ("coalesced", "delivered", "direct_failures", "overflows")
 
     def __init__(self) -> None:
         self.delivered = 0
         self.coalesced = 0
         self.overflows = 0
+        self.direct_failures = 0
 
 
 class SubscriberQueue:
@@ -87,17 +94,20 @@ class SubscriberQueue:
         if self._closed is not None:
             return
         waiter = self._waiter
-        if (
-            self.direct is not None
-            and waiter is not None
-            and not waiter.done()
-            and not self._items
-            and self.direct(item)
-        ):
-            # The consumer waits with nothing queued: it took the item itself,
+        direct = self.direct
+        if direct is not None and waiter is not None and not waiter.done() and not self._items:
+            # The consumer waits with nothing queued: it may take the item itself,
             # without being woken (one task step less per subscriber per event).
-            self.stats.delivered += 1
-            return
+            try:
+                took = direct(item)
+            except Exception:
+                # The caller is a commit or the Redis listener fanning out to
+                # every subscriber: one broken connection must not stop it.
+                self._direct_failed()
+                return
+            if took:
+                self.stats.delivered += 1
+                return
         items = self._items
         if len(items) >= self.maxsize:
             self._make_room()
@@ -109,6 +119,12 @@ class SubscriberQueue:
         self.stats.delivered += 1
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _direct_failed(self) -> None:
+        log.debug("a direct write raised; closing that subscriber", exc_info=True)
+        self.direct = None
+        self.stats.direct_failures += 1
+        self.close(CloseReason.WRITE_FAILED)
 
     def _make_room(self) -> None:
         for i, queued in enumerate(self._items):

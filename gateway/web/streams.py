@@ -12,13 +12,17 @@ from litestar import Request, Response
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from gateway.core.sse import PING, Encoded, encode_cursor, retry_frame, sse_message
-from gateway.hub.queue import QueueClosed, SubscriberQueue
+from gateway.hub.queue import CloseReason, QueueClosed, SubscriberQueue
 from gateway.service import Feed
-from gateway.web.transport import DirectWriter, direct_writer
+from gateway.web.fastpaths import DirectWrite, direct_writer
 
 __all__ = ["FeedResponse", "FeedStream", "Framing", "mux_sse", "ndjson", "single_sse"]
 
 Headers = list[tuple[bytes, bytes]]
+
+# After dropping a connection whose direct write failed: how long to wait for
+# uvicorn to see it go (so the response ends as "client gone", not as an app error).
+ABORT_WAIT_S = 1.0
 
 
 def _headers(media_type: bytes) -> Headers:
@@ -140,6 +144,12 @@ class FeedStream:
                     # (Gateway.heartbeat); an empty batch means "send a ping".
                     batch = await feed.queue.get_batch()
                 except QueueClosed as closed:
+                    if closed.reason is CloseReason.WRITE_FAILED:
+                        # Mid-chunk, maybe: nothing more can go on this connection.
+                        if writer is not None:
+                            writer.abort()
+                            await asyncio.wait({gone}, timeout=ABORT_WAIT_S)
+                        return
                     data = feed.closing_notice(closed.reason)
                     if data is not None:
                         await _write(send, framing.last(data))
@@ -163,12 +173,12 @@ class FeedStream:
             feed.close()
 
 
-def _deliver_now(feed: Feed, framing: Framing, writer: DirectWriter, enc: Encoded) -> bool:
+def _deliver_now(feed: Feed, framing: Framing, writer: DirectWrite, enc: Encoded) -> bool:
     """A live event for an idle stream, written at once (``SubscriberQueue.direct``).
 
     ``False`` when the connection cannot take it now: the event is queued and
     the stream's own loop sends it. The terminal event wakes that loop to end
-    the response.
+    the response. If it raises, the queue closes with ``WRITE_FAILED``.
     """
     if not writer.ready:
         return False

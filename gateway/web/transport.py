@@ -1,96 +1,70 @@
-"""Connection guards under uvicorn's HTTP protocol: address cap, head deadline, head size.
+"""The fast path's HTTP protocol: uvicorn's httptools protocol, guarded and slimmed.
 
-uvicorn's httptools protocol arms no timer on a new connection (its
-``timeout_keep_alive`` starts only once a response is complete) and bounds
-neither the time nor the size of a request head. So a client could open
-connections and send nothing, or one header byte a minute (slowloris), or
-megabytes of headers, and hold them forever. An ASGI app never sees such a
-connection, so the guard sits in the protocol:
+:class:`GuardedHttpProtocol` is a subclass of uvicorn's ``HttpToolsProtocol``
+(an internal: gateway/web/fastpaths.py checks every part of it used here at
+start-up, and the gateway runs on the plain path when one differs). It adds
+the connection limits (gateway/web/guard.py), for every head of a kept-alive
+connection and for the head of a WebSocket upgrade alike:
 
 * a request head (request line + headers) must be complete within
   ``server.handshake_timeout_s`` of the connection opening, or of the previous
   response on a kept-alive connection; otherwise ``408`` and close, or just
   close if not a byte of it came (so an idle kept-alive connection lasts at
   most that long too). Trickling bytes does not extend the deadline;
-* a head larger than ``server.max_header_bytes`` gets ``431`` and close;
+* a request line longer than ``server.max_header_bytes`` gets ``414``, a
+  head larger than that or with more than 128 header fields ``431``, and close;
 * one address may hold ``server.max_connections_per_ip`` open connections
   (HTTP, streams and WebSockets alike); one more gets ``429`` with
   ``Retry-After`` once it sends its request, and is closed.
 
-The replies are ``application/problem+json`` like every other error.
+The replies are ``application/problem+json`` like every other error. It also
+swaps uvicorn's per-connection objects for the smaller ones of
+gateway/web/lean.py and leaves each request's cycle in the scope for
+:class:`DirectWriter`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.config import ServerConfig
+from gateway.web.fastpaths import DIRECT_WRITE
+from gateway.web.guard import (
+    BUSY_RETRY_S,
+    HeadLimits,
+    HeadMeter,
+    Refusal,
+    refuse,
+    too_busy,
+)
 from gateway.web.lean import LeanFlowControl, Pipeline, Signal
 from gateway.web.limits import AddressConnections
 
-__all__ = ["DirectWriter", "GuardedHttpProtocol", "direct_writer", "guarded_http_protocol"]
-
-# A refused connection frees nothing by waiting; the slot it wants frees when
-# one of the address's own streams ends.
-BUSY_RETRY_S = 5
-# After a refusal, unread request bytes are drained this long before closing:
-# closing a socket with unread input sends a RST, which can destroy the refusal
-# before the client reads it (RFC 9112 §9.6, "tear-down").
-LINGER_S = 2.0
-# The scope key under which a request's uvicorn cycle is found (ours, not ASGI's).
-DIRECT_WRITE = "pollcast.cycle"
-
-
-def raw_problem(
-    status: int, detail: str, code: str, headers: dict[str, str] | None = None
-) -> bytes:
-    """A complete ``Connection: close`` HTTP/1.1 response carrying a problem document."""
-    body = msgspec.json.encode(
-        {
-            "type": "about:blank",
-            "title": HTTPStatus(status).phrase,
-            "status": status,
-            "detail": detail,
-            "code": code,
-        }
-    )
-    lines = [
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-        "content-type: application/problem+json",
-        f"content-length: {len(body)}",
-        "connection: close",
-        *(f"{name}: {value}" for name, value in (headers or {}).items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+__all__ = ["DirectWriter", "GuardedHttpProtocol", "guarded_http_protocol"]
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the guards above (settings on the subclass)."""
 
     # Slots, not instance attributes: uvicorn's own ~28 stay in a compact
-    # shared-key dict (CPython keeps at most 30 keys that way); nine more made
+    # shared-key dict (CPython keeps at most 30 keys that way); more made
     # every connection's dict a full one, ~1.5 KB per open stream.
     __slots__ = (
         "_address",
         "_admitted",
         "_armed_at_head",
         "_deadline",
-        "_head_bytes",
-        "_head_tail",
         "_heads",
         "_in_body",
         "_lingering",
+        "_meter",
     )
 
     address_connections: ClassVar[AddressConnections]
-    head_timeout_s: ClassVar[float]
-    max_head_bytes: ClassVar[int]
+    limits: ClassVar[HeadLimits]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -101,8 +75,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._admitted = self.address_connections.admit(self._address, transport)
         self._heads = 0  # request heads completed on this connection
         self._in_body = False  # the parser is between a head and the end of its message
-        self._head_bytes = 0  # of the head being read
-        self._head_tail = b""  # the last bytes counted, to find a blank line split in two
+        # The head being read; none while a response is written (an open stream
+        # keeps no meter).
+        self._meter: HeadMeter | None = None
         self._armed_at_head = 0  # ``_heads`` when the deadline was armed
         self._deadline: asyncio.TimerHandle | None = None
         self._lingering = False
@@ -113,8 +88,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._heads += 1
         self._in_body = True
-        self._head_bytes = 0
-        self._head_tail = b""
+        self._meter = None
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not before:  # a new request: its ASGI task has not run yet
@@ -141,26 +115,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return  # refused: the rest of the request is read and dropped
         if not self._admitted:
             self._refuse(
-                429,
-                f"too many connections from this address "
-                f"(limit {self.address_connections.limit}); retry later",
-                "too_many_connections",
-                {"retry-after": str(BUSY_RETRY_S)},
+                too_busy(self.address_connections.limit), {"retry-after": str(BUSY_RETRY_S)}
             )
             return
         if not self._in_body and self._ours():
-            # Count only the head: it ends at the first blank line (a body may follow
-            # in the same read), which may straddle two reads.
-            window = self._head_tail + data
-            end = window.find(b"\r\n\r\n")
-            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._head_tail))
-            self._head_tail = window[-3:]
-            if self._head_bytes > self.max_head_bytes:
-                self._refuse(
-                    431,
-                    f"the request line and headers exceed {self.max_head_bytes} bytes",
-                    "header_too_large",
-                )
+            meter = self._meter
+            if meter is None:
+                meter = self._meter = HeadMeter(self.limits)
+            refusal = meter.feed(data)
+            if refusal is not None:
+                self._refuse(refusal)
                 return
         super().data_received(data)
 
@@ -179,7 +143,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _arm(self) -> None:
         self._disarm()
         self._armed_at_head = self._heads
-        self._deadline = self.loop.call_later(self.head_timeout_s, self._head_timeout)
+        self._deadline = self.loop.call_later(self.limits.timeout_s, self._head_timeout)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -190,31 +154,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline = None
         if not self._idle() or self._heads != self._armed_at_head:
             return  # a head arrived in time (or the connection is gone or upgraded)
-        if self._head_bytes:
-            self._refuse(
-                408,
-                f"the request head did not arrive within {self.head_timeout_s:g} s",
-                "request_timeout",
-            )
+        if self._meter is not None and self._meter.size:
+            self._refuse(self.limits.too_slow())
         else:
             # Nothing of a head (or only the rest of a body the app already answered).
             self.transport.close()
 
-    def _refuse(
-        self, status: int, detail: str, code: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def _refuse(self, refusal: Refusal, headers: dict[str, str] | None = None) -> None:
         self._disarm()
+        self._meter = None
         transport = self.transport
         if transport.is_closing() or self._lingering:
             return
-        transport.write(raw_problem(status, detail, code, headers))
-        if not transport.can_write_eof():
-            transport.close()
-            return
-        # Half-close: the client reads the whole refusal, then hangs up (or is cut off).
-        transport.write_eof()
         self._lingering = True
-        self.loop.call_later(LINGER_S, transport.close)
+        refuse(transport, self.loop, refusal, headers)
 
 
 def guarded_http_protocol(server: ServerConfig) -> type[GuardedHttpProtocol]:
@@ -226,8 +179,7 @@ def guarded_http_protocol(server: ServerConfig) -> type[GuardedHttpProtocol]:
 
     class Protocol(GuardedHttpProtocol):
         address_connections = AddressConnections(server.max_connections_per_ip)
-        head_timeout_s = server.handshake_timeout_s
-        max_head_bytes = server.max_header_bytes
+        limits = HeadLimits.of(server)
 
     return Protocol
 
@@ -262,8 +214,6 @@ class DirectWriter:
         """One more chunk; only when :attr:`ready`."""
         self.cycle.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
 
-
-def direct_writer(scope: Mapping[str, Any]) -> DirectWriter | None:
-    """The writer of a request served by :class:`GuardedHttpProtocol` (else ``None``)."""
-    cycle: RequestResponseCycle | None = scope.get(DIRECT_WRITE)
-    return DirectWriter(cycle) if cycle is not None else None
+    def abort(self) -> None:
+        """Drop the connection: a write failed, so the chunked body may be cut mid-chunk."""
+        self.cycle.transport.abort()

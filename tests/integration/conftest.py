@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
+
+from gateway.web.fastpaths import ENV
 
 
 async def create_sim_task(
@@ -28,3 +31,56 @@ async def sim_stats(client: httpx.AsyncClient, sim: str) -> dict[str, Any]:
 def events_url(base: str, task: str) -> str:
     provider, _, task_id = task.partition(":")
     return f"{base}/v1/tasks/{provider}/{task_id}/events"
+
+
+# -- both HTTP paths ----------------------------------------------------------
+#
+# The streaming and WebSocket modules run once on the fast path and once on
+# the plain one (POLLCAST_FAST_PATHS=off: uvicorn's standard protocol, streams
+# through ASGI send), so a uvicorn that turns the fast paths off at start-up
+# still serves every stream correctly. Tests about the fast path's own objects
+# carry ``@pytest.mark.fast_path_only``; tests in these modules that are not
+# about the HTTP layer at all (polling) carry ``@pytest.mark.one_http_path``.
+# Both run once, on the fast path.
+
+BOTH_PATHS = frozenset(
+    {
+        "tests.integration.test_connections",
+        "tests.integration.test_fanout",
+        "tests.integration.test_resume",
+        "tests.integration.test_streams",
+        # The Python client's live tests (tests/clients/python/conftest.py imports these hooks).
+        "tests.clients.python.test_watch",
+        "tests.clients.python.test_ws_client",
+    }
+)
+HTTP_PATHS = ("fast", "plain")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fast_path_only: about the fast path's own objects; not run on the plain path"
+    )
+    config.addinivalue_line(
+        "markers", "one_http_path: not about the HTTP layer; run on the fast path only"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__ not in BOTH_PATHS or "http_path" in metafunc.fixturenames:
+        return
+    marks = ("fast_path_only", "one_http_path")
+    only_fast = any(metafunc.definition.get_closest_marker(mark) for mark in marks)
+    metafunc.fixturenames.append("http_path")
+    metafunc.parametrize("http_path", HTTP_PATHS[:1] if only_fast else HTTP_PATHS, indirect=True)
+
+
+@pytest.fixture
+def http_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The path every gateway this test starts runs on (in-process or child process)."""
+    path: str = getattr(request, "param", "fast")
+    if path == "plain":
+        monkeypatch.setenv(ENV, "off")
+    else:
+        monkeypatch.delenv(ENV, raising=False)
+    return path

@@ -29,6 +29,8 @@ from gateway.server import DrainingServer, uvicorn_config
 from gateway.service import Gateway
 from gateway.sim.credentials import SIM_CREDENTIALS
 from gateway.web.app import create_app
+from gateway.web.fastpaths import ENV
+from gateway.web.guard import PlainHeadGuard
 
 __all__ = ["GatewayProcess", "free_port", "running_gateway", "sim_config", "to_toml"]
 
@@ -78,6 +80,10 @@ def running_gateway(doc: Mapping[str, Any]) -> Iterator[tuple[str, Gateway]]:
     app = create_app(config)
     uv = uvicorn_config(app, config)
     uv.port = port
+    # The path asked for (tests/integration/conftest.py: http_path) is the one served.
+    plain = isinstance(uv.http, type) and issubclass(uv.http, PlainHeadGuard)
+    asked = os.environ.get(ENV) == "off" or config.server.fast_paths == "off"
+    assert plain == asked, f"{ENV}={os.environ.get(ENV)}, {uv.http}"
     server = DrainingServer(uv, app.state.gateway)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [listener]}, name=f"gateway:{port}", daemon=True
@@ -128,8 +134,17 @@ def to_toml(doc: Mapping[str, Any]) -> str:
 class GatewayProcess:
     """``pollcast serve`` in a child process with its own config file."""
 
-    def __init__(self, doc: Mapping[str, Any], workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        doc: Mapping[str, Any],
+        workdir: Path,
+        port: int | None = None,
+        *,
+        expect_path: str | None = None,
+    ) -> None:
         self.port = port or free_port()
+        # The HTTP path it must serve on; by default the one the environment asks for.
+        self.expect_path = expect_path
         full = dict(doc)
         full["server"] = {**doc.get("server", {}), "host": "127.0.0.1", "port": self.port}
         self.config_path = workdir / f"pollcast-{self.port}.toml"
@@ -155,11 +170,18 @@ class GatewayProcess:
                 raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=0.5).status_code == 200:
+                    self._check_path()
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"gateway not ready: {self.log_path.read_text()[-2000:]}")
+
+    def _check_path(self) -> None:
+        """The child serves the path this process's environment asks for."""
+        path = self.expect_path or ("plain" if os.environ.get(ENV) == "off" else "fast")
+        metrics = httpx.get(f"{self.url}/metrics", timeout=5).text
+        assert f'pollcast_http_path{{path="{path}"}} 1.0' in metrics, metrics
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None

@@ -6,6 +6,7 @@ import asyncio
 import math
 
 import httpx
+import pytest
 
 from tests.integration.conftest import create_sim_task, events_url, sim_stats
 from tests.integration.gateway_server import running_gateway, sim_config
@@ -63,6 +64,7 @@ async def test_500_sse_and_100_ws_subscribers_share_one_poll(
     assert sent <= 8.0 / 0.2 + 5
 
 
+@pytest.mark.one_http_path  # polling rounds; no streams
 async def test_batch_provider_polls_250_tasks_in_3_requests_per_round(
     sim: str, client: httpx.AsyncClient
 ) -> None:

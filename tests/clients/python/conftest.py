@@ -5,9 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from tests.integration.conftest import create_sim_task
+from tests.integration.conftest import (  # the last two: live tests on both HTTP paths
+    create_sim_task,
+    http_path,
+    pytest_generate_tests,
+)
 
-__all__ = ["create_sim_task", "short_id", "stepped"]
+__all__ = ["create_sim_task", "http_path", "pytest_generate_tests", "short_id", "stepped"]
 
 
 def stepped(n: int = 6, gap: float = 0.4, start: float = 0.0) -> list[dict[str, Any]]:

@@ -1,0 +1,299 @@
+"""Which HTTP path the gateway runs on, decided once at start-up.
+
+The fast paths — :class:`~gateway.web.transport.GuardedHttpProtocol` (a
+subclass of uvicorn's httptools protocol), the smaller per-connection
+objects of gateway/web/lean.py and the direct writer of live stream events —
+use uvicorn internals that no release promises to keep. :func:`check` looks
+at every one of them in the uvicorn that is installed; when one is missing or
+different, or uvicorn is not the minor version they are tested with, it logs
+one warning naming each difference and the gateway runs on the plain path:
+uvicorn's stock HTTP protocol behind :class:`~gateway.web.guard.PlainHeadGuard`,
+streams written through ASGI ``send`` only. Slower, never broken.
+
+``POLLCAST_FAST_PATHS=off`` (or ``server.fast_paths = "off"``) forces the
+plain path. Nothing in this module imports a uvicorn internal at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Protocol
+
+from gateway.exceptions import ConfigError
+
+__all__ = [
+    "DIRECT_WRITE",
+    "ENV",
+    "TESTED_UVICORN",
+    "DirectWrite",
+    "FastPaths",
+    "check",
+    "direct_writer",
+    "expectations",
+    "wanted",
+]
+
+log = logging.getLogger("pollcast.fastpaths")
+
+ENV = "POLLCAST_FAST_PATHS"
+TESTED_UVICORN = "0.54"  # major.minor the fast paths are tested with (pyproject pins it)
+# The scope key under which the fast path leaves a request's uvicorn cycle (ours, not ASGI's).
+DIRECT_WRITE = "pollcast.cycle"
+
+HTTPTOOLS_IMPL = "uvicorn.protocols.http.httptools_impl"
+FLOW_CONTROL = "uvicorn.protocols.http.flow_control"
+
+
+class DirectWrite(Protocol):
+    """What a stream needs of the direct writer (gateway/web/transport.py)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def write(self, body: bytes) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def direct_writer(scope: Mapping[str, Any]) -> DirectWrite | None:
+    """The direct writer of a request the fast path serves, else ``None`` (write via ``send``)."""
+    cycle = scope.get(DIRECT_WRITE)
+    if cycle is None:
+        return None
+    # Only the fast path's protocol sets the key, so its module is loaded already.
+    from gateway.web.transport import DirectWriter
+
+    return DirectWriter(cycle)
+
+
+@dataclass(frozen=True, slots=True)
+class FastPaths:
+    active: bool
+    reason: str  # why not active ("" when active)
+    missing: tuple[str, ...] = ()  # each internal found missing or different
+
+    @property
+    def path(self) -> str:
+        return "fast" if self.active else "plain"
+
+    def describe(self) -> str:
+        """For the start-up log line."""
+        if self.active:
+            return f"HTTP fast paths on (uvicorn {_uvicorn_version()})"
+        return f"HTTP fast paths off ({self.reason}): uvicorn's standard protocol, streams via send"
+
+
+def wanted(setting: str, env: Mapping[str, str]) -> str | None:
+    """Why the fast paths are switched off by configuration, else ``None``.
+
+    Raises:
+        ConfigError: ``POLLCAST_FAST_PATHS`` is neither ``auto``, ``on`` nor ``off``.
+    """
+    value = env.get(ENV, "").strip().lower()
+    if value not in ("", "auto", "on", "off"):
+        raise ConfigError("must be 'auto' or 'off'", path=ENV)
+    if value == "off":
+        return f"{ENV}=off"
+    if setting == "off":
+        return 'server.fast_paths = "off"'
+    return None
+
+
+def check(
+    env: Mapping[str, str] | None = None,
+    setting: str = "auto",
+    *,
+    modules: Callable[[str], ModuleType] = importlib.import_module,
+) -> FastPaths:
+    """Decide the HTTP path: fast if wanted and every internal it uses is as expected.
+
+    Logs one warning naming every internal found missing or different.
+
+    Args:
+        env: the environment (``POLLCAST_FAST_PATHS``); the process's by default.
+        setting: ``server.fast_paths``.
+        modules: imports a module by name (a test passes a fake).
+
+    Raises:
+        ConfigError: a bad ``POLLCAST_FAST_PATHS`` value.
+    """
+    off = wanted(setting, os.environ if env is None else env)
+    if off is not None:
+        return FastPaths(active=False, reason=off)
+    missing = tuple(problem for _name, problem in _problems(modules))
+    if not missing:
+        return FastPaths(active=True, reason="")
+    log.warning(
+        "HTTP fast paths off: uvicorn %s differs from what they are built on (%s.x): %s; "
+        "running on uvicorn's standard protocol and writing streams through ASGI send "
+        "(slower)",
+        _uvicorn_version(modules),
+        TESTED_UVICORN,
+        "; ".join(missing),
+    )
+    return FastPaths(active=False, reason="uvicorn internals differ", missing=missing)
+
+
+# -- the expectations ---------------------------------------------------------
+
+
+Probe = Callable[[Callable[[str], ModuleType]], str | None]
+
+
+def expectations() -> list[tuple[str, Probe]]:
+    """Every internal the fast paths use: (name, probe → what is wrong or ``None``)."""
+    found: list[tuple[str, Probe]] = [("uvicorn version", _version)]
+    protocol = (HTTPTOOLS_IMPL, "HttpToolsProtocol")
+    cycle = (HTTPTOOLS_IMPL, "RequestResponseCycle")
+    flow = (FLOW_CONTROL, "FlowControl")
+    server = ("uvicorn", "Server")
+    # Methods GuardedHttpProtocol overrides or calls, with the parameters it passes.
+    for method, params in (
+        ("__init__", ("config", "server_state", "app_state", "_loop")),
+        ("connection_made", ("transport",)),
+        ("connection_lost", ("exc",)),
+        ("data_received", ("data",)),
+        ("on_headers_complete", ()),
+        ("on_message_complete", ()),
+        ("on_response_complete", ()),
+    ):
+        found.append((f"HttpToolsProtocol.{method}", _method(protocol, method, params)))
+    # Attributes the subclass reads or replaces (set by uvicorn in these methods).
+    for attr in ("loop", "transport", "flow", "pipeline", "client", "scope", "cycle"):
+        found.append((f"HttpToolsProtocol.{attr}", _assigns(protocol, attr)))
+    # Replaced by lean stand-ins that have only these methods.
+    found.append(
+        ("HttpToolsProtocol.pipeline use", _uses(protocol, "pipeline", {"appendleft", "pop"}))
+    )
+    events = {"set", "clear", "wait", "is_set"}
+    found.append(("RequestResponseCycle.message_event use", _uses(cycle, "message_event", events)))
+    # What DirectWriter.ready reads and DirectWriter.write writes to.
+    for attr in (
+        "response_started",
+        "response_complete",
+        "chunked_encoding",
+        "disconnected",
+        "flow",
+        "transport",
+        "message_event",
+    ):
+        found.append((f"RequestResponseCycle.{attr}", _assigns(cycle, attr)))
+    found.append(("RequestResponseCycle chunked framing", _chunk_framing))
+    found.append(("FlowControl.__init__", _method(flow, "__init__", ("transport",))))
+    for attr in ("_is_writable_event", "write_paused", "read_paused"):
+        found.append((f"FlowControl.{attr}", _assigns(flow, attr)))
+    found.append(("FlowControl._is_writable_event use", _uses(flow, "_is_writable_event", events)))
+    found.append(("asyncio.Event methods", _event_methods))
+    # DrainingServer: a completed drain exits 0 instead of re-raising the signal.
+    found.append(("Server.handle_exit", _method(server, "handle_exit", ("sig", "frame"))))
+    found.append(("Server._captured_signals", _assigns(server, "_captured_signals")))
+    return found
+
+
+def _problems(modules: Callable[[str], ModuleType]) -> Iterator[tuple[str, str]]:
+    for name, probe in expectations():
+        try:
+            problem = probe(modules)
+        except Exception as exc:  # an import or inspection that fails is a difference too
+            problem = f"{name}: {type(exc).__name__}: {exc}"
+        if problem is not None:
+            yield name, problem
+
+
+def _uvicorn_version(modules: Callable[[str], ModuleType] = importlib.import_module) -> str:
+    try:
+        return str(modules("uvicorn").__version__)
+    except Exception:
+        return "(unknown version)"
+
+
+def _version(modules: Callable[[str], ModuleType]) -> str | None:
+    version = _uvicorn_version(modules)
+    if ".".join(version.split(".")[:2]) != TESTED_UVICORN:
+        return f"uvicorn {version} is not {TESTED_UVICORN}.x"
+    return None
+
+
+def _class(modules: Callable[[str], ModuleType], where: tuple[str, str]) -> type:
+    module, name = where
+    found = getattr(modules(module), name, None)
+    if not isinstance(found, type):
+        raise LookupError(f"{module}.{name} is missing")
+    return found
+
+
+def _method(where: tuple[str, str], method: str, params: tuple[str, ...]) -> Probe:
+    def probe(modules: Callable[[str], ModuleType]) -> str | None:
+        cls = _class(modules, where)
+        func = cls.__dict__.get(method) if method == "__init__" else getattr(cls, method, None)
+        if not callable(func):
+            return f"{where[1]}.{method} is missing"
+        names = tuple(inspect.signature(func).parameters)[1:]  # without self
+        if names != params:
+            return (
+                f"{where[1]}.{method}{_params(names)} is not {where[1]}.{method}{_params(params)}"
+            )
+        return None
+
+    return probe
+
+
+def _params(names: tuple[str, ...]) -> str:
+    return "(" + ", ".join(names) + ")"
+
+
+@functools.lru_cache(maxsize=16)
+def _source(obj: type | ModuleType) -> str:
+    # Once per class or module: finding a class's source parses its whole module.
+    return inspect.getsource(obj)
+
+
+def _assigns(where: tuple[str, str], attr: str) -> Probe:
+    pattern = re.compile(rf"\bself\.{re.escape(attr)}\s*(?::[^=\n]*)?=(?!=)")
+
+    def probe(modules: Callable[[str], ModuleType]) -> str | None:
+        cls = _class(modules, where)
+        if not pattern.search(_source(cls)):
+            return f"{where[1]} no longer sets self.{attr}"
+        return None
+
+    return probe
+
+
+def _uses(where: tuple[str, str], attr: str, allowed: set[str]) -> Probe:
+    pattern = re.compile(rf"\.{re.escape(attr)}\.(\w+)")
+
+    def probe(modules: Callable[[str], ModuleType]) -> str | None:
+        # Anywhere in the module (the protocol reaches into its cycle's event too).
+        used = set(pattern.findall(_source(modules(where[0]))))
+        extra = sorted(used - allowed)
+        if extra:
+            calls = ", ".join(f"{attr}.{name}" for name in extra)
+            return f"{where[0]} uses {calls} (the stand-in has only {', '.join(sorted(allowed))})"
+        return None
+
+    return probe
+
+
+def _chunk_framing(modules: Callable[[str], ModuleType]) -> str | None:
+    # DirectWriter writes a chunk as uvicorn's send() does; both must agree.
+    source = _source(_class(modules, (HTTPTOOLS_IMPL, "RequestResponseCycle")))
+    if 'b"%x\\r\\n" % len(body)' not in source:
+        return "RequestResponseCycle.send no longer frames chunks as b'%x\\r\\n' % len(body)"
+    return None
+
+
+def _event_methods(modules: Callable[[str], ModuleType]) -> str | None:
+    # lean.Signal skips asyncio.Event.__init__ and overrides exactly these.
+    event = modules("asyncio").Event
+    public = {name for name in vars(event) if not name.startswith("_")}
+    extra = sorted(public - {"set", "clear", "wait", "is_set"})
+    return f"asyncio.Event has new methods {', '.join(extra)}" if extra else None
