@@ -253,6 +253,16 @@ class Gateway:
         )
 
 
+# The last message of a stream whose queue was closed under it, by reason.
+CLOSING_MESSAGES = {
+    CloseReason.DRAINING: "this server is shutting down; reconnect to resume",
+    CloseReason.OVERFLOW: "this stream fell too far behind; reconnect to resume",
+    CloseReason.BACKEND_LOST: "the state backend is unavailable; reconnect to resume",
+    CloseReason.TOKEN_EXPIRED: "the subscriber token expired",
+    CloseReason.WRITE_FAILED: "writing to this connection failed; reconnect to resume",
+}
+
+
 class Feed:
     """One subscriber's tasks: catch-up then live, in seq order, without duplicates."""
 
@@ -396,16 +406,10 @@ class Feed:
 
     def closing_notice(self, reason: CloseReason) -> bytes | None:
         """The last message's JSON when the queue was closed under us."""
-        messages = {
-            CloseReason.DRAINING: "this server is shutting down; reconnect to resume",
-            CloseReason.OVERFLOW: "this stream fell too far behind; reconnect to resume",
-            CloseReason.BACKEND_LOST: "the state backend is unavailable; reconnect to resume",
-            CloseReason.TOKEN_EXPIRED: "the subscriber token expired",
-        }
         task = next(iter(self.keys), "")
         if not task:
             return None
-        return self.gateway.notice(None, task, reason.value, messages[reason]).json
+        return self.gateway.notice(None, task, reason.value, CLOSING_MESSAGES[reason]).json
 
 
 def check_task_count(n: int, limit: int, what: str) -> None:

@@ -19,6 +19,7 @@ from gateway.core.sse import Encoded, encode
 from gateway.hub.local import LocalHub
 from gateway.hub.queue import CloseReason, QueueClosed, QueueStats, SubscriberQueue
 from gateway.metrics import Metrics
+from gateway.service import CLOSING_MESSAGES
 from gateway.web.fastpaths import DIRECT_WRITE
 from gateway.web.streams import FeedStream, single_sse
 
@@ -172,3 +173,7 @@ async def test_a_stream_whose_direct_write_raises_drops_its_connection_and_ends(
     assert feed.queue.stats.direct_failures == 1
     # The head went through send; after the failure nothing more (no notice, no last chunk).
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+
+
+def test_every_close_reason_has_a_closing_message() -> None:
+    assert set(CLOSING_MESSAGES) == set(CloseReason)
