@@ -37,6 +37,7 @@ from gateway.web.auth import (
     authenticator_of,
     authorize_read,
     check_socket_origin,
+    may_poll,
 )
 from gateway.web.limits import RefundingBucket
 from gateway.web.routes import gateway_of
@@ -126,7 +127,7 @@ class Connection:
                 await self.error("invalid_cursor", "since must be a seq (0 … 2^53)", task=name)
                 continue
             async with self.lock:
-                initial = await self.feed.add(key, last)
+                initial = await self.feed.add(key, last, may_poll=may_poll(self.principal))
                 await self.send(encode_frame(Subscribed(tasks=[name])))
                 for enc in initial:
                     await self.send(enc.text)
