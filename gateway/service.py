@@ -29,6 +29,7 @@ from gateway.poller.engine import Poller
 from gateway.poller.http1 import UpstreamClient
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import Schedule
+from gateway.redaction import for_config
 from gateway.webhooks.model import WebhookTarget
 from gateway.webhooks.service import Webhooks, outbox_for
 
@@ -46,6 +47,8 @@ class Gateway:
         backend = config.backend
         self.node_id = uuid.uuid4().hex[:12]
         self.metrics = Metrics()
+        # Every credential in every form, for what leaves the gateway as text.
+        self.redactor = for_config(config)
         self.queue_stats = QueueStats()
         schedule: Schedule | None = None
         tick_s = 1.0

@@ -303,7 +303,8 @@ async def healthz(state: State) -> dict[str, str]:
 @get("/metrics", include_in_schema=False)
 async def metrics(state: State) -> Response[bytes]:
     """Prometheus text format; labels carry providers and states, never tasks or secrets."""
-    body = gateway_of(state).metrics.render()
+    gw = gateway_of(state)
+    body = gw.redactor.text(gw.metrics.render().decode()).encode()
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -68,6 +68,7 @@ class Connection:
         await self.socket.send_text(text)
 
     async def error(self, code: str, message: str, task: str | None = None) -> None:
+        message = self.gw.redactor.text(message)
         async with self.lock:
             await self.send(encode_frame(ErrorFrame(code=code, message=message, task=task)))
 
