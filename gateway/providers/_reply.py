@@ -221,7 +221,9 @@ class ReplyAdapter(Adapter):
             MalformedReply: a 2xx reply that is not the documented envelope.
         """
         try:
-            return decode_reply(response.body, reply_type)
+            # Redacted as decoded: whatever an adapter derives from the reply
+            # (a shortened status, a joined message) never holds a credential.
+            return self.redactor.value(decode_reply(response.body, reply_type))
         except MalformedReply:
             status_fault = fault_for_status(response, self.name)
             if status_fault is None:

@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import base64
-import json
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import msgspec
 import pytest
 
 from gateway.core.model import ErrorInfo, Observation, Result, State
 from gateway.redaction import REDACTED, Redactor, forms
+from tests.security.spellings import spellings
 
 SECRET = "s3cr3t/k+y=v&a l ü"
 PARTNER = "user-42"
-
-
-def spellings(secret: str) -> list[str]:
-    """Written out by hand, not taken from forms(): what the redactor must catch."""
-    data = secret.encode()
-    b64 = base64.b64encode(data).decode()
-    url = base64.urlsafe_b64encode(data).decode()
-    percent = [quote(secret, safe=""), quote(secret), quote_plus(secret)]
-    return [
-        secret,
-        *percent,
-        *(p.replace("%C3", "%c3").replace("%BC", "%bc").replace("%2B", "%2b") for p in percent),
-        b64,
-        b64.rstrip("="),
-        url,
-        url.rstrip("="),
-        json.dumps(secret)[1:-1],
-        json.dumps(secret).replace("/", "\\/")[1:-1],
-    ]
 
 
 @pytest.mark.parametrize("form", spellings(SECRET))
