@@ -64,6 +64,7 @@ __all__ = [
     "check_socket_origin",
     "limit_key",
     "may_poll",
+    "origin_allowed",
     "provide_principal",
     "require_backend",
 ]
@@ -385,8 +386,7 @@ def check_socket_origin(
     origin = connection.headers.get("origin")
     if origin is None or COOKIE not in connection.cookies:
         return
-    allowed = set(allowed_origins)
-    if "*" in allowed or origin in allowed:
+    if origin_allowed(origin, allowed_origins):
         return
     if urlsplit(origin).netloc == connection.headers.get("host"):
         return
@@ -395,6 +395,19 @@ def check_socket_origin(
         "add it to server.cors_origins or pass ?token=",
         code="forbidden_origin",
     )
+
+
+def origin_allowed(origin: str, allowed_origins: Iterable[str]) -> bool:
+    """Whether ``origin`` is one of ``server.cors_origins``, matched as the CORS
+    middleware matches them (``"https://*.example.com"``: any subdomain)."""
+    for allowed in allowed_origins:
+        if "*" in allowed:
+            pattern = ".*".join(re.escape(part) for part in allowed.split("*"))
+            if re.fullmatch(pattern, origin):
+                return True
+        elif origin == allowed:
+            return True
+    return False
 
 
 _TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"']+")
