@@ -146,3 +146,38 @@ async def test_an_api_key_stream_does_poll_and_a_token_stream_sees_its_events(
     assert [e["event"] for e in seen] == ["snapshot", "progress"], seen
     assert seen[1]["progress"] > seen[0]["progress"]
     assert await polls_of(client, sim, task) > polls, "an API key's stream did not poll"
+
+
+async def test_token_snapshots_of_a_task_never_observed_do_not_keep_it_polled(
+    sim: str, client: httpx.AsyncClient
+) -> None:
+    """A task whose polls all fail has nothing stored; a snapshot request used to poll
+    it "first" and so kept it wanted. A token asking again and again must not."""
+    doc = secured_doc(sim)
+    doc["polling"] = {**doc.get("polling", {}), "grace_s": GRACE_S}
+    doc["providers"]["ailab"] = {**doc["providers"]["ailab"], "backoff_max_s": 0.2}
+    fault = {"provider": "ailab", "mode": "http500", "probability": 1.0, "duration_s": 60}
+    with running_gateway(doc) as (gateway, _gw):
+        task = await create_sim_task(client, sim, "ailab", RUNNING)
+        (await client.post(f"{sim}/_sim/faults", json=fault)).raise_for_status()
+        grant = await register(client, gateway, task)
+        assert grant["snapshot"]["state"] == "unknown", grant
+        provider, _, task_id = task.partition(":")
+        reply = await client.delete(f"{gateway}/v1/tasks/{provider}/{task_id}", headers=backend)
+        assert reply.status_code == 204
+
+        snapshot_url = f"{gateway}/v1/tasks/{provider}/{task_id}"
+        counts = []
+        answers = set()
+        for _ in range(12):
+            reply = await client.get(snapshot_url, headers=bearer(grant["token"]))
+            assert reply.status_code in (200, 403), reply.text
+            if reply.status_code == 200:
+                assert reply.json()["state"] == "unknown"
+            answers.add(reply.status_code)
+            counts.append(await polls_of(client, sim, task))
+            await asyncio.sleep(0.25)
+        # Polling ended within the grace period, though the token kept asking …
+        assert counts[-1] == counts[-5], counts
+        # … and once it had, the task was no longer the token's to read.
+        assert 403 in answers
