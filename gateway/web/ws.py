@@ -68,7 +68,9 @@ class Connection:
         await self.socket.send_text(text)
 
     async def error(self, code: str, message: str, task: str | None = None) -> None:
+        # Both may quote what the client sent; neither may carry a credential.
         message = self.gw.redactor.text(message)
+        task = None if task is None else self.gw.redactor.text(task)
         async with self.lock:
             await self.send(encode_frame(ErrorFrame(code=code, message=message, task=task)))
 

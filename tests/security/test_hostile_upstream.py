@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+from websockets.asyncio.client import connect as ws_connect
 
 from tests.integration.conftest import events_url
 from tests.integration.gateway_server import FAST, GatewayProcess
@@ -173,6 +174,15 @@ async def emitted(client: httpx.AsyncClient, base: str) -> tuple[list[str], dict
         seen.append((await client.get(f"{base}/v1/tasks/{provider}/{task_id}")).text)
     for path in ("/v1/tasks", "/v1/providers", "/metrics"):
         seen.append((await client.get(base + path)).text)
+    # Errors quote what the client sent: a credential in it is redacted there too.
+    bad = await client.get(f"{base}/v1/events", params={"tasks": HEADER_KEY})
+    assert bad.status_code == 422 and "[redacted]" in bad.json()["detail"], bad.text
+    seen.append(bad.text)
+    async with ws_connect(base.replace("http", "ws", 1) + "/v1/ws", proxy=None) as ws:
+        await ws.send(json.dumps({"op": "subscribe", "tasks": [HEADER_KEY]}))
+        frame = json.loads(await ws.recv())
+    assert frame["event"] == "error" and "[redacted]" in frame["message"], frame
+    seen.append(json.dumps(frame))
     return seen, ends
 
 
