@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import msgspec
 import pytest
 
 from gateway.core.model import ErrorInfo, Observation, Result, State
+from gateway.probe import redact
 from gateway.redaction import REDACTED, Redactor, forms
 from tests.security.spellings import spellings
 
@@ -94,3 +95,9 @@ def test_deep_nesting_is_replaced_not_recursed_without_end() -> None:
         node = child
     node.append("0123456789abcdef")
     assert "0123456789abcdef" not in repr(redactor.value(deep))
+
+
+def test_probe_output_redacts_query_credentials_as_urlencode_writes_them() -> None:
+    secret = "q/k+y=v& 1"
+    line = "GET https://api.example.com/status?" + urlencode([("key", secret), ("id", "7")])
+    assert redact(line, [secret]) == "GET https://api.example.com/status?key=[redacted]&id=7"
