@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from gateway.config import load_config
 from gateway.exceptions import BackendError, ConfigError
 from gateway.logs import configure_logging
+from gateway.redaction import for_config
 
 __all__ = ["main"]
 
@@ -24,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host or args.port:
         server = replace(server, host=args.host or server.host, port=args.port or server.port)
         config = replace(config, server=server)
-    configure_logging(args.log_format or config.server.log_format)
+    configure_logging(args.log_format or config.server.log_format, redactor=for_config(config))
     if config.backend.kind == "local":
         from gateway.hub.local import check_writable
 

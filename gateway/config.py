@@ -312,6 +312,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         webhooks=_convert(data.get("webhooks", {}), WebhooksConfig, "webhooks"),
         providers=providers,
     )
+    _check_cors_origins(config.server.cors_origins)
     if config.webhooks.secret is not None:
         try:
             decode_secret(config.webhooks.secret)
@@ -324,6 +325,39 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc), path="providers") from exc
     return config
+
+
+# scheme://host[:port], optionally "*." before the host for all of its subdomains.
+_CORS_ORIGIN = re.compile(
+    r"https?://(\[[0-9A-Fa-f:.]+\]|(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)(:[0-9]{1,5})?"
+)
+
+
+def _check_cors_origins(origins: list[str]) -> None:
+    """Refuse origins that would let any site read a user's streams.
+
+    The gateway allows credentials on cross-origin requests (the
+    ``pollcast_token`` cookie), and a CORS answer with credentials names the
+    asking origin: with ``"*"`` (or a pattern such as ``"https://*"``) every
+    page on the web could read what the cookie grants.
+
+    Raises:
+        ConfigError: at ``server.cors_origins``, saying what to write instead.
+    """
+    for origin in origins:
+        if origin == "*":
+            raise ConfigError(
+                '"*" would let every web site read your users\' streams with their '
+                "pollcast_token cookie (credentials are allowed cross-origin); list the "
+                'origins of the pages that use the gateway, e.g. ["https://app.example.com"]',
+                path="server.cors_origins",
+            )
+        if not _CORS_ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"{origin!r} is not an origin: write scheme://host[:port] (no path, no "
+                'trailing slash), or "https://*.example.com" for all subdomains of a host',
+                path="server.cors_origins",
+            )
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

@@ -4,8 +4,9 @@ For writing a provider's mapping against the real upstream: the request the
 adapter builds, the reply exactly as it came back, and the observation the
 adapter makes of it, one after the other. Credentials never appear: every
 value the adapter reports as a credential (:meth:`Adapter.secret_values`) is
-replaced by ``[redacted]`` wherever it would be printed, the reply included
-(an upstream may echo a key back).
+replaced by ``[redacted]`` in every form it may take (percent-encoded in the
+query string, base64, JSON-escaped: :mod:`gateway.redaction`) wherever it
+would be printed, the reply included (an upstream may echo a key back).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TextIO
 from urllib.parse import urlencode
@@ -27,20 +28,18 @@ from gateway.exceptions import ConfigError, InputError
 from gateway.poller.transport import send
 from gateway.poller.upstream import AiohttpTransport
 from gateway.providers.base import UpstreamRequest, fault_observations
+from gateway.redaction import Redactor
 
 __all__ = ["probe", "run_probe"]
 
-REDACTED = "[redacted]"
 # The reply headers worth seeing when writing a mapping; the rest is noise.
 SHOWN_HEADERS = ("content-type", "content-length", "retry-after", "location", "www-authenticate")
 MAX_BODY_CHARS = 20_000
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret (longest first) replaced by ``[redacted]``."""
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
+    """``text`` with every form of every secret (longest first) replaced by ``[redacted]``."""
+    return Redactor(groups=[tuple(secrets)]).text(text)
 
 
 def _pretty(body: bytes) -> str:
@@ -80,12 +79,12 @@ async def probe(config: Config, task: str, out: TextIO) -> list[Observation]:
         adapter.check_task_id(key.task_id)
     except InputError as exc:
         raise ConfigError(exc.message, path="--probe") from exc
-    secrets: Sequence[str] = adapter.secret_values()
+    redactor = Redactor(groups=[adapter.secret_values()])
 
     def show(title: str, lines: Iterable[str]) -> None:
         out.write(f"\n── {title} " + "─" * max(0, 60 - len(title)) + "\n")
         for line in lines:
-            out.write(redact(line, secrets) + "\n")
+            out.write(redactor.text(line) + "\n")
 
     request = adapter.build_request(
         [key.task_id], now_ms=int(time.time() * 1000), request_id=uuid.uuid4().hex

@@ -29,6 +29,7 @@ from gateway.poller.engine import Poller
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import FOREVER, Schedule
 from gateway.poller.upstream import AiohttpTransport
+from gateway.redaction import for_config
 from gateway.webhooks.model import WebhookTarget
 from gateway.webhooks.service import Webhooks, outbox_for
 
@@ -46,6 +47,8 @@ class Gateway:
         backend = config.backend
         self.node_id = uuid.uuid4().hex[:12]
         self.metrics = Metrics()
+        # Every credential in every form, for what leaves the gateway as text.
+        self.redactor = for_config(config)
         self.queue_stats = QueueStats()
         schedule: Schedule | None = None
         tick_s = 1.0
@@ -225,6 +228,17 @@ class Gateway:
     async def drop_webhook(self, key: TaskKey) -> bool:
         return self.webhooks is not None and await self.webhooks.unregister(str(key))
 
+    async def snapshot(self, key: TaskKey, *, may_poll: bool) -> Event:
+        """The task's current snapshot.
+
+        With ``may_poll``, a task never observed is polled once (shared) first;
+        without it, the stored snapshot, or ``unknown`` when nothing is stored.
+        """
+        if may_poll:
+            return await self.poller.observe_now(key)
+        name = str(key)
+        return await self.hub.snapshot(name) or tracker.initial_snapshot(name, self.poller.wall())
+
     def is_watched(self, task: str) -> bool:
         """Whether this node watches ``task`` (registered with ``POST /v1/tasks``, not ended)."""
         return task in self.poller.watching
@@ -266,7 +280,17 @@ CLOSING_MESSAGES = {
 class Feed:
     """One subscriber's tasks: catch-up then live, in seq order, without duplicates."""
 
-    __slots__ = ("_expiry", "closed", "finished", "gateway", "keys", "queue", "seqs", "transport")
+    __slots__ = (
+        "_expiry",
+        "closed",
+        "finished",
+        "following",
+        "gateway",
+        "keys",
+        "queue",
+        "seqs",
+        "transport",
+    )
 
     def __init__(self, gateway: Gateway, queue_size: int, transport: str = "sse") -> None:
         self.gateway = gateway
@@ -276,6 +300,7 @@ class Feed:
         self.seqs: dict[str, int] = {}  # task → last seq delivered
         self.keys: dict[str, TaskKey] = {}
         self.finished: set[str] = set()  # tasks whose terminal event was delivered
+        self.following: set[str] = set()  # tasks this feed keeps polled (``may_poll``)
         self.closed = False
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -287,12 +312,17 @@ class Feed:
         """Every task in the feed has delivered its terminal event."""
         return bool(self.keys) and len(self.finished) == len(self.keys)
 
-    async def add(self, key: TaskKey, since: int | None = None) -> list[Encoded]:
-        """Follow ``key``; the events to send first (snapshot, or what was missed).
+    async def add(self, key: TaskKey, since: int | None = None, *, may_poll: bool) -> list[Encoded]:
+        """Subscribe to ``key``; the events to send first (snapshot, or what was missed).
 
         ``since`` is the last seq the client holds (``Last-Event-ID``): the
         missed events are replayed; if history no longer reaches back, a
         ``history_gap`` notice and a snapshot take their place.
+
+        ``may_poll`` (the principal's decision, :func:`gateway.web.auth.may_poll`):
+        whether this subscription makes the poller poll the task and keeps it
+        polled while open. Without it the feed reads only what is stored and
+        the events that others' polling publishes.
         """
         gw = self.gateway
         name = str(key)
@@ -301,7 +331,9 @@ class Feed:
         self.keys[name] = key
         gw.hub.attach(self.queue, [name])
         try:
-            await gw.poller.follow(key)
+            if may_poll:
+                self.following.add(name)
+                await gw.poller.follow(key)
             current = await gw.hub.snapshot(name)
             items = await self._catch_up(name, current, since)
         except BaseException:
@@ -378,7 +410,8 @@ class Feed:
         self.seqs.pop(name, None)
         self.finished.discard(name)
         self.gateway.hub.detach(self.queue, [name])
-        if key is not None:
+        if key is not None and name in self.following:
+            self.following.discard(name)
             self.gateway.poller.unfollow(key)
 
     def close(self) -> None:

@@ -6,7 +6,8 @@ taught nothing about any task) or the observations of the task ids the reply
 talks about. :meth:`ReplyAdapter.parse` turns that into the
 :class:`~gateway.providers.base.Adapter` contract: one observation per
 requested id, in order, ids the reply left out marked "not visible upstream
-yet", credentials scrubbed from free text, and never an exception.
+yet", credentials redacted from every string field (:mod:`gateway.redaction`),
+and never an exception.
 
 Replies are decoded with ``msgspec`` into small per-adapter ``Struct`` types
 (unknown fields ignored), so a wrong shape is reported by field path and type
@@ -20,6 +21,7 @@ from __future__ import annotations
 import re
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cached_property
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -33,6 +35,7 @@ from gateway.providers.base import (
     fault_observations,
     parse_retry_after,
 )
+from gateway.redaction import Redactor
 
 __all__ = [
     "NOT_FOUND",
@@ -59,7 +62,6 @@ Credential = Annotated[str, msgspec.Meta(min_length=1)]
 
 NOT_FOUND = ErrorInfo("not_found", "upstream does not know this task id")
 _NOT_VISIBLE = "not visible upstream yet"
-_REDACTED = "[redacted]"
 _SHOWN_STATUS_LEN = 64
 
 
@@ -219,7 +221,9 @@ class ReplyAdapter(Adapter):
             MalformedReply: a 2xx reply that is not the documented envelope.
         """
         try:
-            return decode_reply(response.body, reply_type)
+            # Redacted as decoded: whatever an adapter derives from the reply
+            # (a shortened status, a joined message) never holds a credential.
+            return self.redactor.value(decode_reply(response.body, reply_type))
         except MalformedReply:
             status_fault = fault_for_status(response, self.name)
             if status_fault is None:
@@ -247,31 +251,22 @@ class ReplyAdapter(Adapter):
             for task_id in task_ids
         ]
 
-    # Upstreams may echo a key or account id inside their own error text; that
-    # text is the only upstream prose copied into observations, so scrub it.
+    # Upstreams may echo a key or account id anywhere: in their error text, in
+    # a status value, in fields nobody documented. Every string an observation
+    # carries (message, error, result, upstream, fault) is redacted in every
+    # form the credential may take; the task id is the caller's own, kept as is.
 
-    def _clean(self, text: str) -> str:
-        for secret in self.secret_values():
-            if secret:
-                text = text.replace(secret, _REDACTED)
-        return text
+    @cached_property
+    def redactor(self) -> Redactor:
+        """Redacts this adapter's credentials (:meth:`secret_values`) in all their forms."""
+        return Redactor(groups=[self.secret_values()])
 
     def _scrub_fault(self, fault: Fault) -> Fault:
-        message = self._clean(fault.message)
-        return (
-            fault if message == fault.message else msgspec.structs.replace(fault, message=message)
-        )
+        return self.redactor.value(fault)
 
     def _scrub(self, observation: Observation) -> Observation:
-        changes: dict[str, Any] = {}
-        if observation.message is not None:
-            message = self._clean(observation.message)
-            if message != observation.message:
-                changes["message"] = message
-        if observation.error is not None:
-            error = ErrorInfo(
-                self._clean(observation.error.code), self._clean(observation.error.message)
-            )
-            if error != observation.error:
-                changes["error"] = error
-        return msgspec.structs.replace(observation, **changes) if changes else observation
+        task_id = observation.task_id
+        scrubbed = self.redactor.value(observation)
+        if scrubbed.task_id != task_id:
+            scrubbed = msgspec.structs.replace(scrubbed, task_id=task_id)
+        return scrubbed

@@ -15,9 +15,10 @@ Three kinds of principal:
   (for the per-principal limits).
 
 The checks are small functions the handlers call (:func:`require_backend`,
-:func:`authorize_read`): only an API key (or open mode) may register tasks,
-mint tokens or make the gateway start polling a task nobody watches yet; a
-subscriber token reads the tasks it names, and only once they are known.
+:func:`authorize_read`, :func:`may_poll`): only an API key (or open mode) may
+register tasks, mint tokens or make the gateway poll a task; a subscriber
+token reads the tasks it names, only once they are known, and never causes
+an upstream call.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 from urllib.parse import urlsplit
 
 import jwt
@@ -62,6 +63,8 @@ __all__ = [
     "authorize_read",
     "check_socket_origin",
     "limit_key",
+    "may_poll",
+    "origin_allowed",
     "provide_principal",
     "require_backend",
 ]
@@ -83,6 +86,8 @@ class ApiKeyPrincipal:
     """A backend. ``key_id`` is the key's position in ``auth.api_keys`` — never the key."""
 
     key_id: str
+    #: Its streams and snapshots make the gateway poll the upstream (see :func:`may_poll`).
+    may_poll: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,8 @@ class SubscriberPrincipal:
 
     tasks: frozenset[str]
     expires_at: float
+    #: Reads what is stored and what others' polling publishes; never causes a poll.
+    may_poll: ClassVar[bool] = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,7 @@ class OpenPrincipal:
     """Anyone (``auth.mode = "open"``), known by client address."""
 
     client: str
+    may_poll: ClassVar[bool] = True
 
 
 Principal = ApiKeyPrincipal | SubscriberPrincipal | OpenPrincipal
@@ -310,6 +318,19 @@ def limit_key(principal: Principal) -> str:
 # -- authorization ------------------------------------------------------------
 
 
+def may_poll(principal: Principal) -> bool:
+    """Whether what ``principal`` opens (a stream, a WebSocket subscription, a
+    snapshot) may make the gateway poll the upstream.
+
+    An API key (or open mode) may: that is what registering and streaming are
+    for. A subscriber token may not: it reads the stored snapshot, the history
+    and whatever events others' polling produces, so a token handed to a
+    browser cannot keep (or start again) the upstream calls of a task whose
+    watch a backend deleted.
+    """
+    return principal.may_poll
+
+
 def require_backend(principal: Principal, action: str) -> None:
     """Only an API key (or open mode) may ``action``.
 
@@ -365,8 +386,7 @@ def check_socket_origin(
     origin = connection.headers.get("origin")
     if origin is None or COOKIE not in connection.cookies:
         return
-    allowed = set(allowed_origins)
-    if "*" in allowed or origin in allowed:
+    if origin_allowed(origin, allowed_origins):
         return
     if urlsplit(origin).netloc == connection.headers.get("host"):
         return
@@ -375,6 +395,19 @@ def check_socket_origin(
         "add it to server.cors_origins or pass ?token=",
         code="forbidden_origin",
     )
+
+
+def origin_allowed(origin: str, allowed_origins: Iterable[str]) -> bool:
+    """Whether ``origin`` is one of ``server.cors_origins``, matched as the CORS
+    middleware matches them (``"https://*.example.com"``: any subdomain)."""
+    for allowed in allowed_origins:
+        if "*" in allowed:
+            pattern = ".*".join(re.escape(part) for part in allowed.split("*"))
+            if re.fullmatch(pattern, origin):
+                return True
+        elif origin == allowed:
+            return True
+    return False
 
 
 _TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"']+")

@@ -12,6 +12,7 @@ from litestar.exceptions import ClientException, HTTPException, ValidationExcept
 from litestar.types import ExceptionHandlersMap
 
 from gateway.exceptions import BackendError, InputError, LimitExceeded, Unauthorized
+from gateway.redaction import Redactor
 
 __all__ = [
     "BACKEND_RETRY_S",
@@ -48,6 +49,12 @@ def problem(
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _redactor(request: Request[Any, Any, Any]) -> Redactor:
+    """The gateway's credentials redactor: a detail may quote what a client sent."""
+    redactor = getattr(request.app.state.get("gateway"), "redactor", None)
+    return redactor if isinstance(redactor, Redactor) else Redactor()
+
+
 def _input_error(request: Request[Any, Any, Any], exc: InputError) -> Response[dict[str, Any]]:
     headers = None
     if isinstance(exc, LimitExceeded) and exc.retry_after_s is not None:
@@ -55,7 +62,8 @@ def _input_error(request: Request[Any, Any, Any], exc: InputError) -> Response[d
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": exc.challenge}
-    return problem(exc.status, exc.message, code=exc.code, field=exc.field, headers=headers)
+    detail = _redactor(request).text(exc.message)
+    return problem(exc.status, detail, code=exc.code, field=exc.field, headers=headers)
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
@@ -69,7 +77,13 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         ]
         if errors:
             detail = "; ".join(f"{e['key']}: {e['message']}" for e in errors)
-    return problem(exc.status_code, detail, errors=errors, headers=exc.headers)
+    redactor = _redactor(request)
+    return problem(
+        exc.status_code,
+        redactor.text(detail),
+        errors=redactor.value(errors),
+        headers=exc.headers,
+    )
 
 
 class GatewayRequest(Request[Any, Any, Any]):

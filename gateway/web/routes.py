@@ -22,6 +22,7 @@ from gateway.web.auth import (
     authenticator_of,
     authorize_read,
     limit_key,
+    may_poll,
     require_backend,
 )
 from gateway.web.errors import problem
@@ -128,7 +129,7 @@ async def _open_stream(
     initial = []
     try:
         for key, last in zip(keys, since, strict=True):
-            initial.extend(await feed.add(key, last))
+            initial.extend(await feed.add(key, last, may_poll=may_poll(principal)))
     except BaseException:
         feed.close()
         raise
@@ -144,11 +145,12 @@ async def _open_stream(
 async def task_snapshot(
     state: State, provider: FromPath[str], task_id: FromPath[str], principal: Authenticated
 ) -> Event:
-    """The current snapshot; a task never seen is polled once (shared) first."""
+    """The current snapshot; a task never seen is polled once (shared) first,
+    unless the principal may not cause polling (a subscriber token)."""
     gw = gateway_of(state)
     key = gw.key(provider, task_id)
     await authorize_read(gw, principal, [key])
-    return as_snapshot(await gw.poller.observe_now(key))
+    return as_snapshot(await gw.snapshot(key, may_poll=may_poll(principal)))
 
 
 @post("/v1/tasks", status_code=201)
@@ -301,7 +303,8 @@ async def healthz(state: State) -> dict[str, str]:
 @get("/metrics", include_in_schema=False)
 async def metrics(state: State) -> Response[bytes]:
     """Prometheus text format; labels carry providers and states, never tasks or secrets."""
-    body = gateway_of(state).metrics.render()
+    gw = gateway_of(state)
+    body = gw.redactor.text(gw.metrics.render().decode()).encode()
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

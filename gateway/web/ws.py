@@ -37,6 +37,7 @@ from gateway.web.auth import (
     authenticator_of,
     authorize_read,
     check_socket_origin,
+    may_poll,
 )
 from gateway.web.limits import RefundingBucket
 from gateway.web.routes import gateway_of
@@ -67,6 +68,9 @@ class Connection:
         await self.socket.send_text(text)
 
     async def error(self, code: str, message: str, task: str | None = None) -> None:
+        # Both may quote what the client sent; neither may carry a credential.
+        message = self.gw.redactor.text(message)
+        task = None if task is None else self.gw.redactor.text(task)
         async with self.lock:
             await self.send(encode_frame(ErrorFrame(code=code, message=message, task=task)))
 
@@ -131,7 +135,7 @@ class Connection:
                 await self.error("invalid_cursor", "since must be a seq (0 … 2^53)", task=name)
                 continue
             async with self.lock:
-                initial = await self.feed.add(key, last)
+                initial = await self.feed.add(key, last, may_poll=may_poll(self.principal))
                 await self.send(encode_frame(Subscribed(tasks=[name])))
                 for enc in initial:
                     await self.send(enc.text)

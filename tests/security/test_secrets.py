@@ -26,6 +26,7 @@ from tests.integration.conftest import create_sim_task, events_url
 from tests.integration.gateway_server import GatewayProcess, sim_config
 from tests.integration.readers import read_ws
 from tests.integration.sim_server import running_sim
+from tests.security.spellings import spellings
 
 FAULTS = ["http500", "malformed", "rate_limit", "reset", "timeout", "slow"]
 PROVIDERS = ["ailab", "aholo", "tryon", "genpic", "videoproc"]
@@ -143,7 +144,8 @@ async def test_no_secret_in_anything_the_gateway_emits(tmp_path: Path) -> None:
     assert "WebSocket /v1/ws?token=[redacted]" in log
     assert not re.search(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+", log)
     for value in sorted(every_secret):
-        for needle in (value, value[:16]):
+        # Raw, percent-encoded, base64, JSON-escaped: and the first half of it.
+        for needle in (*spellings(value), value[:16]):
             assert needle not in haystack, f"a secret ({needle[:4]}…) was emitted"
 
 
