@@ -140,6 +140,21 @@ class Redactor:
             return text  # the same object: callers see nothing changed
         return pattern.sub(REDACTED, text)
 
+    def clean(self, raw: bytes) -> bool:
+        """Whether ``raw`` (a reply body) certainly holds no form of any credential.
+
+        One scan of the bytes instead of a walk of everything decoded from
+        them: a body without a match and without JSON ``\\u`` escapes (which
+        could spell a credential one character at a time) decodes to values
+        that hold none either.
+        """
+        pattern = self._pattern
+        if pattern is None:
+            return True
+        if b"\\u" in raw:
+            return False
+        return pattern.search(raw.decode("utf-8", "replace")) is None
+
     def value(self, value: T) -> T:
         """``value`` with every string inside it redacted (dict keys too).
 

@@ -101,3 +101,20 @@ def test_probe_output_redacts_query_credentials_as_urlencode_writes_them() -> No
     secret = "q/k+y=v& 1"
     line = "GET https://api.example.com/status?" + urlencode([("key", secret), ("id", "7")])
     assert redact(line, [secret]) == "GET https://api.example.com/status?key=[redacted]&id=7"
+
+
+@pytest.mark.parametrize("form", sorted(spellings(SECRET)))
+def test_a_body_holding_any_form_is_not_clean(form: str) -> None:
+    body = msgspec.json.encode({"status": f"x{form}y"})
+    assert not Redactor([SECRET]).clean(body)
+
+
+def test_a_body_with_unicode_escapes_is_never_taken_as_clean() -> None:
+    # "\u0053..." may spell the secret one escaped character at a time.
+    spelled = "".join(f"\\u{ord(c):04x}" for c in SECRET)
+    assert not Redactor([SECRET]).clean(f'{{"status": "{spelled}"}}'.encode())
+
+
+def test_a_body_without_any_form_is_clean() -> None:
+    assert Redactor([SECRET]).clean(b'{"status": "running", "progress": 40}')
+    assert Redactor([]).clean(SECRET.encode())
