@@ -13,6 +13,10 @@ from tests.integration.gateway_server import running_gateway, sim_config
 from tests.integration.readers import read_sse
 
 
+def seqs_of(stream: list[dict[str, object]]) -> list[object]:
+    return [e["seq"] for e in stream if e["event"] != "notice"]
+
+
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -44,6 +48,7 @@ async def test_metrics_count_polls_subscribers_events_and_faults(
             json={"provider": "videoproc", "mode": "http500", "duration_s": 0.5},
         )
         streams = await asyncio.gather(*readers)
+        paid_now = (await client.get(f"{base}/v1/tasks/{coins.replace(':', '/')}")).json()
         reply = await client.get(f"{base}/metrics")
     text = reply.text
     after = samples(text)
@@ -64,16 +69,20 @@ async def test_metrics_count_polls_subscribers_events_and_faults(
     # Three subscribers, one poll: two polls saved on every videoproc poll.
     saved = after[("pollcast_polls_saved_total", (("provider", "videoproc"),))]
     assert saved >= 2 * after[ok] - 2
-    # Each event a subscriber saw was published once and, after the snapshot, went to
-    # all three videoproc subscribers. (The fault may hide the 50 % step: counted from
-    # what arrived, not from the timeline.)
-    # (seq 0 is the placeholder snapshot of a task not polled yet: never published.)
-    seen = [e for e in [*streams[0], *paid_events] if e["event"] != "notice" and e["seq"] > 0]
-    published = {(e["task"], e["seq"]) for e in seen}
-    assert len(published) >= 3
-    assert after[("pollcast_events_published_total", ())] >= len(published)
-    live = [e for e in streams[0][1:] if e["event"] != "notice"]
-    assert live and after[("pollcast_events_delivered_total", ())] >= 3 * len(live)
+    # Every event was published exactly once: the videoproc task's seqs up to its
+    # terminal one and the tryon task's up to its latest. (The fault may hide the
+    # 50 % step: counted from what arrived, not from the timeline.)
+    assert [e["seq"] for e in streams[0] if e["event"] != "notice"][-1] == streams[0][-1]["seq"]
+    assert all(
+        [e["seq"] for e in s if e["event"] != "notice"] == seqs_of(streams[0]) for s in streams
+    )
+    published = streams[0][-1]["seq"] + paid_now["seq"]
+    assert streams[0][-1]["terminal"] and published >= 3
+    assert after[("pollcast_events_published_total", ())] == published
+    # Each live event (after the first snapshot) was handed once to each subscriber
+    # still listening: the three videoproc streams, and the tryon one until it hung up.
+    live = sum(len(s) - 1 for s in streams) + len(paid_events) - 1
+    assert after[("pollcast_events_delivered_total", ())] == live
     tryon_calls = after[
         ("pollcast_upstream_requests_total", (("outcome", "ok"), ("provider", "tryon")))
     ]

@@ -84,9 +84,14 @@ def test_task_ids_must_be_64_bit_integers(task_id: str) -> None:
         build(tryon(), [task_id])
 
 
-def test_integer_ids_are_accepted() -> None:
-    for task_id in ("0", "2880", "9223372036854775807"):
-        tryon().check_task_id(task_id)
+@pytest.mark.parametrize("task_id", ["0", "2880", "9223372036854775807"])
+def test_integer_ids_are_accepted_and_sent_as_json_integers(task_id: str) -> None:
+    adapter = tryon()
+    adapter.check_task_id(task_id)  # raises InvalidTaskKey for anything else
+    request = build(adapter, [task_id])
+    assert request.body is not None
+    sent = json.loads(request.body)["infId"]
+    assert type(sent) is int and sent == int(task_id)
 
 
 def test_invalid_id_message() -> None:

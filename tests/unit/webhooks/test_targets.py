@@ -98,9 +98,17 @@ def test_unspecified_and_multicast_are_refused_always(address: str) -> None:
         check_address(address, UrlPolicy(allow_private=True))
 
 
-def test_public_addresses_pass() -> None:
-    check_address("93.184.216.34", OPEN)
-    check_address("2606:2800:220:1:248:1893:25c8:1946", OPEN)
+@pytest.mark.parametrize("address", ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"])
+async def test_public_addresses_pass(address: str) -> None:
+    target = check_url("https://hooks.example.com/in", OPEN)
+
+    async def public(host: str, port: int) -> list[str]:
+        return [address]
+
+    # The checked address is the one the sender will connect to.
+    assert await resolve_checked(target, OPEN, public) == [address]
+    with pytest.raises(InvalidWebhook):  # the same check refuses a private neighbour
+        check_address("10.0.0.7", OPEN)
 
 
 async def test_every_resolved_address_must_pass() -> None:
