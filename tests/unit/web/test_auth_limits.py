@@ -115,7 +115,9 @@ def test_only_hs256_is_accepted(algorithm: str) -> None:
         authenticator().verify(token)
 
 
-def test_a_short_token_secret_is_warned_about_and_still_works(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_short_token_secret_is_warned_about_and_still_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with caplog.at_level(logging.WARNING, logger="pollcast.auth"):
         weak = Authenticator(AuthConfig(mode="token", token_secret="short"))
     assert "shorter than 32 bytes" in caplog.text
