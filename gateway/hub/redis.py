@@ -488,10 +488,12 @@ class RedisHub(Hub):
             await pipe.execute()
 
     async def watched_tasks(self) -> list[str]:
-        """Tasks some node reported subscribers for (counts may since have dropped to 0)."""
+        """Tasks with subscribers here, or that some node reported subscribers
+        for (their counts may since have dropped to 0)."""
         async with translated("watcher index"):
             members: list[Any] = await self.redis.zrange(self._subscribed, 0, -1)
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        reported = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        return list(dict.fromkeys([*self.fanout.tasks(), *reported]))
 
     async def watcher_counts(self, tasks: Sequence[str], node: str) -> dict[str, int]:
         """The cluster-wide counts: this node's from memory, plus the other nodes'

@@ -7,7 +7,7 @@ from typing import Annotated, Any, cast
 import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.core.listing import decode_list_cursor, parse_count
@@ -293,7 +293,7 @@ async def followed_tasks(
     state: State,
     principal: Authenticated,
     provider: FromQuery[str | None] = None,
-    task_state: Annotated[str | None, Parameter(query="state")] = None,
+    task_state: Annotated[str | None, QueryParameter(name="state")] = None,
     cursor: FromQuery[str | None] = None,
     limit: FromQuery[str | None] = None,
 ) -> TaskPage:
