@@ -246,10 +246,14 @@ class Gateway:
         Raises:
             UnknownTask: the store does not hold the task and nothing polls it.
         """
-        page = await self.hub.history_page(str(key), after, limit)
-        if not page.known and str(key) not in self.poller.lane(key.provider).tasks:
-            raise UnknownTask(f"{key} is not known to this gateway", field="task")
-        return page
+        name = str(key)
+        page = await self.hub.history_page(name, after, limit)
+        if page.known or name in self.poller.lane(key.provider).tasks:
+            return page
+        # Watched (perhaps through another node) but not observed yet: an empty page.
+        if any(watch.task == name for watch in await self.hub.watches()):
+            return page
+        raise UnknownTask(f"{key} is not known to this gateway", field="task")
 
     async def watchers(self, task: str) -> int:
         """Open subscriptions to ``task``, cluster-wide where the hub is shared."""

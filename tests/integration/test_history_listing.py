@@ -505,3 +505,32 @@ async def test_watchers_are_counted_cluster_wide_on_redis(
         for node in (a, b):
             names = {t["task"] for page in await every_page(client, node) for t in page}
             assert names == {watched}, node
+
+
+async def test_listing_pages_across_nodes_on_redis(
+    sim: str, redis_url: str, client: httpx.AsyncClient
+) -> None:
+    doc = sim_config(
+        sim, backend={"kind": "redis", "url": redis_url, "prefix": f"hl-{uuid.uuid4().hex[:6]}"}
+    )
+    with running_gateway(doc) as (a, _ga), running_gateway(doc) as (b, _gb):
+        tasks = []
+        for n in range(12):
+            spec = {"provider": "ailab", "task_id": f"r-{n:02d}", "timeline": RUNNING}
+            (await client.post(f"{sim}/_sim/tasks", json=spec)).raise_for_status()
+            await watch(client, (a, b)[n % 2], f"ailab:r-{n:02d}")  # half through each node
+            tasks.append(f"ailab:r-{n:02d}")
+        # A cursor from one node is good on the other: pages alternate between them.
+        seen: list[str] = []
+        cursor = None
+        for turn in range(10):
+            params: dict[str, Any] = {"limit": 5, **({"cursor": cursor} if cursor else {})}
+            body = await listing(client, (a, b)[turn % 2], **params)
+            seen.extend(t["task"] for t in body["tasks"])
+            assert all(t["watched"] for t in body["tasks"])
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == tasks
+        state_filtered = await every_page(client, b, state="running", provider="ailab", limit=4)
+        assert [t["task"] for page in state_filtered for t in page] == tasks

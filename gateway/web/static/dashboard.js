@@ -18,6 +18,7 @@ const MAX_CARDS = 60;
 const MAX_LOG = 300;
 const LIST_EVERY_MS = 4000;
 const INDEX_LIMIT = 1000; // one listing page: counts for the cards, tasks to follow
+const FOLLOW_MAX = 100; // cards opened by following: one WebSocket takes 100 tasks
 const PAGE_SIZE = Math.max(1, Math.min(1000, Number.parseInt(params.get('page_size') ?? '', 10) || 20));
 const IMAGE_RE = /\.(png|jpe?g|gif|webp|avif|svg)(\?.*)?$/i;
 const STATE_ORDER = ['queued', 'running', 'succeeded', 'failed', 'cancelled', 'expired', 'rejected', 'unknown'];
@@ -512,6 +513,7 @@ async function refreshIndex() {
   noteCounts(body.tasks);
   if (!following) return;
   for (const item of body.tasks) {
+    if (cards.size >= FOLLOW_MAX) break;
     if (!cards.has(item.task) && !item.terminal) watch(item.task);
   }
   const n = body.tasks.length;
