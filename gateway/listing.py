@@ -176,12 +176,19 @@ class WatcherBoard:
             self.beat_at = now
 
     async def run(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.every_s)
             try:
                 await self.step()
             except BackendError as exc:
-                log.warning("could not publish subscriber counts (%s)", exc)
+                if not failing:  # once per outage; the next step retries what is due
+                    log.warning("could not publish subscriber counts (%s)", exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("publishing subscriber counts again")
+                failing = False
 
     async def withdraw(self) -> None:
         """Take this node's counts back (it is stopping); best effort."""

@@ -534,3 +534,35 @@ async def test_listing_pages_across_nodes_on_redis(
         assert seen == tasks
         state_filtered = await every_page(client, b, state="running", provider="ailab", limit=4)
         assert [t["task"] for page in state_filtered for t in page] == tasks
+
+
+async def test_a_lost_redis_is_503_with_retry_after_and_the_gateway_recovers(
+    sim: str, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        doc = sim_config(sim, backend={"kind": "redis", "url": server.url, "prefix": "hl-down"})
+        with running_gateway(doc) as (base, _gw):
+            task = await create_sim_task(client, sim, "ailab", RUNNING)
+            await watch(client, base, task)
+            assert [t["task"] for t in (await listing(client, base))["tasks"]] == [task]
+            server.kill()
+            for path in ("/v1/tasks", path_of(task) + "/history"):
+                reply = await client.get(base + path)
+                assert reply.status_code == 503, (path, reply.text)
+                assert reply.json()["code"] == "backend_unavailable"
+                assert int(reply.headers["retry-after"]) >= 1
+                assert "redis://" not in reply.text
+            server.start()  # the same port, persisted: the gateway carries on
+
+            async def listed_again() -> bool:
+                reply = await client.get(f"{base}/v1/tasks")
+                return reply.status_code == 200 and [t["task"] for t in reply.json()["tasks"]] == [
+                    task
+                ]
+
+            await eventually(listed_again, what="the listing to answer again")
+            history = await client.get(base + path_of(task) + "/history")
+            assert history.status_code == 200 and history.json()["events"]
+    finally:
+        server.kill()
