@@ -7,6 +7,7 @@
     ├── InputError             bad client input → HTTP 4xx / WS error frame
     │   ├── InvalidTaskKey     malformed provider name or task id (422)
     │   ├── UnknownProvider    no such provider configured (404)
+    │   ├── UnknownTask        a task the store does not hold and nothing polls (404)
     │   ├── InvalidCursor      garbage Last-Event-ID / cursor / since (400)
     │   ├── TooManyTasks       more tasks in one request than allowed (400)
     │   ├── Unauthorized       no, wrong or expired credentials (401 + WWW-Authenticate)
@@ -55,6 +56,13 @@ class InvalidTaskKey(InputError):
 class UnknownProvider(InputError):
     status = 404
     code = "unknown_provider"
+
+
+class UnknownTask(InputError):
+    """The store holds no such task and nothing polls it (404)."""
+
+    status = 404
+    code = "unknown_task"
 
 
 class InvalidCursor(InputError):

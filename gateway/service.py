@@ -14,16 +14,18 @@ import logging
 import uuid
 from collections.abc import Iterable
 
+from gateway.aio import cancel_and_wait
 from gateway.config import Config
 from gateway.core import tracker
-from gateway.core.model import Event, TaskKey
+from gateway.core.model import Event, State, TaskKey
 from gateway.core.sse import Encoded
-from gateway.exceptions import BackendError, InputError, TooManyTasks
-from gateway.hub.base import Hub, Watch
+from gateway.exceptions import BackendError, InputError, TooManyTasks, UnknownTask
+from gateway.hub.base import HistoryPage, Hub, Watch
 from gateway.hub.local import LocalHub
 from gateway.hub.queue import CloseReason, QueueStats, SubscriberQueue
 from gateway.hub.redis import RedisHub
 from gateway.hub.redis import connect as redis_connect
+from gateway.listing import TaskPage, WatcherBoard, list_tasks
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller
 from gateway.poller.redis_schedule import RedisSchedule
@@ -33,7 +35,7 @@ from gateway.redaction import for_config
 from gateway.webhooks.model import WebhookTarget
 from gateway.webhooks.service import Webhooks, outbox_for
 
-__all__ = ["Feed", "Gateway"]
+__all__ = ["Feed", "Gateway", "UnknownTask"]
 
 log = logging.getLogger("pollcast.gateway")
 
@@ -96,6 +98,11 @@ class Gateway:
         )
         self.feeds: set[Feed] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        # A shared hub learns this node's subscriber counts from it (watchers).
+        self.watcher_board = (
+            WatcherBoard(self.hub, self.node_id) if isinstance(self.hub, RedisHub) else None
+        )
+        self._board_task: asyncio.Task[None] | None = None
         self._snapshot_frames: dict[str, Encoded] = {}
         self.metrics.watch_queues(self.queue_stats)
         if isinstance(schedule, RedisSchedule):
@@ -110,6 +117,10 @@ class Gateway:
             await self.webhooks.start()
         await self.poller.start()
         self._heartbeat = asyncio.create_task(self.heartbeat(), name="pollcast-heartbeat")
+        if self.watcher_board is not None:
+            self._board_task = asyncio.create_task(
+                self.watcher_board.run(), name="pollcast-watcher-counts"
+            )
 
     async def heartbeat(self) -> None:
         """Every ``heartbeat_s``, wake every idle stream so it sends a ping.
@@ -127,6 +138,10 @@ class Gateway:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         await self.poller.close()
+        if self._board_task is not None:
+            await cancel_and_wait(self._board_task)
+        if self.watcher_board is not None:
+            await self.watcher_board.withdraw()
         if self.webhooks is not None:
             await self.webhooks.close()
         for client in self.http.values():
@@ -238,6 +253,40 @@ class Gateway:
             return await self.poller.observe_now(key)
         name = str(key)
         return await self.hub.snapshot(name) or tracker.initial_snapshot(name, self.poller.wall())
+
+    async def history(self, key: TaskKey, after: int, limit: int) -> HistoryPage:
+        """A page of ``key``'s kept events after seq ``after`` (the store only: no poll).
+
+        Raises:
+            UnknownTask: the store does not hold the task and nothing polls it.
+        """
+        name = str(key)
+        page = await self.hub.history_page(name, after, limit)
+        if page.known or name in self.poller.lane(key.provider).tasks:
+            return page
+        # Watched (perhaps through another node) but not observed yet: an empty page.
+        if any(watch.task == name for watch in await self.hub.watches()):
+            return page
+        raise UnknownTask(f"{key} is not known to this gateway", field="task")
+
+    async def watchers(self, task: str) -> int:
+        """Open subscriptions to ``task``, cluster-wide where the hub is shared."""
+        return (await self.hub.watcher_counts([task], self.node_id))[task]
+
+    async def list_tasks(
+        self,
+        *,
+        provider: str | None,
+        state: State | None,
+        after: str | None,
+        limit: int,
+    ) -> TaskPage:
+        """A page of the tasks followed (watched, or with open subscriptions)."""
+        if provider is not None:
+            self.poller.lane(provider)  # UnknownProvider (404) for one not configured
+        return await list_tasks(
+            self.hub, self.node_id, provider=provider, state=state, after=after, limit=limit
+        )
 
     def is_watched(self, task: str) -> bool:
         """Whether this node watches ``task`` (registered with ``POST /v1/tasks``, not ended)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import msgspec
 
@@ -21,7 +22,7 @@ from gateway.core.sse import Encoded
 from gateway.hub.fanout import FanOut
 from gateway.hub.queue import SubscriberQueue
 
-__all__ = ["Hub", "Watch"]
+__all__ = ["HistoryPage", "Hub", "Watch", "page_of"]
 
 
 class Watch(msgspec.Struct, frozen=True):
@@ -30,6 +31,51 @@ class Watch(msgspec.Struct, frozen=True):
     task: str
     created_at: float
     deadline_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One page of a task's kept history (:meth:`Hub.history_page`).
+
+    ``events`` have seqs above the requested ``after``, in order. ``gap`` says
+    the history no longer reaches back to ``after + 1``: the events are then
+    the oldest still kept. ``latest`` is the task's stored seq (0: none);
+    ``known`` whether the store holds the task at all.
+    """
+
+    events: list[Encoded]
+    gap: bool
+    latest: int
+    known: bool
+    after: int
+
+    @property
+    def next_after(self) -> int:
+        """Where the next page starts: the last seq given, else what was asked
+        (or the latest seq, when a gap left nothing to give)."""
+        if self.events:
+            return self.events[-1].event.seq
+        return self.latest if self.gap else self.after
+
+    @property
+    def more(self) -> bool:
+        """Whether kept events after this page exist right now."""
+        return bool(self.events) and self.events[-1].event.seq < self.latest
+
+
+def page_of(
+    kept: Sequence[Encoded], *, after: int, limit: int, latest: int, known: bool
+) -> HistoryPage:
+    """The page of ``kept`` (events with seq > ``after``, in order, as stored) to answer.
+
+    History is trimmed from its oldest end only, so the seqs kept are
+    consecutive: the first one kept above ``after`` tells whether it reaches back.
+    """
+    if after >= latest:
+        return HistoryPage([], gap=False, latest=latest, known=known, after=after)
+    events = [enc for enc in kept if enc.event.seq > after][:limit]
+    gap = not events or events[0].event.seq > after + 1
+    return HistoryPage(events, gap=gap, latest=latest, known=known, after=after)
 
 
 class Hub(ABC):
@@ -53,6 +99,10 @@ class Hub(ABC):
     @abstractmethod
     async def snapshot(self, task: str) -> Event | None:
         """The latest ``state``/``progress`` event of ``task``, or ``None`` if never seen."""
+
+    async def snapshots(self, tasks: Sequence[str]) -> dict[str, Event | None]:
+        """:meth:`snapshot` of each task (a backend may read them in one round trip)."""
+        return {task: await self.snapshot(task) for task in tasks}
 
     @abstractmethod
     async def commit(
@@ -84,6 +134,10 @@ class Hub(ABC):
         """Events with seq > ``after_seq`` in order, or ``None`` if history no longer
         reaches back that far (the caller then sends a gap notice and a snapshot)."""
 
+    @abstractmethod
+    async def history_page(self, task: str, after: int, limit: int) -> HistoryPage:
+        """Up to ``limit`` kept events with seq > ``after``; see :class:`HistoryPage`."""
+
     # -- fan-out (to this node's subscribers; every backend does it alike) --
 
     fanout: FanOut
@@ -96,6 +150,27 @@ class Hub(ABC):
 
     def subscriber_count(self, task: str) -> int:
         return self.fanout.subscriber_count(task)
+
+    # -- watchers (open subscriptions, as far as the backend can see) ------
+
+    async def watched_tasks(self) -> list[str]:
+        """Tasks with open subscriptions anywhere the backend sees (here: this node)."""
+        return self.fanout.tasks()
+
+    async def watcher_counts(self, tasks: Sequence[str], node: str) -> dict[str, int]:
+        """Open subscriptions per task, for every task asked (0 when none).
+
+        ``node`` is this node: its own subscribers are counted from memory,
+        the other nodes' from what they published.
+        """
+        return {task: self.fanout.subscriber_count(task) for task in tasks}
+
+    async def publish_watchers(self, node: str, counts: Mapping[str, int], ttl_s: float) -> None:
+        """Tell the other nodes this node's subscriber counts (0 withdraws one).
+
+        A backend that sees only one process has nothing to do.
+        """
+        return None
 
     # -- watches ----------------------------------------------------------
 

@@ -37,7 +37,7 @@ from gateway.core.model import Event, EventKind
 from gateway.core.sse import Encoded
 from gateway.core.tracker import notice
 from gateway.exceptions import BackendError, SeqConflict
-from gateway.hub.base import Hub, Watch
+from gateway.hub.base import HistoryPage, Hub, Watch, page_of
 from gateway.hub.fanout import FanOut
 from gateway.hub.queue import CloseReason
 
@@ -406,6 +406,23 @@ class LocalHub(Hub):
         if not events or events[0].event.seq > after_seq + 1:
             return None
         return [enc for enc in events if enc.event.seq > after_seq]
+
+    async def history_page(self, task: str, after: int, limit: int) -> HistoryPage:
+        current = await self.snapshot(task)
+        latest = current.seq if current is not None else 0
+        kept: Sequence[Encoded] = ()
+        if after < latest:
+            live = self._history.get(task)
+            if live is not None:
+                kept = live
+            else:
+                with self._reading("history") as db:
+                    rows = db.execute(
+                        "SELECT body FROM history WHERE task = ? AND seq > ? ORDER BY seq LIMIT ?",
+                        (task, after, limit),
+                    ).fetchall()
+                kept = [Encoded(_event_decoder.decode(body)) for (body,) in rows]
+        return page_of(kept, after=after, limit=limit, latest=latest, known=current is not None)
 
     def _read_history(self, task: str, after_seq: int = 0) -> deque[Encoded]:
         with self._reading("history") as db:

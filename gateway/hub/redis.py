@@ -51,9 +51,10 @@ from gateway.core import tracker
 from gateway.core.model import Event, EventKind
 from gateway.core.sse import Encoded
 from gateway.exceptions import BackendError, SeqConflict
-from gateway.hub.base import Hub, Watch
+from gateway.hub.base import HistoryPage, Hub, Watch, page_of
 from gateway.hub.fanout import FanOut
 from gateway.hub.queue import CloseReason
+from gateway.hub.redis_watchers import WATCHERS_SET, WATCHERS_SUM, AsyncScript
 
 __all__ = ["RedisHub", "connect", "task_key"]
 
@@ -422,3 +423,96 @@ class RedisHub(Hub):
     async def purge(self, now: float) -> int:
         """Nothing to do: terminal tasks carry a TTL and Redis expires them."""
         return 0
+
+    # -- history pages and watcher counts -------------------------------------
+
+    async def history_page(self, task: str, after: int, limit: int) -> HistoryPage:
+        async with translated("history read"), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self._snap(task), "seq")
+            pipe.xrange(self._hist(task), min=f"(0-{after}", max="+", count=limit)
+            latest_raw, entries = await pipe.execute()
+        kept = [Encoded(_event_decoder.decode(fields[b"b"])) for _, fields in entries]
+        return page_of(
+            kept,
+            after=after,
+            limit=limit,
+            latest=int(latest_raw or 0),
+            known=latest_raw is not None,
+        )
+
+    async def snapshots(self, tasks: Sequence[str]) -> dict[str, Event | None]:
+        """Many snapshots in one round trip."""
+        if not tasks:
+            return {}
+        async with translated("snapshot read"), self.redis.pipeline(transaction=False) as pipe:
+            for task in tasks:
+                pipe.hget(self._snap(task), "body")
+            bodies: list[Any] = await pipe.execute()
+        return {
+            task: None if body is None else _event_decoder.decode(body)
+            for task, body in zip(tasks, bodies, strict=True)
+        }
+
+    def _watchers_key(self, task: str) -> str:
+        return task_key(self.prefix, task, "watchers")
+
+    @property
+    def _subscribed(self) -> str:
+        return f"{self.prefix}:subscribed"
+
+    def _watcher_script(self, name: str) -> AsyncScript:
+        scripts: dict[str, AsyncScript] = self.__dict__.setdefault("_watcher_scripts", {})
+        if name not in scripts:
+            source = WATCHERS_SET if name == "set" else WATCHERS_SUM
+            scripts[name] = self.redis.register_script(source)
+        return scripts[name]
+
+    async def publish_watchers(self, node: str, counts: Mapping[str, int], ttl_s: float) -> None:
+        """Each task's ``watchers`` hash holds ``node → count:expires_ms`` (Redis time).
+
+        A field whose expiry passed is a node that stopped reporting (it
+        died): readers ignore and remove it. Tasks with a count go into the
+        ``subscribed`` index that the task listing walks.
+        """
+        if not counts:
+            return
+        ttl_ms = max(1, round(ttl_s * 1000))
+        script = self._watcher_script("set")
+        async with translated("watcher counts"), self.redis.pipeline(transaction=False) as pipe:
+            for task, count in counts.items():
+                await script(
+                    keys=[self._watchers_key(task)], args=[node, count, ttl_ms], client=pipe
+                )
+                if count > 0:
+                    pipe.zadd(self._subscribed, {task: 0})
+            await pipe.execute()
+
+    async def watched_tasks(self) -> list[str]:
+        """Tasks with subscribers here, or that some node reported subscribers
+        for (their counts may since have dropped to 0)."""
+        async with translated("watcher index"):
+            members: list[Any] = await self.redis.zrange(self._subscribed, 0, -1)
+        reported = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        return list(dict.fromkeys([*self.fanout.tasks(), *reported]))
+
+    async def watcher_counts(self, tasks: Sequence[str], node: str) -> dict[str, int]:
+        """The cluster-wide counts: this node's from memory, plus the other nodes'
+        that still report."""
+        if not tasks:
+            return {}
+        script = self._watcher_script("sum")
+        async with translated("watcher counts"), self.redis.pipeline(transaction=False) as pipe:
+            for task in tasks:
+                await script(keys=[self._watchers_key(task)], args=[node], client=pipe)
+            totals: list[Any] = await pipe.execute()
+        counts = {
+            task: int(total) + self.fanout.subscriber_count(task)
+            for task, total in zip(tasks, totals, strict=True)
+        }
+        idle = [task for task, count in counts.items() if count <= 0]
+        if idle:
+            # A node re-adds its tasks on every heartbeat: a member removed
+            # here while another node was adding it comes back with that beat.
+            async with translated("watcher index"):
+                await self.redis.zrem(self._subscribed, *idle)
+        return counts

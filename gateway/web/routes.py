@@ -7,13 +7,16 @@ from typing import Annotated, Any, cast
 import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.core.listing import decode_list_cursor, parse_count
 from gateway.core.model import Event, TaskKey, format_timestamp
-from gateway.core.sse import decode_cursor, parse_last_event_id
+from gateway.core.model import State as TaskState
+from gateway.core.sse import MAX_SEQ, decode_cursor, parse_last_event_id
 from gateway.core.tracker import as_snapshot
 from gateway.exceptions import InputError, TooManyTasks
+from gateway.listing import TaskPage
 from gateway.service import Gateway, check_task_count
 from gateway.web.auth import (
     Authenticated,
@@ -144,13 +147,15 @@ async def _open_stream(
 @get("/v1/tasks/{provider:str}/{task_id:str}")
 async def task_snapshot(
     state: State, provider: FromPath[str], task_id: FromPath[str], principal: Authenticated
-) -> Event:
-    """The current snapshot; a task never seen is polled once (shared) first,
-    unless the principal may not cause polling (a subscriber token)."""
+) -> TaskView:
+    """The current snapshot and its open subscriptions; a task never seen is
+    polled once (shared) first, unless the principal may not cause polling
+    (a subscriber token)."""
     gw = gateway_of(state)
     key = gw.key(provider, task_id)
     await authorize_read(gw, principal, [key])
-    return as_snapshot(await gw.snapshot(key, may_poll=may_poll(principal)))
+    snapshot = as_snapshot(await gw.snapshot(key, may_poll=may_poll(principal)))
+    return task_view(snapshot, await gw.watchers(str(key)))
 
 
 @post("/v1/tasks", status_code=201)
@@ -228,37 +233,98 @@ async def mint_token(state: State, data: JSONBody[TokenRequest], principal: Auth
     )
 
 
-class PolledTask(msgspec.Struct):
+class TaskView(Event, frozen=True, kw_only=True):
+    """The snapshot body of ``GET /v1/tasks/{provider}/{task_id}``: the event
+    object plus ``watchers``, the task's open subscriptions."""
+
+    watchers: int
+
+
+def task_view(snapshot: Event, watchers: int) -> TaskView:
+    fields = {name: getattr(snapshot, name) for name in snapshot.__struct_fields__}
+    return TaskView(**fields, watchers=watchers)
+
+
+class HistoryReply(msgspec.Struct):
     task: str
-    watched: bool
-    followers: int
-    snapshot: Event | None
+    events: list[Event]
+    gap: bool  # the history no longer reaches back to ``after``: the oldest kept follow
+    next_after: int  # pass as ``after`` for the next page
+    more: bool  # more kept events follow right now
+    latest_seq: int
+
+
+HISTORY_LIMIT_DEFAULT = 100
+HISTORY_LIMIT_MAX = 1000
+
+
+@get("/v1/tasks/{provider:str}/{task_id:str}/history")
+async def task_history(
+    state: State,
+    provider: FromPath[str],
+    task_id: FromPath[str],
+    principal: Authenticated,
+    after: FromQuery[str | None] = None,
+    limit: FromQuery[str | None] = None,
+) -> HistoryReply:
+    """The task's kept events after seq ``after``, paged; read from the store only."""
+    gw = gateway_of(state)
+    key = gw.key(provider, task_id)
+    since = parse_count(after, field="after", default=0, low=0, high=MAX_SEQ)
+    count = parse_count(
+        limit, field="limit", default=HISTORY_LIMIT_DEFAULT, low=1, high=HISTORY_LIMIT_MAX
+    )
+    await authorize_read(gw, principal, [key])
+    page = await gw.history(key, since, count)
+    return HistoryReply(
+        task=str(key),
+        events=[enc.event for enc in page.events],
+        gap=page.gap,
+        next_after=page.next_after,
+        more=page.more,
+        latest_seq=page.latest,
+    )
+
+
+LIST_LIMIT_DEFAULT = 100
+LIST_LIMIT_MAX = 1000
 
 
 @get("/v1/tasks")
-async def polled_tasks(
+async def followed_tasks(
     state: State,
     principal: Authenticated,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
-) -> dict[str, Any]:
-    """The tasks this node is polling right now, with their latest snapshot (dashboard).
+    provider: FromQuery[str | None] = None,
+    task_state: Annotated[str | None, QueryParameter(name="state")] = None,
+    cursor: FromQuery[str | None] = None,
+    limit: FromQuery[str | None] = None,
+) -> TaskPage:
+    """The tasks the gateway (cluster) follows — watched, or with open
+    subscriptions — in key order, paged by ``cursor``, with their watchers.
 
-    A subscriber token sees only the tasks it names.
+    Takes an API key (in token mode).
     """
     gw = gateway_of(state)
-    records = [task for lane in gw.poller.lanes.values() for task in lane.tasks]
-    if isinstance(principal, SubscriberPrincipal):
-        records = [task for task in records if task in principal.tasks]
-    listed = [
-        PolledTask(
-            task=task,
-            watched=task in gw.poller.watching,
-            followers=gw.poller.followers.get(task, 0),
-            snapshot=await gw.hub.snapshot(task),
-        )
-        for task in records[:limit]
-    ]
-    return {"tasks": listed, "total": len(records)}
+    require_backend(principal, "list tasks")
+    count = parse_count(
+        limit, field="limit", default=LIST_LIMIT_DEFAULT, low=1, high=LIST_LIMIT_MAX
+    )
+    wanted = _state_filter(task_state)
+    provider = provider or None
+    after = None
+    if cursor:
+        after = decode_list_cursor(cursor, provider=provider, state=task_state or None).after
+    return await gw.list_tasks(provider=provider, state=wanted, after=after, limit=count)
+
+
+def _state_filter(raw: str | None) -> TaskState | None:
+    if not raw:
+        return None
+    try:
+        return TaskState(raw)
+    except ValueError:
+        names = ", ".join(s.value for s in TaskState)
+        raise InputError(f"state must be one of {names}", field="state") from None
 
 
 @delete("/v1/tasks/{provider:str}/{task_id:str}", status_code=204)
@@ -321,9 +387,10 @@ ROUTES = [
     task_events,
     many_events,
     task_snapshot,
+    task_history,
     watch_task,
     mint_token,
-    polled_tasks,
+    followed_tasks,
     unwatch_task,
     providers,
     healthz,

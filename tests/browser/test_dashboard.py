@@ -7,12 +7,15 @@ driven by Playwright; no browser download. Screenshots go to
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from tests.integration.gateway_server import running_gateway, sim_config
 from tests.integration.sim_server import running_sim
@@ -130,7 +133,7 @@ def test_dashboard_follows_all_five_providers_to_completion() -> None:
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.thumb img')].every(i => i.complete)"
             )
-            shot = OUTPUT / "dashboard.png"
+            shot = OUTPUT / "dashboard-done.png"
             page.screenshot(path=str(shot), full_page=True, animations="disabled")
             print(f"screenshots: {shot} {live_shot}")
 
@@ -230,7 +233,179 @@ def test_raw_eventsource_page_and_follow_every_polled_task() -> None:
                 f'.card[data-task="{background}"][data-state="running"]', timeout=WAIT_MS
             )
             assert dash.is_checked("#follow-all")
-            assert "being polled" in dash.inner_text("#hint")
+            assert "followed by the gateway" in dash.inner_text("#hint")
             assert dash_errors == []
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def subscriber(client: httpx.Client, url: str) -> Iterator[None]:
+    """An open SSE stream (its snapshot read), held until the block ends."""
+    with client.stream("GET", url) as reply:
+        assert reply.status_code == 200
+        lines = reply.iter_lines()  # held: dropping it closes the response
+        while not next(lines).startswith("data:"):
+            pass
+        yield
+
+
+def rows(page: Page) -> list[str]:
+    tasks: list[str] = page.eval_on_selector_all(
+        "#followed-rows tr", "els => els.map(e => e.dataset.task)"
+    )
+    return tasks
+
+
+def watchers_cell(task: str) -> str:
+    return f'#followed-rows tr[data-task="{task}"] .f-watchers'
+
+
+def test_dashboard_lists_followed_tasks_pages_them_and_counts_watchers() -> None:
+    OUTPUT.mkdir(exist_ok=True)
+    running = [{"at": 0, "state": "running", "progress": 30}]
+    with (
+        running_sim() as sim,
+        running_gateway(sim_config(sim)) as (base, _gw),
+        httpx.Client(timeout=10, trust_env=False) as client,
+        sync_playwright() as playwright,
+    ):
+        watched = []
+        for n in range(25):
+            spec = {"provider": "videoproc", "task_id": f"job-{n:02d}", "timeline": running}
+            client.post(f"{sim}/_sim/tasks", json=spec).raise_for_status()
+            reply = client.post(
+                f"{base}/v1/tasks", json={"provider": "videoproc", "task_id": f"job-{n:02d}"}
+            )
+            assert reply.status_code == 201, reply.text
+            watched.append(f"videoproc:job-{n:02d}")
+        hot = watched[3]
+        url = f"{base}/v1/tasks/videoproc/job-03/events"
+        browser = launch(playwright)
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(subscriber(client, url))
+                second = stack.enter_context(contextlib.ExitStack())
+                second.enter_context(subscriber(client, url))
+
+                page = browser.new_page(viewport={"width": 1360, "height": 1000})
+                errors = watch_errors(page)
+                page.goto(f"{base}/?follow=0&page_size=10")
+                page.wait_for_function(
+                    "() => document.querySelectorAll('#followed-rows tr').length === 10"
+                )
+                # Two SSE subscribers on one task: the list says 2, the others 0.
+                page.wait_for_selector(f'{watchers_cell(hot)}[data-count="2"]', timeout=WAIT_MS)
+                assert page.inner_text(watchers_cell(hot)) == "2"
+                assert page.inner_text(watchers_cell(watched[0])) == "0"
+                first = rows(page)
+                assert first == watched[:10]
+                assert page.inner_text(f'#followed-rows tr[data-task="{hot}"] .f-progress') == "30%"
+                assert page.is_disabled("#page-prev")
+
+                # Paging by the listing's cursor: every task once, in key order.
+                seen = list(first)
+                for number, size in ((2, 10), (3, 5)):
+                    page.click("#page-next")
+                    page.wait_for_function(
+                        "([label, n, before]) => document.getElementById('page-label').textContent"
+                        " === label && document.querySelectorAll('#followed-rows tr').length === n"
+                        " && document.querySelector('#followed-rows tr').dataset.task !== before",
+                        arg=[f"page {number}", size, seen[-size]],
+                    )
+                    seen.extend(rows(page))
+                assert seen == watched
+                assert page.is_disabled("#page-next")
+                page.click("#page-prev")
+                page.wait_for_function(
+                    "() => document.getElementById('page-label').textContent === 'page 2'"
+                )
+                page.wait_for_function(
+                    "(first) => document.querySelector('#followed-rows tr')"
+                    "?.dataset.task === first",
+                    arg=watched[10],
+                )
+                assert rows(page) == watched[10:20]
+                page.click("#page-prev")
+                page.wait_for_selector(f'{watchers_cell(hot)}[data-count="2"]', timeout=WAIT_MS)
+
+                # One subscriber leaves: the count follows.
+                second.close()
+                page.wait_for_selector(f'{watchers_cell(hot)}[data-count="1"]', timeout=WAIT_MS)
+
+                # Watching it here too: the card counts this page's own subscription.
+                page.click(f'#followed-rows tr[data-task="{hot}"] .f-task button')
+                card = f'.card[data-task="{hot}"]'
+                page.wait_for_selector(f'{card}[data-state="running"]', timeout=WAIT_MS)
+                page.wait_for_function(
+                    "(sel) => document.querySelector(sel)?.textContent === '2 watching'",
+                    arg=f"{card} .watchers",
+                    timeout=WAIT_MS,
+                )
+                page.wait_for_selector(f'{watchers_cell(hot)}[data-count="2"]', timeout=WAIT_MS)
+                assert page.inner_text(f"{card} .eta") == ""  # no eta_s in these events
+                shot = OUTPUT / "dashboard.png"
+                page.screenshot(path=str(shot), full_page=True, animations="disabled")
+                print(f"screenshot: {shot}")
+                assert errors == []
+        finally:
+            browser.close()
+
+
+def sse_body(task: str, eta_s: float | None) -> str:
+    event = {
+        "event": "snapshot",
+        "task": task,
+        "seq": 4,
+        "state": "running",
+        "terminal": False,
+        "progress": 40,
+        "position": None,
+        "message": "rendering",
+        "result": None,
+        "error": None,
+        "upstream": None,
+        "updated_at": "2026-11-21T10:00:05.120Z",
+        "observed_at": "2026-11-21T10:00:05.120Z",
+        "eta_s": eta_s,
+    }
+    return f"retry: 600000\nid: 4\nevent: snapshot\ndata: {json.dumps(event)}\n\n"
+
+
+def test_dashboard_shows_the_gateways_eta_when_events_carry_one() -> None:
+    """Events with ``eta_s`` as the wire contract describes them, served to the page's
+    EventSource: a number shows as time left, ``null`` shows nothing."""
+    etas: dict[str, float | None] = {"ailab:eta-a": 12.4, "ailab:eta-b": None, "ailab:eta-c": 420}
+
+    def serve(route: Route) -> None:
+        task = "ailab:" + route.request.url.split("/v1/tasks/ailab/")[1].split("/")[0]
+        route.fulfill(
+            status=200,
+            headers={"content-type": "text/event-stream", "cache-control": "no-store"},
+            body=sse_body(task, etas[task]),
+        )
+
+    with (
+        running_sim() as sim,
+        running_gateway(sim_config(sim)) as (base, _gw),
+        sync_playwright() as playwright,
+    ):
+        browser = launch(playwright)
+        try:
+            page = browser.new_page()
+            errors = watch_errors(page)
+            page.route("**/v1/tasks/ailab/eta-*/events*", serve)
+            page.goto(f"{base}/?transport=sse&follow=0&tasks={','.join(etas)}")
+            for task in etas:
+                page.wait_for_selector(f'.card[data-task="{task}"][data-state="running"]')
+            eta = {t: page.inner_text(f'.card[data-task="{t}"] .eta') for t in etas}
+            assert eta == {
+                "ailab:eta-a": "~12 s left",
+                "ailab:eta-b": "",
+                "ailab:eta-c": "~7 min left",
+            }
+            assert page.is_visible('.card[data-task="ailab:eta-a"] .eta')
+            assert not page.is_visible('.card[data-task="ailab:eta-b"] .eta')
+            assert errors == []
         finally:
             browser.close()

@@ -20,7 +20,7 @@ from gateway.core.model import ErrorInfo, Event, EventKind, Result, State
 from gateway.core.sse import Encoded
 from gateway.core.tracker import notice
 from gateway.exceptions import SeqConflict
-from gateway.hub.base import Hub, Watch
+from gateway.hub.base import HistoryPage, Hub, Watch
 from gateway.hub.local import LocalHub
 from gateway.hub.queue import SubscriberQueue
 from gateway.hub.redis import INCARNATION_CHECK_S, RedisHub, connect
@@ -541,6 +541,124 @@ async def test_redis_claim_waits_for_another_nodes_unexpired_fence(tmp_path: Pat
         clock.now += 3.0  # now that claim has lapsed: the fence is ours
         [entry] = await a.claim("videoproc", clock.now, clock.now)
         assert raw.get(lease_key) == entry.lease.encode() and entry.lease.startswith("a:")
+    finally:
+        raw.close()
+        await hub.close()
+
+
+# -- history pages ------------------------------------------------------------
+
+
+def _seqs(page: HistoryPage) -> list[int]:
+    return [enc.event.seq for enc in page.events]
+
+
+async def test_history_pages_walk_the_kept_events_in_order(hub: Hub) -> None:
+    for seq in range(1, 6):
+        await hub.commit([ev("ailab:a", seq, progress=seq)], terminal_ttl_s=60)
+    pages = []
+    after = 0
+    while True:
+        page = await hub.history_page("ailab:a", after, 2)
+        pages.append(_seqs(page))
+        assert page.gap is False and page.known and page.latest == 5
+        if not page.more:
+            break
+        after = page.next_after
+    assert pages == [[1, 2], [3, 4], [5]]
+    last = await hub.history_page("ailab:a", 5, 2)
+    assert (_seqs(last), last.gap, last.more, last.next_after) == ([], False, False, 5)
+
+
+async def test_history_page_marks_a_gap_and_starts_at_the_oldest_kept(
+    make_hub: Callable[[int], Awaitable[Hub]],
+) -> None:
+    hub = await make_hub(3)
+    for seq in range(1, 7):
+        await hub.commit([ev("ailab:a", seq, progress=seq)], terminal_ttl_s=60)
+    page = await hub.history_page("ailab:a", 1, 2)  # 2 and 3 were trimmed
+    assert (_seqs(page), page.gap, page.more, page.next_after) == ([4, 5], True, True, 5)
+    rest = await hub.history_page("ailab:a", page.next_after, 2)
+    assert (_seqs(rest), rest.gap, rest.more) == ([6], False, False)
+    reaching = await hub.history_page("ailab:a", 3, 10)  # 4 is the oldest kept: no gap
+    assert (_seqs(reaching), reaching.gap) == ([4, 5, 6], False)
+
+
+async def test_history_pages_of_a_finished_task(
+    make_hub: Callable[[int], Awaitable[Hub]],
+) -> None:
+    hub = await make_hub(3)
+    await hub.commit(
+        [ev("ailab:a", seq, progress=seq) for seq in range(1, 5)]
+        + [ev("ailab:a", 5, State.SUCCEEDED)],
+        terminal_ttl_s=60,
+    )
+    first = await hub.history_page("ailab:a", 0, 2)
+    assert (_seqs(first), first.gap, first.more) == ([3, 4], True, True)
+    second = await hub.history_page("ailab:a", 4, 2)
+    assert (_seqs(second), second.gap, second.more) == ([5], False, False)
+    assert second.events[0].event.terminal
+    done = await hub.history_page("ailab:a", 5, 2)
+    assert (_seqs(done), done.gap, done.more, done.latest) == ([], False, False, 5)
+
+
+async def test_history_page_of_an_unknown_task(hub: Hub) -> None:
+    page = await hub.history_page("ailab:nope", 0, 10)
+    assert (page.events, page.gap, page.known, page.latest) == ([], False, False, 0)
+    await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+    assert (await hub.history_page("ailab:a", 0, 10)).known
+
+
+# -- watcher counts -----------------------------------------------------------
+
+
+async def test_watcher_counts_follow_attached_queues(hub: Hub) -> None:
+    a, b = SubscriberQueue(), SubscriberQueue()
+    hub.attach(a, ["ailab:a", "ailab:b"])
+    hub.attach(b, ["ailab:a"])
+    counts = await hub.watcher_counts(["ailab:a", "ailab:b", "ailab:c"], "node-1")
+    assert counts == {"ailab:a": 2, "ailab:b": 1, "ailab:c": 0}
+    assert {"ailab:a", "ailab:b"} <= set(await hub.watched_tasks())
+    hub.detach(a, ["ailab:a", "ailab:b"])
+    assert await hub.watcher_counts(["ailab:a", "ailab:b"], "node-1") == {
+        "ailab:a": 1,
+        "ailab:b": 0,
+    }
+
+
+async def test_redis_watcher_counts_are_summed_over_the_nodes(tmp_path: Path) -> None:
+    hub, raw = await _redis_pair(tmp_path)
+    local = SubscriberQueue()
+    hub.attach(local, ["ailab:a"])
+    try:
+        await hub.publish_watchers("node-2", {"ailab:a": 3, "ailab:b": 2}, 30)
+        await hub.publish_watchers("node-3", {"ailab:a": 1}, 30)
+        # This node's own published field is not counted twice: memory is.
+        await hub.publish_watchers("node-1", {"ailab:a": 5}, 30)
+        counts = await hub.watcher_counts(["ailab:a", "ailab:b"], "node-1")
+        assert counts == {"ailab:a": 1 + 3 + 1, "ailab:b": 2}
+        assert set(await hub.watched_tasks()) == {"ailab:a", "ailab:b"}
+        await hub.publish_watchers("node-2", {"ailab:b": 0}, 30)
+        assert await hub.watcher_counts(["ailab:b"], "node-1") == {"ailab:b": 0}
+        # A task nobody watches any more leaves the index.
+        assert set(await hub.watched_tasks()) == {"ailab:a"}
+    finally:
+        raw.close()
+        await hub.close()
+
+
+async def test_redis_watcher_counts_of_a_node_that_stopped_reporting_expire(
+    tmp_path: Path,
+) -> None:
+    hub, raw = await _redis_pair(tmp_path)
+    try:
+        await hub.publish_watchers("node-2", {"ailab:a": 2}, 30)
+        key = f"{hub.prefix}:{{ailab:a}}:watchers"
+        raw.hset(key, "node-dead", "7:1000")  # expired long ago, by Redis's clock
+        raw.hset(key, "node-garbled", "many")
+        assert await hub.watcher_counts(["ailab:a"], "node-1") == {"ailab:a": 2}
+        assert sorted(raw.hkeys(key)) == [b"node-2"]  # readers drop what expired
+        assert 0 < raw.pttl(key) <= 30_000  # the whole hash goes if every node dies
     finally:
         raw.close()
         await hub.close()

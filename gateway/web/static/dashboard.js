@@ -2,9 +2,13 @@
 //
 // Page parameters: ?tasks=a:1,b:2 (watch these), ?token=… (subscriber token),
 // ?transport=sse (one EventSource per task instead of one shared WebSocket),
-// ?follow=1 / ?follow=0 (follow every task the gateway polls; on by default
-// when no tasks are given).
-import { PollcastSocket, isTerminal, parseTask, watchTask } from './pollcast.js';
+// ?follow=1 / ?follow=0 (follow every task the gateway follows; on by default
+// when no tasks are given), ?page_size=20 (rows per page of the task list).
+//
+// The task list and the watcher counts come from GET /v1/tasks, one page per
+// request (the listing is paged by an opaque cursor); a subscriber token may
+// not list tasks, so with one the list is hidden.
+import { PollcastSocket, parseTask, watchTask } from './pollcast.js';
 
 const params = new URLSearchParams(location.search);
 const token = params.get('token') || undefined;
@@ -13,6 +17,9 @@ const BASE = ''; // same origin
 const MAX_CARDS = 60;
 const MAX_LOG = 300;
 const LIST_EVERY_MS = 4000;
+const INDEX_LIMIT = 1000; // one listing page: counts for the cards, tasks to follow
+const FOLLOW_MAX = 100; // cards opened by following: one WebSocket takes 100 tasks
+const PAGE_SIZE = Math.max(1, Math.min(1000, Number.parseInt(params.get('page_size') ?? '', 10) || 20));
 const IMAGE_RE = /\.(png|jpe?g|gif|webp|avif|svg)(\?.*)?$/i;
 const STATE_ORDER = ['queued', 'running', 'succeeded', 'failed', 'cancelled', 'expired', 'rejected', 'unknown'];
 
@@ -20,6 +27,7 @@ const $ = (id) => document.getElementById(id);
 const grid = $('grid');
 const logList = $('log');
 const cards = new Map(); // task key → card record
+const watcherCounts = new Map(); // task key → open subscriptions, from the listing
 
 // -- connection ----------------------------------------------------------------
 
@@ -158,6 +166,8 @@ function render(card) {
   el.querySelector('.queue').textContent =
     typeof position === 'number' && position > 0 ? `#${position} in queue` : '';
   el.querySelector('.seq').textContent = event ? `seq ${event.seq}` : '';
+  el.querySelector('.eta').textContent = event && !event.terminal ? formatEta(event.eta_s) : '';
+  renderWatchers(card);
   const updated = el.querySelector('.updated');
   updated.textContent = event ? clock(event.updated_at) : '';
   updated.dateTime = event?.updated_at ?? '';
@@ -170,6 +180,22 @@ function render(card) {
 
   renderResult(card);
   updateSummary();
+}
+
+/** The gateway's estimate of the time left, when it gives one. */
+function formatEta(seconds) {
+  if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 0) return '';
+  if (seconds < 1) return '<1 s left';
+  if (seconds < 90) return `~${Math.round(seconds)} s left`;
+  if (seconds < 90 * 60) return `~${Math.round(seconds / 60)} min left`;
+  return `~${(seconds / 3600).toFixed(1)} h left`;
+}
+
+function renderWatchers(card) {
+  const count = watcherCounts.get(card.key);
+  const el = card.el.querySelector('.watchers');
+  el.textContent = typeof count === 'number' ? `${count} watching` : '';
+  el.dataset.count = typeof count === 'number' ? String(count) : '';
 }
 
 function renderResult(card) {
@@ -372,38 +398,150 @@ function clock(iso) {
   return date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
 }
 
-// -- following everything the gateway polls ------------------------------------
+// -- the gateway's followed tasks: GET /v1/tasks ---------------------------------
 
+const listing = { cursors: [null], page: 0, allowed: true };
 let listTimer = null;
 
-async function listPolled() {
+/** One page of the listing, or null (after saying why). */
+async function listPage(limit, cursor, say) {
+  const query = new URLSearchParams({ limit: String(limit) });
+  if (cursor) query.set('cursor', cursor);
   try {
-    const reply = await fetch(`${BASE}/v1/tasks?limit=100`, {
+    const reply = await fetch(`${BASE}/v1/tasks?${query}`, {
       headers: token ? { authorization: `Bearer ${token}` } : {},
     });
+    if (reply.status === 401 || reply.status === 403) {
+      listing.allowed = false;
+      $('followed').hidden = true;
+      say('listing the gateway\'s tasks takes an API key');
+      return null;
+    }
+    if (reply.status === 400 && cursor) {
+      // A cursor from before a restart or an upgrade: start from the first page.
+      listing.cursors = [null];
+      listing.page = 0;
+      return null;
+    }
     if (!reply.ok) {
-      setHint(`cannot list the gateway's tasks (HTTP ${reply.status})`);
-      return;
+      say(`cannot list the gateway's tasks (HTTP ${reply.status})`);
+      return null;
     }
-    const body = await reply.json();
-    for (const item of body.tasks ?? []) {
-      if (!cards.has(item.task) && !isTerminal(item.snapshot)) watch(item.task);
-    }
-    setHint(`${body.total ?? 0} task(s) being polled`);
+    return await reply.json();
   } catch (error) {
-    setHint(`cannot list the gateway's tasks: ${error.message}`);
+    say(`cannot list the gateway's tasks: ${error.message}`);
+    return null;
   }
 }
 
-function setFollow(on) {
-  clearInterval(listTimer);
-  listTimer = null;
-  if (on) {
-    listPolled();
-    listTimer = setInterval(listPolled, LIST_EVERY_MS);
-  } else {
-    setHint('');
+function noteCounts(items) {
+  for (const item of items) {
+    watcherCounts.set(item.task, item.watchers);
+    const card = cards.get(item.task);
+    if (card) renderWatchers(card);
   }
+}
+
+/** The page of the table being shown, again (counts and states move). */
+async function refreshTable() {
+  const body = await listPage(PAGE_SIZE, listing.cursors[listing.page], (text) => {
+    $('followed-hint').textContent = text;
+  });
+  if (!body) return;
+  listing.cursors.length = listing.page + 1;
+  if (body.next_cursor) listing.cursors.push(body.next_cursor);
+  renderTable(body.tasks);
+  noteCounts(body.tasks);
+}
+
+function renderTable(items) {
+  const rows = items.map((item) => {
+    const row = document.createElement('tr');
+    row.dataset.task = item.task;
+    row.dataset.state = item.state;
+    const task = document.createElement('td');
+    task.className = 'f-task';
+    const open = document.createElement('button');
+    open.type = 'button';
+    open.textContent = item.task;
+    open.title = `watch ${item.task} here`;
+    open.addEventListener('click', () => watch(item.task));
+    task.append(open);
+    const state = document.createElement('td');
+    state.append(badge(item.state));
+    if (item.watched) {
+      const mark = document.createElement('span');
+      mark.className = 'f-watched';
+      mark.textContent = 'watched';
+      state.append(mark);
+    }
+    const progress = cell('f-progress num', progressText(item));
+    const watchers = cell('f-watchers num', String(item.watchers));
+    watchers.dataset.count = String(item.watchers);
+    const seq = cell('f-seq num', String(item.seq));
+    const updated = cell('f-updated', item.updated_at ? clock(item.updated_at) : '');
+    row.append(task, state, progress, watchers, seq, updated);
+    return row;
+  });
+  $('followed-rows').replaceChildren(...rows);
+  $('followed-empty').hidden = rows.length > 0 || listing.page > 0;
+  $('page-label').textContent = `page ${listing.page + 1}`;
+  $('page-prev').disabled = listing.page === 0;
+  $('page-next').disabled = listing.cursors.length <= listing.page + 1;
+  $('followed-hint').textContent = rows.length ? `${rows.length} on this page` : '';
+}
+
+function progressText(item) {
+  if (typeof item.progress === 'number') return `${item.progress}%`;
+  if (typeof item.position === 'number' && item.position > 0) return `#${item.position}`;
+  return '';
+}
+
+function cell(className, text) {
+  const td = document.createElement('td');
+  td.className = className;
+  td.textContent = text;
+  return td;
+}
+
+/** Counts for the cards, and (when following) cards for every unfinished task. */
+async function refreshIndex() {
+  const following = follow.checked;
+  if (!following && cards.size === 0) return;
+  const body = await listPage(INDEX_LIMIT, null, setHint);
+  if (!body) return;
+  noteCounts(body.tasks);
+  if (!following) return;
+  for (const item of body.tasks) {
+    if (cards.size >= FOLLOW_MAX) break;
+    if (!cards.has(item.task) && !item.terminal) watch(item.task);
+  }
+  const n = body.tasks.length;
+  setHint(`${n}${body.next_cursor ? '+' : ''} task(s) followed by the gateway`);
+}
+
+async function refresh() {
+  if (!listing.allowed) return;
+  await refreshTable();
+  if (listing.allowed) await refreshIndex();
+}
+
+function startListing() {
+  clearInterval(listTimer);
+  refresh();
+  listTimer = setInterval(refresh, LIST_EVERY_MS);
+}
+
+function turnPage(delta) {
+  const page = listing.page + delta;
+  if (page < 0 || page >= listing.cursors.length) return;
+  listing.page = page;
+  refreshTable();
+}
+
+function setFollow(on) {
+  if (on) refreshIndex();
+  else setHint('');
 }
 
 function setHint(text) {
@@ -425,6 +563,8 @@ const follow = $('follow-all');
 const preset = (params.get('tasks') ?? '').split(',').map((t) => t.trim()).filter(Boolean);
 follow.checked = params.has('follow') ? params.get('follow') === '1' : preset.length === 0;
 follow.addEventListener('change', () => setFollow(follow.checked));
+$('page-prev').addEventListener('click', () => turnPage(-1));
+$('page-next').addEventListener('click', () => turnPage(1));
 for (const key of preset) watch(key, { atEnd: true });
-setFollow(follow.checked);
+startListing();
 updateSummary();

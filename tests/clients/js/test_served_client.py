@@ -57,7 +57,7 @@ def test_the_gateway_serves_the_client_and_the_pages() -> None:
     assert listing.status_code == 400
 
 
-def test_polled_tasks_lists_what_the_gateway_polls() -> None:
+def test_task_listing_holds_what_the_gateway_follows() -> None:
     with (
         running_sim() as sim,
         running_gateway(sim_config(sim)) as (base, _gw),
@@ -71,10 +71,10 @@ def test_polled_tasks_lists_what_the_gateway_polls() -> None:
         client.post("/v1/tasks", json={"provider": "tryon", "task_id": created["task_id"]})
         listed = client.get("/v1/tasks").json()
 
-    assert empty == {"tasks": [], "total": 0}
-    assert listed["total"] == 1
+    assert empty == {"tasks": [], "next_cursor": None}
+    assert listed["next_cursor"] is None
     [item] = listed["tasks"]
     assert item["task"] == f"tryon:{created['task_id']}"
-    assert item["watched"] is True
-    assert item["snapshot"]["state"] == "queued"
-    assert item["snapshot"]["position"] == 4
+    assert item["watched"] is True and item["watchers"] == 0
+    assert item["state"] == "queued"
+    assert item["position"] == 4
