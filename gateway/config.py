@@ -21,7 +21,7 @@ import msgspec
 from gateway.core.model import TaskKey
 from gateway.exceptions import ConfigError, InvalidTaskKey
 from gateway.poller.provider import ProviderRuntime
-from gateway.providers import adapter_class
+from gateway.providers import adapter_class, plugin_of
 from gateway.providers.base import Adapter, PolicySettings
 from gateway.webhooks.settings import WebhooksConfig
 from gateway.webhooks.signing import decode_secret
@@ -193,7 +193,29 @@ def _check_settings(cls: type[Adapter], settings: msgspec.Struct, path: str) -> 
         cls.check_settings(settings)
     except ConfigError as exc:
         raise ConfigError(exc.message, path=f"{path}.{exc.path}" if exc.path else path) from exc
+    except Exception as exc:
+        _raise_for_plugin(cls.kind, settings, path, exc)
+        raise
     return settings
+
+
+def _raise_for_plugin(kind: str, settings: msgspec.Struct, path: str, exc: Exception) -> None:
+    """A plugin adapter's own code failed on its settings: a ConfigError naming the plugin.
+
+    Does nothing for a built-in kind. The plugin's message is scrubbed of the
+    provider's setting values, which may be credentials.
+    """
+    plugin = plugin_of(kind)
+    if plugin is None:
+        return
+    message = str(exc)
+    for value in msgspec.structs.asdict(settings).values():
+        if isinstance(value, str) and len(value) >= 4:
+            message = message.replace(value, "[redacted]")
+    raise ConfigError(
+        f"{plugin.label} failed on this provider's settings: {type(exc).__name__}: {message}",
+        path=path,
+    ) from None
 
 
 def _provider(name: str, table: Any, path: str) -> ProviderConfig:
@@ -256,10 +278,22 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
             raise ConfigError(str(exc), path="webhooks.secret") from exc
     if config.auth.mode == "token" and not config.auth.token_secret:
         raise ConfigError("token mode needs a token_secret", path="auth.token_secret")
-    try:
-        config.runtimes()
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc), path="providers") from exc
+    for name, provider in config.providers.items():
+        try:
+            ProviderRuntime.build(
+                name,
+                provider.adapter_class(),
+                provider.settings,
+                provider.policy,
+                default_deadline_s=config.polling.deadline_s,
+            )
+        except ConfigError:
+            raise
+        except Exception as exc:
+            _raise_for_plugin(provider.kind, provider.settings, f"providers.{name}", exc)
+            if not isinstance(exc, ValueError | TypeError):
+                raise
+            raise ConfigError(str(exc), path="providers") from exc
     return config
 
 

@@ -13,11 +13,11 @@ from gateway.providers.ailab import AilabAdapter
 from gateway.providers.base import Adapter
 from gateway.providers.genpic import GenpicAdapter
 from gateway.providers.http import HttpAdapter
-from gateway.providers.plugins import KindRegistry
+from gateway.providers.plugins import KindRegistry, Plugin
 from gateway.providers.tryon import TryonAdapter
 from gateway.providers.videoproc import VideoprocAdapter
 
-__all__ = ["ADAPTERS", "adapter_class", "kind_origin"]
+__all__ = ["ADAPTERS", "adapter_class", "kind_origin", "plugin_of"]
 
 ADAPTERS: dict[str, type[Adapter]] = {
     adapter.kind: adapter
@@ -52,3 +52,8 @@ def kind_origin(kind: str) -> str:
         ConfigError: as :func:`adapter_class`.
     """
     return _KINDS.resolve(kind)[1]
+
+
+def plugin_of(kind: str) -> Plugin | None:
+    """The plugin a kind comes from (once resolved); ``None`` for a built-in kind."""
+    return _KINDS.plugin(kind)

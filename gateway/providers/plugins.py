@@ -146,6 +146,11 @@ class KindRegistry:
         """Every kind that can be configured (plugins' are listed, not imported)."""
         return sorted({*self._builtin, *self._claimed()})
 
+    def plugin(self, kind: str) -> Plugin | None:
+        """The plugin an already resolved kind came from; ``None`` for a built-in one."""
+        loaded = self._loaded.get(kind)
+        return None if loaded is None else loaded[1]
+
     def resolve(self, kind: str) -> tuple[type[Adapter], str]:
         """The adapter class of ``kind`` and where it comes from.
 

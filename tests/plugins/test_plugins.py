@@ -37,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 EXAMPLE = Path(__file__).resolve().parent / "example_provider"
 STARTUP_TIMEOUT_S = 20.0
+SECRET = "plugin-secret-9Qx7"
 
 BROKEN_PYPROJECT = """\
 [build-system]
@@ -51,9 +52,42 @@ version = "0.2.0"
 brokenkind = "broken_plugin.no_such_module:Adapter"
 notanadapter = "broken_plugin:NotAnAdapter"
 ailab = "broken_plugin:NotAnAdapter"
+explodes = "broken_plugin:Explodes"
+badcheck = "broken_plugin:BadCheck"
 
 [tool.setuptools]
 packages = ["broken_plugin"]
+"""
+
+
+BROKEN_MODULE = """\
+import msgspec
+
+from gateway.providers.videoproc import VideoprocAdapter
+
+NotAnAdapter = object()
+
+
+class Settings(msgspec.Struct):
+    base_url: str
+    api_key: str
+
+
+class Explodes(VideoprocAdapter):
+    kind = "explodes"
+    Settings = Settings
+
+    def __init__(self, settings, **options):
+        raise RuntimeError(f"key {settings.api_key} refused")
+
+
+class BadCheck(VideoprocAdapter):
+    kind = "badcheck"
+    Settings = Settings
+
+    @classmethod
+    def check_settings(cls, settings):
+        raise KeyError(settings.api_key)
 """
 
 
@@ -93,7 +127,7 @@ def plugin_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     broken = root / "broken_plugin"
     (broken / "broken_plugin").mkdir(parents=True)
     (broken / "pyproject.toml").write_text(BROKEN_PYPROJECT)
-    (broken / "broken_plugin" / "__init__.py").write_text("NotAnAdapter = object()\n")
+    (broken / "broken_plugin" / "__init__.py").write_text(BROKEN_MODULE)
     _pip_install(python, example)
     _pip_install(python, broken)
     yield python
@@ -154,7 +188,20 @@ def test_check_config_names_where_each_kind_comes_from(plugin_python: Path, tmp_
         (
             "nosuchkind",
             "providers.x.kind: unknown provider kind 'nosuchkind'; known kinds: aholo, ailab, "
-            "brokenkind, clipstatus, genpic, http, notanadapter, tryon, videoproc",
+            "badcheck, brokenkind, clipstatus, explodes, genpic, http, notanadapter, tryon, "
+            "videoproc",
+        ),
+        (
+            "explodes",
+            "providers.x: provider plugin pollcast-broken-plugin 0.2.0 (entry point "
+            "explodes = broken_plugin:Explodes) failed on this provider's settings: "
+            "RuntimeError: key [redacted] refused",
+        ),
+        (
+            "badcheck",
+            "providers.x: provider plugin pollcast-broken-plugin 0.2.0 (entry point "
+            "badcheck = broken_plugin:BadCheck) failed on this provider's settings: "
+            "KeyError: '[redacted]'",
         ),
     ],
 )
@@ -162,12 +209,13 @@ def test_a_broken_plugin_is_a_config_error_naming_it(
     plugin_python: Path, tmp_path: Path, kind: str, expected: str
 ) -> None:
     providers: dict[str, dict[str, object]] = {
-        "x": {"kind": kind, "base_url": "http://127.0.0.1:9", "api_key": "k"}
+        "x": {"kind": kind, "base_url": "http://127.0.0.1:9", "api_key": SECRET}
     }
     run = check_config(plugin_python, write_config(tmp_path / "p.toml", providers))
     assert run.returncode == 2, run.stdout + run.stderr
     assert run.stderr.startswith(f"pollcast: config error: {expected}"), run.stderr
     assert "Traceback" not in run.stderr
+    assert SECRET not in run.stdout + run.stderr
 
 
 @contextmanager
