@@ -71,9 +71,10 @@ are literal braces.
 Wherever a path is expected, a list of paths may be given: the first one
 that holds a value (not null, not an empty string) wins.
 
-Every value of ``secrets`` and every header, query, body and signature
-value with literal text (after removing placeholders) counts as a
-credential — it is scrubbed from messages and never printed — except the
+Every value of ``secrets``, every header, query and body value with literal
+text (after removing placeholders), a literal ``sign.key`` and literal text of
+8 characters or more in ``sign.text``/``prefix``/``suffix`` count as
+credentials — they are scrubbed from messages and never printed — except the
 values of ``Content-Type``, ``Accept``, ``Accept-Encoding``,
 ``Accept-Language``, ``Cache-Control`` and ``User-Agent``.
 """
@@ -225,6 +226,7 @@ _SECRET: Final = "secrets."  # {secrets.NAME}: a value of the provider's secrets
 _INT_ID: Final = "task_id:int"  # a whole json leaf: the id as a JSON integer
 _LONG_MAX: Final = 2**63 - 1
 _INT_ID_RE: Final = re.compile(r"[0-9]{1,19}")
+_MIN_SIGNED_LITERAL: Final = 8
 _TOKEN_RE: Final = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _NOT_CREDENTIAL_HEADERS: Final = frozenset(
     {"content-type", "accept", "accept-encoding", "accept-language", "cache-control", "user-agent"}
@@ -573,14 +575,15 @@ def compile_settings(settings: HttpSettings) -> _Plan:
     credentials += [c for v in _json_credentials(json_template) for c in _credential_values(v)]
     if body is not None and body.has_literal_text:
         credentials += _credential_values(body.literal())
-    if request.sign is not None and sign_plan is not None:
-        signed = (sign_plan.text, sign_plan.prefix, sign_plan.suffix, sign_plan.key)
-        credentials += [
-            c
-            for t in signed
-            if t is not None and t.has_literal_text
-            for c in _credential_values(t.literal())
-        ]
+    if sign_plan is not None:
+        # A literal HMAC key is a credential; in the signed text only literal runs
+        # long enough to be one count (not separators like "&" or a "v1:" prefix).
+        if sign_plan.key is not None and sign_plan.key.has_literal_text:
+            credentials += _credential_values(sign_plan.key.literal())
+        for part in (sign_plan.text, sign_plan.prefix, sign_plan.suffix):
+            literal = "" if part is None else part.literal()
+            if len(literal.strip()) >= _MIN_SIGNED_LITERAL:
+                credentials += _credential_values(literal)
     credentials = [*settings.secrets.values(), *credentials]
 
     return _Plan(

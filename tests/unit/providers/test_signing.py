@@ -215,6 +215,20 @@ def test_sha256_over_sorted_query_parameters() -> None:
     )
 
 
+def test_literal_keys_and_long_literal_text_in_a_signature_are_credentials() -> None:
+    adapter = signed(
+        algorithm="hmac-sha256",
+        key="literal-hmac-key",
+        sorted_params="query",
+        prefix="v1:",
+        suffix="&private-Zq81xW",
+        into={"query": "s"},
+    )
+    secrets = set(adapter.secret_values())
+    assert {"literal-hmac-key", "&private-Zq81xW", "hmac-key-Vb71"} <= secrets
+    assert "v1:" not in secrets  # a short literal separator is not scrubbed everywhere
+
+
 # --- a wrong sign table names its key -------------------------------------------------------
 
 
