@@ -29,6 +29,7 @@ from gateway.webhooks.model import payload
 from tests.integration.conftest import create_sim_task, events_url
 from tests.integration.gateway_server import running_gateway, sim_config
 from tests.integration.readers import read_sse
+from tests.integration.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -212,3 +213,46 @@ def test_webhook_bodies_are_the_documented_payload(kind: EventKind, state: State
     message = "taskState" if kind is EventKind.STATE else "taskProgress"
     headers = document["components"]["messages"][message]["headers"]
     assert set(headers["required"]) == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+
+
+WEBHOOKS: dict[str, Any] = {
+    "secret": "whsec_" + "YXN5bmNhcGktdGVzdC13ZWJob29rLXNlY3JldC0zMiE=",
+    "allowed_hosts": ["127.0.0.1"],
+    "allow_private": True,
+    "retry_base_s": 0.2,
+    "retry_max_s": 1.0,
+    "poll_s": 0.1,
+}
+
+
+async def test_webhook_posts_of_a_live_gateway_match_the_document(
+    sim: str, client: httpx.AsyncClient
+) -> None:
+    timeline = [
+        {"at": 0, "state": "running", "progress": 10},
+        {"at": 0.5, "state": "running", "progress": 60},
+        {"at": 1.0, "state": "succeeded"},
+    ]
+    task = await create_sim_task(client, sim, "videoproc", timeline)
+    provider, _, task_id = task.partition(":")
+    with (
+        Receiver() as receiver,
+        running_gateway(sim_config(sim, webhooks=WEBHOOKS)) as (base, _gw),
+    ):
+        document = (await client.get(f"{base}/asyncapi.json")).json()
+        webhook = {"url": receiver.url, "events": ["state", "progress"]}
+        reply = await client.post(
+            f"{base}/v1/tasks", json={"provider": provider, "task_id": task_id, "webhook": webhook}
+        )
+        assert reply.status_code == 201, reply.text
+        await receiver.wait_for(accepted=3, timeout_s=20)
+    messages = document["components"]["messages"]
+    payload_schema = validator(document, "WebhookPayload")
+    headers_schema = jsonschema_rs.validator_for(messages["taskState"]["headers"])
+    kinds = set()
+    for delivery in receiver.accepted:
+        payload_schema.validate(delivery.json)
+        headers_schema.validate(delivery.headers)
+        kinds.add(delivery.json["type"])
+    assert kinds == {"task.state", "task.progress"}
+    assert receiver.accepted[-1].json["data"]["state"] == "succeeded"
