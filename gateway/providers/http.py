@@ -94,7 +94,6 @@ from gateway.exceptions import ConfigError, InvalidTaskKey
 from gateway.providers._reply import (
     NOT_FOUND,
     BaseUrl,
-    Credential,
     MalformedReply,
     ReplyAdapter,
     api_error_fault,
@@ -216,7 +215,7 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reply: ReplySettings = ReplySettings()
     api_error: ApiErrorMapping | None = None
     cost_per_call: Annotated[float, msgspec.Meta(ge=0, le=1e9)] = 0.0
-    secrets: dict[str, Credential] = msgspec.field(default_factory=dict)  # {secrets.NAME}
+    secrets: dict[str, str] = msgspec.field(default_factory=dict)  # {secrets.NAME}
 
 
 # --- templates ----------------------------------------------------------------
@@ -227,6 +226,7 @@ _INT_ID: Final = "task_id:int"  # a whole json leaf: the id as a JSON integer
 _LONG_MAX: Final = 2**63 - 1
 _INT_ID_RE: Final = re.compile(r"[0-9]{1,19}")
 _MIN_SIGNED_LITERAL: Final = 8
+_SECRET_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _TOKEN_RE: Final = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _NOT_CREDENTIAL_HEADERS: Final = frozenset(
     {"content-type", "accept", "accept-encoding", "accept-language", "cache-control", "user-agent"}
@@ -493,6 +493,15 @@ def compile_settings(settings: HttpSettings) -> _Plan:
     many = ["base", "now_ms", "request_id"]
     # Secrets stay out of the URL path, which proxies and access logs record.
     url = _template(request.url, "request.url", many if batch is not None else one)
+    for name, value in settings.secrets.items():
+        if not _SECRET_NAME_RE.fullmatch(name):
+            raise ConfigError(
+                "a secret's name is a letter or _, then letters, digits, _ or -", path="secrets"
+            )
+        if not value:
+            raise ConfigError(
+                "is empty (an environment variable set to nothing?)", path=f"secrets.{name}"
+            )
     secrets = [_SECRET + name for name in settings.secrets]
     allowed = [*(many if batch is not None else one), *secrets]
     if not request.url.startswith(("{base}", "http://", "https://")):
@@ -733,6 +742,12 @@ def _sign_plan(
         raise ConfigError(
             "this field receives the signature (request.sign.into.json): leave it out",
             path=f"request.json.{name}",
+        )
+    if into == "query" and request.batch is not None and name == request.batch.param:
+        raise ConfigError(
+            "this parameter carries the batch's ids (request.batch.param): name the "
+            "signature's parameter differently",
+            path="request.sign.into.query",
         )
     if into == "query" and name in request.query:
         raise ConfigError(

@@ -365,6 +365,33 @@ def test_a_wrong_state_rule_names_its_key(
     assert fragment in str(error)
 
 
+@pytest.mark.parametrize(
+    ("secrets", "path", "fragment"),
+    [
+        ({"token": ""}, "secrets.token", "is empty"),
+        ({"to ken": "x"}, "secrets", "a secret's name"),
+    ],
+)
+def test_a_wrong_secret_names_its_key(secrets: dict[str, str], path: str, fragment: str) -> None:
+    error = _error(provider(secrets=secrets))
+    assert error.path == f"providers.vp2.{path}", str(error)
+    assert fragment in str(error)
+
+
+def test_the_signature_cannot_take_the_batch_parameter() -> None:
+    table = provider(
+        request={
+            "url": "{base}/status",
+            "batch": {"mode": "query", "param": "ids"},
+            "sign": {"algorithm": "md5", "sorted_params": "query", "into": {"query": "ids"}},
+        },
+        reply={"tasks": "items[*]", "id": "id"},
+    )
+    error = _error(table)
+    assert error.path == "providers.vp2.request.sign.into.query"
+    assert "carries the batch's ids" in str(error)
+
+
 def test_a_wrong_position_state_names_its_key() -> None:
     error = _error(provider(map={"position_in": ["queued", "later"]}))
     assert error.path == "providers.vp2.map.position_in[1]"
