@@ -61,7 +61,8 @@ def _check_config(args: argparse.Namespace) -> int:
         )
     from gateway.providers import kind_origin
 
-    print("  kinds in use:")
+    if config.providers:
+        print("  kinds in use:")
     for kind in sorted({p.kind for p in config.providers.values()}):
         print(f"    {kind}: {kind_origin(kind)}")
     if args.probe:

@@ -16,7 +16,6 @@ is a config error naming it — never a traceback.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -139,7 +138,6 @@ def check_config(python: Path, path: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
 
 
