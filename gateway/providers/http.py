@@ -778,9 +778,12 @@ def _sign_plan(
 
 def _check_flat(value: Any, key: str) -> None:
     """Sorted pairs flatten scalars and lists of scalars; anything deeper has no agreed form."""
+    if value is _IDS:
+        return
     items = value if isinstance(value, list) else [value]
     for item in items:
-        if isinstance(item, dict | list):
+        scalar = item is None or isinstance(item, _Template | _IntId | str | int | float | bool)
+        if not scalar:
             raise ConfigError(
                 "sorted_params signs scalars and lists of scalars (as Key.0, Key.1…); "
                 f"this holds {_type_name(item)}",

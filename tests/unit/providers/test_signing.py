@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -390,6 +391,21 @@ def test_the_signature_cannot_take_the_batch_parameter() -> None:
     error = _error(table)
     assert error.path == "providers.vp2.request.sign.into.query"
     assert "carries the batch's ids" in str(error)
+
+
+def test_a_toml_date_cannot_be_signed_as_sorted_params() -> None:
+    toml = (
+        '[providers.vp2]\nkind = "http"\nbase_url = "https://x.example"\n'
+        '[providers.vp2.request]\nmethod = "POST"\nurl = "{base}/s"\n'
+        'json = { id = "{task_id}", day = 2026-12-01 }\n'
+        '[providers.vp2.request.sign]\nalgorithm = "md5"\nsorted_params = "json"\n'
+        'into = { json = "sig" }\n'
+        '[providers.vp2.map.state]\npath = "s"\nvalues = { done = "succeeded" }\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(toml), env={})
+    assert caught.value.path == "providers.vp2.request.json.day"
+    assert "this holds a date" in str(caught.value)
 
 
 def test_a_wrong_position_state_names_its_key() -> None:
