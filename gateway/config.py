@@ -115,16 +115,17 @@ class Config(msgspec.Struct, frozen=True):
     providers: dict[str, ProviderConfig] = msgspec.field(default_factory=dict)
 
     def runtimes(self) -> dict[str, ProviderRuntime]:
-        return {
-            name: ProviderRuntime.build(
-                name,
-                p.adapter_class(),
-                p.settings,
-                p.policy,
-                default_deadline_s=self.polling.deadline_s,
-            )
-            for name, p in self.providers.items()
-        }
+        return {name: self.runtime(name) for name in self.providers}
+
+    def runtime(self, name: str) -> ProviderRuntime:
+        p = self.providers[name]
+        return ProviderRuntime.build(
+            name,
+            p.adapter_class(),
+            p.settings,
+            p.policy,
+            default_deadline_s=self.polling.deadline_s,
+        )
 
     def secret_values(self) -> list[str]:
         """Credential values (upstream and our own) that must never be emitted."""
@@ -280,13 +281,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         raise ConfigError("token mode needs a token_secret", path="auth.token_secret")
     for name, provider in config.providers.items():
         try:
-            ProviderRuntime.build(
-                name,
-                provider.adapter_class(),
-                provider.settings,
-                provider.policy,
-                default_deadline_s=config.polling.deadline_s,
-            )
+            config.runtime(name)
         except ConfigError:
             raise
         except Exception as exc:
