@@ -65,6 +65,12 @@ def _check_config(args: argparse.Namespace) -> int:
             f"(max {d['max_interval_s']:g} s), batch {d['batch_size']}, "
             f"{d['rate_per_s']:g} req/s, {d['concurrency']} in flight"
         )
+    from gateway.providers import kind_origin
+
+    if config.providers:
+        print("  kinds in use:")
+    for kind in sorted({p.kind for p in config.providers.values()}):
+        print(f"    {kind}: {kind_origin(kind)}")
     if args.probe:
         from gateway.probe import run_probe
 

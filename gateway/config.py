@@ -24,8 +24,9 @@ from gateway.core.model import TaskKey
 from gateway.exceptions import ConfigError, InvalidTaskKey
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.upstream import HttpSettings, ssl_context
-from gateway.providers import adapter_class
+from gateway.providers import adapter_class, plugin_of
 from gateway.providers.base import Adapter, PolicySettings
+from gateway.redaction import Redactor
 from gateway.webhooks.settings import WebhooksConfig
 from gateway.webhooks.signing import decode_secret
 
@@ -126,17 +127,18 @@ class Config(msgspec.Struct, frozen=True):
     providers: dict[str, ProviderConfig] = msgspec.field(default_factory=dict)
 
     def runtimes(self) -> dict[str, ProviderRuntime]:
-        return {
-            name: ProviderRuntime.build(
-                name,
-                p.adapter_class(),
-                p.settings,
-                p.policy,
-                default_deadline_s=self.polling.deadline_s,
-                http=p.http,
-            )
-            for name, p in self.providers.items()
-        }
+        return {name: self.runtime(name) for name in self.providers}
+
+    def runtime(self, name: str) -> ProviderRuntime:
+        p = self.providers[name]
+        return ProviderRuntime.build(
+            name,
+            p.adapter_class(),
+            p.settings,
+            p.policy,
+            default_deadline_s=self.polling.deadline_s,
+            http=p.http,
+        )
 
     def secret_values(self) -> list[str]:
         """Credential values (upstream and our own) that must never be emitted."""
@@ -216,6 +218,9 @@ def _check_settings(cls: type[Adapter], settings: msgspec.Struct, path: str) -> 
         cls.check_settings(settings)
     except ConfigError as exc:
         raise ConfigError(exc.message, path=f"{path}.{exc.path}" if exc.path else path) from exc
+    except Exception as exc:
+        _raise_for_plugin(cls.kind, settings, path, exc)
+        raise
     return settings
 
 
@@ -250,6 +255,23 @@ def _check_http(http: HttpSettings, path: str) -> HttpSettings:
         except OSError as exc:
             raise ConfigError(f"cannot read the CA bundle: {exc.strerror}", path=where) from exc
     return http
+
+
+def _raise_for_plugin(kind: str, settings: msgspec.Struct, path: str, exc: Exception) -> None:
+    """A plugin adapter's own code failed on its settings: a ConfigError naming the plugin.
+
+    Does nothing for a built-in kind. The plugin's message is scrubbed of the
+    provider's setting values, which may be credentials.
+    """
+    plugin = plugin_of(kind)
+    if plugin is None:
+        return
+    values = msgspec.structs.asdict(settings).values()
+    message = Redactor([v for v in values if isinstance(v, str)]).text(str(exc))
+    raise ConfigError(
+        f"{plugin.label} failed on this provider's settings: {type(exc).__name__}: {message}",
+        path=path,
+    ) from None
 
 
 def _provider(name: str, table: Any, path: str) -> ProviderConfig:
@@ -320,10 +342,16 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
             raise ConfigError(str(exc), path="webhooks.secret") from exc
     if config.auth.mode == "token" and not config.auth.token_secret:
         raise ConfigError("token mode needs a token_secret", path="auth.token_secret")
-    try:
-        config.runtimes()
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc), path="providers") from exc
+    for name, provider in config.providers.items():
+        try:
+            config.runtime(name)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            _raise_for_plugin(provider.kind, provider.settings, f"providers.{name}", exc)
+            if not isinstance(exc, ValueError | TypeError):
+                raise
+            raise ConfigError(str(exc), path="providers") from exc
     return config
 
 

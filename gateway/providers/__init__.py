@@ -2,20 +2,22 @@
 
 A provider's ``kind`` in the configuration picks its adapter class here;
 ``kind = "http"`` is the declarative one (:mod:`gateway.providers.http`).
+Installed distributions add kinds through the ``pollcast.providers``
+entry-point group (:mod:`gateway.providers.plugins`).
 """
 
 from __future__ import annotations
 
-from gateway.exceptions import ConfigError
 from gateway.providers.aholo import AholoAdapter
 from gateway.providers.ailab import AilabAdapter
 from gateway.providers.base import Adapter
 from gateway.providers.genpic import GenpicAdapter
 from gateway.providers.http import HttpAdapter
+from gateway.providers.plugins import KindRegistry, Plugin
 from gateway.providers.tryon import TryonAdapter
 from gateway.providers.videoproc import VideoprocAdapter
 
-__all__ = ["ADAPTERS", "adapter_class"]
+__all__ = ["ADAPTERS", "adapter_class", "kind_origin", "plugin_of"]
 
 ADAPTERS: dict[str, type[Adapter]] = {
     adapter.kind: adapter
@@ -30,14 +32,28 @@ ADAPTERS: dict[str, type[Adapter]] = {
 }
 
 
+_KINDS = KindRegistry(ADAPTERS)
+
+
 def adapter_class(kind: str) -> type[Adapter]:
-    """The adapter class of a provider kind.
+    """The adapter class of a provider kind, built in or from a plugin.
 
     Raises:
-        ConfigError: no built-in adapter has that kind (the message lists those that do).
+        ConfigError: no adapter has that kind (the message lists those that do),
+            or the plugin that has it cannot be used (naming it and its entry point).
     """
-    try:
-        return ADAPTERS[kind]
-    except KeyError:
-        known = ", ".join(sorted(ADAPTERS))
-        raise ConfigError(f"unknown provider kind {kind!r}; known kinds: {known}") from None
+    return _KINDS.resolve(kind)[0]
+
+
+def kind_origin(kind: str) -> str:
+    """Where a kind comes from: ``built-in`` or ``plugin <distribution> <version>``.
+
+    Raises:
+        ConfigError: as :func:`adapter_class`.
+    """
+    return _KINDS.resolve(kind)[1]
+
+
+def plugin_of(kind: str) -> Plugin | None:
+    """The plugin a kind comes from (once resolved); ``None`` for a built-in kind."""
+    return _KINDS.plugin(kind)

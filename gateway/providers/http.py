@@ -1,12 +1,12 @@
 """Declarative providers: ``kind = "http"``, an upstream described entirely in ``pollcast.toml``.
 
 For a status API whose calls need no code — a URL template, some headers or
-query keys, a JSON body — and whose replies hold each task's status in a
+query keys, a JSON body, a signature — and whose replies hold each task's status in a
 field. Everything is data: templates use a fixed set of placeholders,
 :mod:`~gateway.providers.fieldpath` paths say where values are, and
 :mod:`~gateway.providers.conditions` say when a reply is an API error.
-Nothing in the configuration is executed. Signatures that need code (md5,
-sha1 over sorted fields…) stay in the built-in adapters.
+Nothing in the configuration is executed — signatures included: ``request.sign``
+declares them as data (:mod:`~gateway.providers.signing`).
 
 The provider table (``[providers.NAME]``)::
 
@@ -14,6 +14,9 @@ The provider table (``[providers.NAME]``)::
     base_url = "https://api.example.com"     # {base} in templates
     cost_per_call = 0.0                      # optional; with budget_per_hour
     interval_s = 5                           # + any policy key (interval_s, batch_size…)
+
+    [providers.NAME.secrets]                 # {secrets.NAME} in templates (not in the URL path)
+    app_secret = "${APP_SECRET}"
 
     [providers.NAME.request]
     method = "GET"                           # GET | POST | PUT
@@ -24,6 +27,11 @@ The provider table (``[providers.NAME]``)::
     batch = { mode = "json", size = 50 }     # ids as a JSON array ("{task_ids}" leaf, or
                                              # the whole body); or mode = "query", param = "ids"
 
+    [providers.NAME.request.sign]            # see gateway/providers/signing.py
+    algorithm = "md5"                        # md5 | sha1 | sha256 | hmac-sha256 (with key = …)
+    text = "{secrets.app_secret}{now_ms}"    # or sorted_params = "json" | "query" (+ suffix…)
+    into = { query = "sign" }                # or { json = "Signature" }, { header = "X-Sign" }
+
     [providers.NAME.reply]
     tasks = "$"                              # where the task object(s) are; "d[*]" for a batch
     id = "taskId"                            # batch: the id inside each task object
@@ -31,8 +39,11 @@ The provider table (``[providers.NAME]``)::
 
     [providers.NAME.map]                     # paths inside each task object
     state = { path = "status", values = { done = "succeeded", … } }
+                                             # + rules = [{ when = "…", state = "…" }] tried first,
+                                             #   messages / errors = { value = … } literals
     progress = "progress"                    # 0–100, clamped and rounded
     position = "queue.position"
+    position_in = ["queued"]                 # optional: the states position is read in
     message = "message"
     upstream = { status = "status" }         # raw fields shown on events
     result = { urls = "result[*]", files = "files", base_url = "{base}", meta = { … } }
@@ -44,22 +55,28 @@ The provider table (``[providers.NAME]``)::
     message = ["error_detail.message", "error_msg"]
     auth = "error_code in [401, 403]"        # → non-retryable auth fault
     rate_limited = "error_code == 429"       # → rate_limited fault (honours Retry-After)
+    not_found = "error_code == 404"          # → the task is unknown upstream
     task = "error_code < 500"                # → the task itself ends in task_state
     task_state = "failed"
     upstream = { error_code = "error_code" }
 
 Placeholders: ``{base}`` (``base_url`` without its trailing slash),
-``{task_id}``, ``{now_ms}``, ``{request_id}``; ``{task_ids}`` only as a
-whole ``json`` leaf of a batch request; ``{{`` and ``}}`` are literal braces.
+``{task_id}``, ``{now_ms}``, ``{request_id}``, ``{secrets.NAME}``;
+``{task_ids}`` only as a whole ``json`` leaf of a batch request and
+``{task_id:int}`` only as a whole ``json`` leaf (the id as a JSON integer;
+then only ids of 1–19 digits up to 2^63-1 are accepted); ``{{`` and ``}}``
+are literal braces.
 ``${ENV}`` is the configuration loader's and is resolved first.
 
 Wherever a path is expected, a list of paths may be given: the first one
 that holds a value (not null, not an empty string) wins.
 
-Every header, query and body value with literal text (after removing
-placeholders) counts as a credential — it is scrubbed from messages and
-never printed — except the values of ``Content-Type``, ``Accept``,
-``Accept-Encoding``, ``Accept-Language``, ``Cache-Control`` and ``User-Agent``.
+Every value of ``secrets``, every header, query and body value with literal
+text (after removing placeholders), a literal ``sign.key`` and literal text of
+8 characters or more in ``sign.text``/``prefix``/``suffix`` count as
+credentials — they are scrubbed from messages and never printed — except the
+values of ``Content-Type``, ``Accept``, ``Accept-Encoding``,
+``Accept-Language``, ``Cache-Control`` and ``User-Agent``.
 """
 
 from __future__ import annotations
@@ -93,6 +110,7 @@ from gateway.providers.base import (
 )
 from gateway.providers.conditions import Condition, ConditionSyntaxError, parse_condition
 from gateway.providers.fieldpath import MISSING, FieldPath, PathSyntaxError, parse_path
+from gateway.providers.signing import Algorithm, SignSettings, sign, sorted_pairs_text
 
 __all__ = [
     "ApiErrorMapping",
@@ -126,6 +144,7 @@ class RequestSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     json: Any = None  # a JSON body template: string leaves are templates
     body: str | None = None  # a raw body template (instead of json)
     batch: BatchSettings | None = None
+    sign: SignSettings | None = None  # gateway/providers/signing.py
 
 
 class ReplySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -134,9 +153,24 @@ class ReplySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     not_found: list[int] = msgspec.field(default_factory=list)
 
 
+class StateRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``state`` whenever ``when`` (a condition on the task object) holds; before ``values``."""
+
+    when: str
+    state: str
+
+
+class ErrorLiteral(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    code: str
+    message: str
+
+
 class StateMapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: PathSpec
     values: dict[str, str]  # upstream value (as text) → normalized state
+    rules: list[StateRule] = msgspec.field(default_factory=list)  # tried first, in order
+    messages: dict[str, str] = msgspec.field(default_factory=dict)  # value → message
+    errors: dict[str, ErrorLiteral] = msgspec.field(default_factory=dict)  # value → error
 
 
 class ResultMapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -155,6 +189,7 @@ class FieldMapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state: StateMapping
     progress: PathSpec | None = None
     position: PathSpec | None = None
+    position_in: list[str] | None = None  # the states position is read in (default: all)
     message: PathSpec | None = None
     result: ResultMapping = ResultMapping()
     error: ErrorMapping = ErrorMapping()
@@ -167,6 +202,7 @@ class ApiErrorMapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     message: PathSpec | None = None
     auth: str | None = None
     rate_limited: str | None = None
+    not_found: str | None = None  # → the upstream does not know the task (state unknown)
     task: str | None = None
     task_state: str = "failed"
     upstream: dict[str, PathSpec] = msgspec.field(default_factory=dict)
@@ -179,11 +215,18 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reply: ReplySettings = ReplySettings()
     api_error: ApiErrorMapping | None = None
     cost_per_call: Annotated[float, msgspec.Meta(ge=0, le=1e9)] = 0.0
+    secrets: dict[str, str] = msgspec.field(default_factory=dict)  # {secrets.NAME}
 
 
 # --- templates ----------------------------------------------------------------
 
 _PLACEHOLDERS: Final = ("base", "task_id", "task_ids", "now_ms", "request_id")
+_SECRET: Final = "secrets."  # {secrets.NAME}: a value of the provider's secrets table
+_INT_ID: Final = "task_id:int"  # a whole json leaf: the id as a JSON integer
+_LONG_MAX: Final = 2**63 - 1
+_INT_ID_RE: Final = re.compile(r"[0-9]{1,19}")
+_MIN_SIGNED_LITERAL: Final = 8
+_SECRET_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _TOKEN_RE: Final = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _NOT_CREDENTIAL_HEADERS: Final = frozenset(
     {"content-type", "accept", "accept-encoding", "accept-language", "cache-control", "user-agent"}
@@ -206,6 +249,10 @@ class _Template:
 
     def render(self, values: Mapping[str, str]) -> str:
         return "".join(values[text] if placeholder else text for placeholder, text in self.parts)
+
+    def literal(self) -> str:
+        """The literal text alone, every placeholder left out."""
+        return "".join(text for placeholder, text in self.parts if not placeholder)
 
 
 def _template(text: str, key: str, allowed: Sequence[str]) -> _Template:
@@ -230,11 +277,16 @@ def _template(text: str, key: str, allowed: Sequence[str]) -> _Template:
                 f"lone {token!r} at position {match.start()} (write {token * 2!r} for a literal)",
                 path=key,
             )
-        if name not in _PLACEHOLDERS:
+        if name not in _PLACEHOLDERS and not name.startswith(_SECRET):
+            if name == _INT_ID:
+                raise ConfigError(
+                    "{task_id:int} may only be a whole json value (the id as a JSON integer)",
+                    path=key,
+                )
             known = ", ".join("{" + p + "}" for p in allowed)
             raise ConfigError(f"unknown placeholder {{{name}}}; use {known}", path=key)
         if name not in allowed:
-            raise ConfigError(_misplaced(name), path=key)
+            raise ConfigError(_misplaced(name, allowed), path=key)
         parts.append((False, "".join(literal)))
         literal = []
         parts.append((True, name))
@@ -243,7 +295,16 @@ def _template(text: str, key: str, allowed: Sequence[str]) -> _Template:
     return _Template(tuple((p, t) for p, t in parts if p or t))
 
 
-def _misplaced(name: str) -> str:
+def _misplaced(name: str, allowed: Sequence[str]) -> str:
+    if name.startswith(_SECRET):
+        declared = sorted(p for p in allowed if p.startswith(_SECRET))
+        if not declared:
+            return (
+                f"{{{name}}}: secrets may go into headers, query parameters, the body and "
+                "the signature, not here"
+            )
+        known = ", ".join("{" + p + "}" for p in declared)
+        return f"{{{name}}} names no entry of the provider's secrets table; it has {known}"
     if name == "task_ids":
         return "{task_ids} may only be a whole json value of a batch request (request.batch)"
     if name == "task_id":
@@ -263,6 +324,8 @@ def _render_json(template: Any, values: Mapping[str, str], task_ids: Sequence[st
         return template.render(values)
     if template is _IDS:
         return list(task_ids)
+    if template is _INT:
+        return int(values["task_id"])
     if isinstance(template, dict):
         return {k: _render_json(v, values, task_ids) for k, v in template.items()}
     if isinstance(template, list):
@@ -282,9 +345,23 @@ class _ApiErrorPlan:
     message: Paths
     auth: Condition | None
     rate_limited: Condition | None
+    not_found: Condition | None
     task: Condition | None
     task_state: State
     upstream: tuple[tuple[str, Paths], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _SignPlan:
+    algorithm: Algorithm
+    encoding: Literal["hex", "base64"]
+    text: _Template | None  # signed as written, or …
+    sorted_params: Literal["json", "query"] | None  # … the request's sorted pairs
+    prefix: _Template
+    suffix: _Template
+    key: _Template | None
+    into: Literal["query", "json", "header"]
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,13 +375,20 @@ class _Plan:
     json: Any  # template tree, or None
     body: _Template | None
     batch: BatchSettings | None
+    sign: _SignPlan | None
+    int_id: bool  # the json body sends "{task_id:int}"
+    secrets: tuple[tuple[str, str], ...]  # ("secrets.NAME", value)
     tasks: FieldPath
     id: FieldPath | None
     not_found: frozenset[int]
     state: Paths
     states: Mapping[str, State]
+    rules: tuple[tuple[Condition, State], ...]
+    state_messages: Mapping[str, str]
+    state_errors: Mapping[str, ErrorInfo]
     progress: Paths
     position: Paths
+    position_in: frozenset[State] | None
     message: Paths
     urls: Paths
     files: FieldPath | tuple[tuple[str, Paths], ...] | None
@@ -358,11 +442,20 @@ def _state(name: str, key: str) -> State:
         raise ConfigError(f"{name!r} is not a state; use one of {known}", path=key) from None
 
 
+class _IntId:
+    """The ``"{task_id:int}"`` leaf of a JSON body template."""
+
+
+_INT: Final = _IntId()
+
+
 def _json_template(value: Any, key: str, allowed: Sequence[str], found: list[str]) -> Any:
     if isinstance(value, str):
         if value == "{task_ids}" and "task_ids" in allowed:
             found.append(key)
             return _IDS
+        if value == "{" + _INT_ID + "}" and "task_id" in allowed:
+            return _INT
         return _template(value, key, [p for p in allowed if p != "task_ids"])
     if isinstance(value, dict):
         return {k: _json_template(v, f"{key}.{k}", allowed, found) for k, v in value.items()}
@@ -373,15 +466,12 @@ def _json_template(value: Any, key: str, allowed: Sequence[str], found: list[str
 
 def _json_credentials(template: Any) -> list[str]:
     if isinstance(template, _Template):
-        return [template.render(_REDACT_ALL)] if template.has_literal_text else []
+        return [template.literal()] if template.has_literal_text else []
     if isinstance(template, dict):
         return [c for v in template.values() for c in _json_credentials(v)]
     if isinstance(template, list):
         return [c for v in template for c in _json_credentials(v)]
     return []
-
-
-_REDACT_ALL: Final = {name: "" for name in _PLACEHOLDERS}
 
 
 def _credential_values(rendered: str) -> list[str]:
@@ -401,8 +491,19 @@ def compile_settings(settings: HttpSettings) -> _Plan:
     batch = request.batch
     one = ["base", "task_id", "now_ms", "request_id"]
     many = ["base", "now_ms", "request_id"]
-    allowed = many if batch is not None else one
-    url = _template(request.url, "request.url", allowed)
+    # Secrets stay out of the URL path, which proxies and access logs record.
+    url = _template(request.url, "request.url", many if batch is not None else one)
+    for name, value in settings.secrets.items():
+        if not _SECRET_NAME_RE.fullmatch(name):
+            raise ConfigError(
+                "a secret's name is a letter or _, then letters, digits, _ or -", path="secrets"
+            )
+        if not value:
+            raise ConfigError(
+                "is empty (an environment variable set to nothing?)", path=f"secrets.{name}"
+            )
+    secrets = [_SECRET + name for name in settings.secrets]
+    allowed = [*(many if batch is not None else one), *secrets]
     if not request.url.startswith(("{base}", "http://", "https://")):
         raise ConfigError("must start with {base} or http(s)://", path="request.url")
     headers = tuple(
@@ -429,6 +530,9 @@ def compile_settings(settings: HttpSettings) -> _Plan:
             "a GET request carries no body; use POST (or move the ids to query)",
             path="request.method",
         )
+    sign_plan = None
+    if request.sign is not None:
+        sign_plan = _sign_plan(request.sign, request, allowed, json_template)
 
     reply = settings.reply
     tasks = _path(reply.tasks, "reply.tasks", single=False)
@@ -443,6 +547,17 @@ def compile_settings(settings: HttpSettings) -> _Plan:
         raise ConfigError("map at least one upstream value to a state", path="map.state.values")
     states = {
         raw: _state(name, f"map.state.values.{raw}") for raw, name in mapping.state.values.items()
+    }
+    rules = tuple(
+        (
+            _required_condition(rule.when, f"map.state.rules[{i}].when"),
+            _state(rule.state, f"map.state.rules[{i}].state"),
+        )
+        for i, rule in enumerate(mapping.state.rules)
+    )
+    state_errors = {
+        raw: _error_literal(error, f"map.state.errors.{raw}")
+        for raw, error in mapping.state.errors.items()
     }
     result = mapping.result
     files: FieldPath | tuple[tuple[str, Paths], ...] | None
@@ -461,14 +576,24 @@ def compile_settings(settings: HttpSettings) -> _Plan:
         c
         for name, t in headers
         if name.lower() not in _NOT_CREDENTIAL_HEADERS and t.has_literal_text
-        for c in _credential_values(t.render(_REDACT_ALL))
+        for c in _credential_values(t.literal())
     ]
     credentials += [
-        c for _, t in query if t.has_literal_text for c in _credential_values(t.render(_REDACT_ALL))
+        c for _, t in query if t.has_literal_text for c in _credential_values(t.literal())
     ]
     credentials += [c for v in _json_credentials(json_template) for c in _credential_values(v)]
     if body is not None and body.has_literal_text:
-        credentials += _credential_values(body.render(_REDACT_ALL))
+        credentials += _credential_values(body.literal())
+    if sign_plan is not None:
+        # A literal HMAC key is a credential; in the signed text only literal runs
+        # long enough to be one count (not separators like "&" or a "v1:" prefix).
+        if sign_plan.key is not None and sign_plan.key.has_literal_text:
+            credentials += _credential_values(sign_plan.key.literal())
+        for part in (sign_plan.text, sign_plan.prefix, sign_plan.suffix):
+            literal = "" if part is None else part.literal()
+            if len(literal.strip()) >= _MIN_SIGNED_LITERAL:
+                credentials += _credential_values(literal)
+    credentials = [*settings.secrets.values(), *credentials]
 
     return _Plan(
         method=request.method,
@@ -478,13 +603,26 @@ def compile_settings(settings: HttpSettings) -> _Plan:
         json=json_template,
         body=body,
         batch=batch,
+        sign=sign_plan,
+        int_id=_uses_int_id(json_template),
+        secrets=tuple((_SECRET + name, value) for name, value in settings.secrets.items()),
         tasks=tasks,
         id=id_path,
         not_found=frozenset(reply.not_found),
         state=_paths(mapping.state.path, "map.state.path"),
         states=states,
+        rules=rules,
+        state_messages=dict(mapping.state.messages),
+        state_errors=state_errors,
         progress=_paths(mapping.progress, "map.progress"),
         position=_paths(mapping.position, "map.position"),
+        position_in=(
+            None
+            if mapping.position_in is None
+            else frozenset(
+                _state(name, f"map.position_in[{i}]") for i, name in enumerate(mapping.position_in)
+            )
+        ),
         message=_paths(mapping.message, "map.message"),
         urls=_paths(result.urls, "map.result.urls", single=False),
         files=files,
@@ -528,6 +666,131 @@ def _check_batch(batch: BatchSettings, request: RequestSettings, ids_at: list[st
         raise ConfigError('"{task_ids}" may appear only once', path=ids_at[1])
 
 
+def _error_literal(error: ErrorLiteral, key: str) -> ErrorInfo:
+    for field in ("code", "message"):
+        if not getattr(error, field).strip():
+            raise ConfigError("must not be empty", path=f"{key}.{field}")
+    return ErrorInfo(error.code, error.message)
+
+
+def _required_condition(text: str, key: str) -> Condition:
+    condition = _condition(text, key)
+    assert condition is not None
+    return condition
+
+
+def _uses_int_id(template: Any) -> bool:
+    if template is _INT:
+        return True
+    if isinstance(template, dict):
+        return any(_uses_int_id(v) for v in template.values())
+    if isinstance(template, list):
+        return any(_uses_int_id(v) for v in template)
+    return False
+
+
+def _sign_plan(
+    sign: SignSettings, request: RequestSettings, allowed: Sequence[str], json_template: Any
+) -> _SignPlan:
+    """Check ``request.sign`` against the rest of the request.
+
+    Raises:
+        ConfigError: at the ``request.sign…`` (or ``request.json…``) key that is wrong.
+    """
+    choices: list[tuple[Literal["query", "json", "header"], str | None]] = [
+        ("query", sign.into.query),
+        ("json", sign.into.json),
+        ("header", sign.into.header),
+    ]
+    targets = [(into, name) for into, name in choices if name is not None]
+    if len(targets) != 1:
+        raise ConfigError(
+            'say where the signature goes, once: { query = "sign" }, { json = "Signature" } '
+            'or { header = "X-Signature" }',
+            path="request.sign.into",
+        )
+    [(into, name)] = targets
+    if not name:
+        raise ConfigError("name the parameter, field or header", path=f"request.sign.into.{into}")
+    if (sign.text is None) == (sign.sorted_params is None):
+        raise ConfigError(
+            'give text (a template, signed as written) or sorted_params = "json" | "query"',
+            path="request.sign.text" if sign.text is not None else "request.sign",
+        )
+    if sign.text is not None and (sign.prefix or sign.suffix):
+        which = "prefix" if sign.prefix else "suffix"
+        raise ConfigError(
+            "prefix and suffix frame sorted_params; put the text in text",
+            path=f"request.sign.{which}",
+        )
+    if sign.algorithm == "hmac-sha256" and sign.key is None:
+        raise ConfigError(
+            'hmac-sha256 needs a key (e.g. key = "{secrets.NAME}")', path="request.sign.key"
+        )
+    if sign.algorithm != "hmac-sha256" and sign.key is not None:
+        raise ConfigError(
+            f"{sign.algorithm} is a plain digest and takes no key: use hmac-sha256, "
+            "or put the secret in text or suffix",
+            path="request.sign.key",
+        )
+    if (into == "json" or sign.sorted_params == "json") and not isinstance(json_template, dict):
+        raise ConfigError(
+            "signing into or over the JSON body needs request.json to be a table",
+            path="request.json" if request.json is not None else "request.sign",
+        )
+    if into == "json" and name in json_template:
+        raise ConfigError(
+            "this field receives the signature (request.sign.into.json): leave it out",
+            path=f"request.json.{name}",
+        )
+    if into == "query" and request.batch is not None and name == request.batch.param:
+        raise ConfigError(
+            "this parameter carries the batch's ids (request.batch.param): name the "
+            "signature's parameter differently",
+            path="request.sign.into.query",
+        )
+    if into == "query" and name in request.query:
+        raise ConfigError(
+            "this parameter receives the signature (request.sign.into.query): leave it out",
+            path=f"request.query.{name}",
+        )
+    if into == "header" and name.lower() in {h.lower() for h in request.headers}:
+        raise ConfigError(
+            "this header receives the signature (request.sign.into.header): leave it out",
+            path=f"request.headers.{name}",
+        )
+    if sign.sorted_params == "json":
+        for field, value in json_template.items():
+            _check_flat(value, f"request.json.{field}")
+    signed = [p for p in allowed if p != "task_ids"]
+    return _SignPlan(
+        algorithm=sign.algorithm,
+        encoding=sign.encoding,
+        text=None if sign.text is None else _template(sign.text, "request.sign.text", signed),
+        sorted_params=sign.sorted_params,
+        prefix=_template(sign.prefix, "request.sign.prefix", signed),
+        suffix=_template(sign.suffix, "request.sign.suffix", signed),
+        key=None if sign.key is None else _template(sign.key, "request.sign.key", signed),
+        into=into,
+        name=name,
+    )
+
+
+def _check_flat(value: Any, key: str) -> None:
+    """Sorted pairs flatten scalars and lists of scalars; anything deeper has no agreed form."""
+    if value is _IDS:
+        return
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        scalar = item is None or isinstance(item, _Template | _IntId | str | int | float | bool)
+        if not scalar:
+            raise ConfigError(
+                "sorted_params signs scalars and lists of scalars (as Key.0, Key.1…); "
+                f"this holds {_type_name(item)}",
+                path=key,
+            )
+
+
 def _api_error_plan(mapping: ApiErrorMapping) -> _ApiErrorPlan:
     when = _condition(mapping.when, "api_error.when")
     assert when is not None
@@ -537,6 +800,7 @@ def _api_error_plan(mapping: ApiErrorMapping) -> _ApiErrorPlan:
         message=_paths(mapping.message, "api_error.message"),
         auth=_condition(mapping.auth, "api_error.auth"),
         rate_limited=_condition(mapping.rate_limited, "api_error.rate_limited"),
+        not_found=_condition(mapping.not_found, "api_error.not_found"),
         task=_condition(mapping.task, "api_error.task"),
         task_state=_state(mapping.task_state, "api_error.task_state"),
         upstream=_named_paths(mapping.upstream, "api_error.upstream"),
@@ -609,6 +873,29 @@ def _raw_fields(named: tuple[tuple[str, Paths], ...], document: Any) -> dict[str
     return found
 
 
+# --- signing ---------------------------------------------------------------------------
+
+
+def _signature(
+    plan: _SignPlan,
+    values: Mapping[str, str],
+    params: Sequence[tuple[str, str]],
+    document: Any,
+) -> str:
+    """The signature of one request (gateway/providers/signing.py), before it is placed."""
+    if plan.text is not None:
+        text = plan.text.render(values)
+    else:
+        signed: Sequence[tuple[str, Any]] = params
+        if plan.sorted_params == "json":
+            assert isinstance(document, dict)
+            signed = list(document.items())
+        prefix, suffix = plan.prefix.render(values), plan.suffix.render(values)
+        text = sorted_pairs_text(signed, prefix=prefix, suffix=suffix)
+    key = None if plan.key is None else plan.key.render(values)
+    return sign(plan.algorithm, text, key=key, encoding=plan.encoding)
+
+
 # --- the adapter ----------------------------------------------------------------------
 
 
@@ -643,6 +930,11 @@ class HttpAdapter(ReplyAdapter):
         compile_settings(settings)
 
     def check_task_id(self, task_id: str) -> None:
+        if self._plan.int_id and not (_INT_ID_RE.fullmatch(task_id) and int(task_id) <= _LONG_MAX):
+            raise InvalidTaskKey(
+                f"{self.name} task ids are integers (sent as a JSON number, at most 2^63-1)",
+                field="task_id",
+            )
         # In a URL path, "." and ".." are dot-segments (RFC 3986 §5.2.4) that
         # would be resolved away before reaching the status route.
         if "task_id" in self._plan.url.names and task_id in (".", ".."):
@@ -652,31 +944,46 @@ class HttpAdapter(ReplyAdapter):
             )
 
     def secret_values(self) -> tuple[str, ...]:
-        return self._plan.credentials
+        return self._plan.credentials  # the secrets table's values first
 
     # -- requests --------------------------------------------------------------
 
     def build_request(
         self, task_ids: Sequence[str], *, now_ms: int, request_id: str
     ) -> UpstreamRequest:
+        """Raises :class:`InvalidTaskKey` for an id :meth:`check_task_id` refuses."""
         plan = self._plan
         values = {"base": self.root, "now_ms": str(now_ms), "request_id": request_id}
+        values.update(plan.secrets)
         if plan.batch is None:
             values["task_id"] = only_task_id(task_ids, self.name)
+            if plan.int_id:
+                self.check_task_id(values["task_id"])
         # In the URL the id is one path segment or query value: encode all of it.
         url = plan.url.render({**values, "task_id": quote(values.get("task_id", ""), safe="")})
         params = [(name, t.render(values)) for name, t in plan.query]
         headers = [(name, t.render(values)) for name, t in plan.headers]
-        body: bytes | None = None
-        if plan.json is not None:
-            body = msgspec.json.encode(_render_json(plan.json, values, task_ids))
-        elif plan.batch is not None and plan.batch.mode == "json":
-            body = msgspec.json.encode(list(task_ids))
-        elif plan.body is not None:
-            body = plan.body.render(values).encode()
         if plan.batch is not None and plan.batch.mode == "query":
             assert plan.batch.param is not None
             params.extend((plan.batch.param, task_id) for task_id in task_ids)
+        document: Any = None
+        if plan.json is not None:
+            document = _render_json(plan.json, values, task_ids)
+        elif plan.batch is not None and plan.batch.mode == "json":
+            document = list(task_ids)
+        if plan.sign is not None:
+            signature = _signature(plan.sign, values, params, document)
+            if plan.sign.into == "query":
+                params.append((plan.sign.name, signature))
+            elif plan.sign.into == "header":
+                headers.append((plan.sign.name, signature))
+            else:
+                document = {**document, plan.sign.name: signature}
+        body: bytes | None = None
+        if document is not None:
+            body = msgspec.json.encode(document)
+        elif plan.body is not None:
+            body = plan.body.render(values).encode()
         json_body = body is not None and plan.body is None
         if json_body and not any(name.lower() == "content-type" for name, _ in headers):
             headers.append(("Content-Type", "application/json"))
@@ -746,20 +1053,22 @@ class HttpAdapter(ReplyAdapter):
             raise MalformedReply(f"field {at!r} is missing")
         key = _value_key(raw, at)
         upstream = _raw_fields(plan.upstream, item) if plan.upstream is not None else {at: raw}
-        state = plan.states.get(key)
+        ruled = next((state for when, state in plan.rules if when.holds(item)), None)
+        state = ruled or plan.states.get(key)
         if state is None:
             return unrecognized_status(task_id, raw, upstream)
         progress = _number(plan.progress, item)
-        position = _number(plan.position, item)
+        read_position = plan.position_in is None or state in plan.position_in
+        position = _number(plan.position, item) if read_position else None
         result = self._result(item) if state is State.SUCCEEDED else None
         return Observation(
             task_id,
             state,
             progress=None if progress is None else round(min(max(progress, 0.0), 100.0)),
             position=None if position is None else max(0, round(position)),
-            message=_text(plan.message, item),
+            message=_text(plan.message, item) or plan.state_messages.get(key),
             result=result,
-            error=self._error(state, item),
+            error=self._error(state, item, key),
             upstream=upstream,
         )
 
@@ -807,10 +1116,12 @@ class HttpAdapter(ReplyAdapter):
                         )
         return urls
 
-    def _error(self, state: State, item: Any) -> ErrorInfo | None:
+    def _error(self, state: State, item: Any, key: str) -> ErrorInfo | None:
         if not state.terminal or state is State.SUCCEEDED:
             return None
         plan = self._plan
+        if key in plan.state_errors:
+            return plan.state_errors[key]
         message = _text(plan.error_message, item)
         if state is not State.FAILED and message is None:
             return None
@@ -828,6 +1139,11 @@ class HttpAdapter(ReplyAdapter):
         text = _text(api_error.message, document)
         detail = ": ".join(part for part in (code, text) if part)
         label = f"{self.name} API error" + (f" ({detail})" if detail else "")
+        if api_error.not_found is not None and api_error.not_found.holds(document):
+            return {
+                task_id: Observation(task_id, State.UNKNOWN, error=NOT_FOUND)
+                for task_id in request.task_ids
+            }
         if api_error.auth is not None and api_error.auth.holds(document):
             return api_error_fault(response, label, auth=True)
         if api_error.rate_limited is not None and api_error.rate_limited.holds(document):

@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from gateway.config import Config
 from gateway.hub.base import Hub
 from gateway.service import Gateway
+from gateway.web.asyncapi import asyncapi_json
 from gateway.web.auth import Authenticator, provide_principal
 from gateway.web.dashboard import DASHBOARD_ROUTES
 from gateway.web.errors import EXCEPTION_HANDLERS, GatewayRequest
@@ -37,7 +38,7 @@ def create_app(config: Config, *, hub: Hub | None = None) -> Litestar:
             await gateway.close()
 
     app = Litestar(
-        route_handlers=[*ROUTES, ws_endpoint, *DASHBOARD_ROUTES],
+        route_handlers=[*ROUTES, ws_endpoint, *DASHBOARD_ROUTES, asyncapi_json],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         # Handlers that take a ``principal`` are authenticated (gateway/web/auth.py).

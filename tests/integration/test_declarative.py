@@ -1,7 +1,9 @@
 """The declarative examples (deploy/examples/*.toml) against the built-in adapters.
 
-``videoproc`` and ``ailab`` written as ``kind = "http"`` configurations must
-behave exactly like the built-in adapters on the same simulator timelines:
+All five providers written as ``kind = "http"`` configurations — aholo's md5
+``sign`` and genpic's sha1 ``Signature`` declared in ``request.sign``, tryon's
+integer ``infId`` and queue rules in the mapping — must behave exactly like
+the built-in adapters on the same simulator timelines:
 
 * the round trips of ``test_roundtrip.py`` (every step, usable results,
   failures, refused credentials) pass with the declarative adapter;
@@ -31,7 +33,7 @@ from gateway.cli import main
 from gateway.config import _interpolate, load_config
 from gateway.core import tracker
 from gateway.core.model import Event, FaultKind, Observation, State
-from gateway.providers.base import Adapter
+from gateway.providers.base import Adapter, UpstreamResponse
 from gateway.providers.http import HttpAdapter
 from gateway.sim import SIM_CREDENTIALS, Simulator
 from tests.integration import test_roundtrip as roundtrip
@@ -43,20 +45,33 @@ from tests.integration.sim_server import ManualClock, running_sim
 pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
-KINDS = ["ailab", "videoproc"]
+KINDS = ["ailab", "aholo", "tryon", "genpic", "videoproc"]
+BATCH_KINDS = ["aholo", "genpic"]
 
 
 def example_env(sim_url: str) -> dict[str, str]:
+    creds = SIM_CREDENTIALS
     return {
         "VIDEOPROC_BASE_URL": f"{sim_url}/videoproc",
         "AILAB_BASE_URL": f"{sim_url}/ailab",
-        "AILAB_API_KEY": SIM_CREDENTIALS.ailab_api_key,
+        "AILAB_API_KEY": creds.ailab_api_key,
+        "AHOLO_BASE_URL": f"{sim_url}/aholo",
+        "AHOLO_APP_KEY": creds.aholo_app_key,
+        "AHOLO_APP_SECRET": creds.aholo_app_secret,
+        "AHOLO_APPUID": creds.aholo_appuid,
+        "TRYON_BASE_URL": f"{sim_url}/tryon",
+        "TRYON_OPEN_ID": creds.tryon_open_id,
+        "TRYON_API_KEY": creds.tryon_api_key,
+        "TRYON_OSS_BASE": creds.provider_credentials(sim_url)["tryon"]["oss_base"],
+        "GENPIC_BASE_URL": f"{sim_url}/genpic",
+        "GENPIC_PUBLIC_KEY": creds.genpic_public_key,
+        "GENPIC_PRIVATE_KEY": creds.genpic_private_key,
     }
 
 
-def declarative(kind: str, sim_url: str) -> Adapter:
+def declarative(kind: str, sim_url: str, **wrong: str) -> Adapter:
     """The provider of ``deploy/examples/{kind}.toml``, loaded as a user would, on the sim."""
-    config = load_config(EXAMPLES / f"{kind}.toml", env=example_env(sim_url))
+    config = load_config(EXAMPLES / f"{kind}.toml", env=example_env(sim_url) | wrong)
     adapter = config.runtimes()[kind].adapter
     assert isinstance(adapter, HttpAdapter)
     return adapter
@@ -109,19 +124,27 @@ async def test_declarative_adapter_sees_a_failure(sim_url: str, kind: str) -> No
         assert roundtrip.FAILURE_MESSAGES[kind] in seen[-1].error.message
 
 
-async def test_declarative_wrong_key_is_a_non_retryable_auth_fault(sim_url: str) -> None:
-    config = load_config(
-        EXAMPLES / "ailab.toml", env={**example_env(sim_url), "AILAB_API_KEY": "not-the-key"}
-    )
-    adapter = config.runtimes()["ailab"].adapter
+WRONG_CREDENTIALS = {
+    "ailab": {"AILAB_API_KEY": "not-the-key"},
+    "aholo": {"AHOLO_APP_SECRET": "not-the-secret"},  # only the md5 sign changes
+    "tryon": {"TRYON_API_KEY": "not-the-tryon-key"},
+    "genpic": {"GENPIC_PRIVATE_KEY": "not-the-private-key"},  # only the sha1 changes
+}
+
+
+@pytest.mark.parametrize("kind", list(WRONG_CREDENTIALS))
+async def test_declarative_wrong_key_is_a_non_retryable_auth_fault(sim_url: str, kind: str) -> None:
+    wrong = WRONG_CREDENTIALS[kind]
+    adapter = declarative(kind, sim_url, **wrong)
     async with httpx.AsyncClient(timeout=2.0) as http:
-        task_id = await roundtrip.create_task(http, sim_url, "ailab")
+        task_id = await roundtrip.create_task(http, sim_url, kind)
         observation = await roundtrip.poll_once(adapter, http, task_id)
     assert observation.fault is not None
     assert observation.fault.kind is FaultKind.AUTH
     assert observation.fault.retryable is False
-    assert "not-the-key" not in observation.fault.message
-    assert adapter.secret_values() == ("not-the-key",)
+    [value] = wrong.values()
+    assert value not in observation.fault.message
+    assert value in adapter.secret_values()
 
 
 # --- lock step: equal observations, equal events ----------------------------------------
@@ -142,6 +165,58 @@ LOCKSTEP_CASES: dict[str, dict[str, list[dict[str, Any]]]] = {
             {"state": "running"}, {"state": "succeeded", "result": ["https://cdn.example/a.png"]}
         ),
     },
+    "aholo": {
+        "success": steps(
+            {"state": "queued"},
+            {"state": "queued", "native": 1},
+            {"state": "running", "native": 8},
+            {"state": "running"},
+            {"state": "succeeded"},
+        ),
+        "failure": steps({"state": "running"}, {"state": "failed"}),
+        "cancelled": steps({"state": "queued"}, {"state": "cancelled"}),
+        "timed out": steps({"state": "running"}, {"state": "expired"}),
+        "rejected": steps({"state": "queued"}, {"state": "rejected"}),
+        "unlisted status": steps({"state": "running"}, {"state": "running", "native": 42}),
+        "custom result": steps(
+            {"state": "running"},
+            {
+                "state": "succeeded",
+                "result": ["https://cdn.example/a.ply", "https://cdn.example/a.spz"],
+            },
+        ),
+    },
+    "tryon": {
+        "success": steps(
+            {"state": "queued", "position": 3},
+            {"state": "queued", "position": 1},
+            {"state": "running"},
+            {"state": "succeeded"},
+        ),
+        "failure": steps({"state": "running"}, {"state": "failed", "message": "bad photo"}),
+        "default failure text": steps({"state": "queued", "position": 2}, {"state": "failed"}),
+        "not enough coins": steps({"state": "running"}, {"state": "failed", "native": -2}),
+        "unlisted status": steps({"state": "running"}, {"state": "running", "native": 9}),
+        "absolute result": steps(
+            {"state": "running"},
+            {
+                "state": "succeeded",
+                "result": ["https://cdn.example/b.png", "https://cdn.example/s.png"],
+            },
+        ),
+    },
+    "genpic": {
+        "success": steps({"state": "queued"}, {"state": "running"}, {"state": "succeeded"}),
+        "failure": steps({"state": "running"}, {"state": "failed", "message": "bad prompt"}),
+        "unlisted status": steps({"state": "running"}, {"state": "running", "native": "Paused"}),
+        "custom result": steps(
+            {"state": "queued"},
+            {
+                "state": "succeeded",
+                "result": ["https://cdn.example/1.png", "https://cdn.example/2.png"],
+            },
+        ),
+    },
     "videoproc": {
         "success": steps(
             {"state": "queued"},
@@ -159,20 +234,38 @@ LOCKSTEP_CASES: dict[str, dict[str, list[dict[str, Any]]]] = {
 }
 
 
+WALL_S = 1_763_719_205.0  # the lock-step simulator's wall clock (aholo checks timestamps)
+
+
 @pytest.fixture(scope="module")
 def manual() -> Iterator[tuple[str, ManualClock]]:
     clock = ManualClock()
-    with running_sim(simulator=Simulator(clock=clock, wall_clock=lambda: 1_763_719_205.0)) as url:
+    with running_sim(simulator=Simulator(clock=clock, wall_clock=lambda: WALL_S)) as url:
         yield url, clock
+
+
+async def poll(adapter: Adapter, http: httpx.AsyncClient, task_ids: list[str]) -> list[Observation]:
+    """One real request for ``task_ids``, signed at the simulator's wall clock."""
+    request = adapter.build_request(
+        task_ids, now_ms=int(WALL_S * 1000), request_id=str(uuid.uuid4())
+    )
+    response = await http.request(
+        request.method,
+        request.url,
+        params=request.params or None,
+        headers=list(request.headers),
+        content=request.body,
+    )
+    headers = {name.lower(): value for name, value in response.headers.items()}
+    return adapter.parse(request, UpstreamResponse(response.status_code, headers, response.content))
 
 
 async def _poll_pair(
     http: httpx.AsyncClient, builtin: Adapter, declared: Adapter, task_id: str
 ) -> tuple[Observation, Observation]:
-    return (
-        await roundtrip.poll_once(builtin, http, task_id),
-        await roundtrip.poll_once(declared, http, task_id),
-    )
+    [ours] = await poll(builtin, http, [task_id])
+    [theirs] = await poll(declared, http, [task_id])
+    return ours, theirs
 
 
 def _events(observations: list[Observation], task: str) -> list[dict[str, Any]]:
@@ -223,13 +316,51 @@ async def test_declarative_and_builtin_agree_on_an_unknown_task(
     manual: tuple[str, ManualClock], kind: str
 ) -> None:
     url, _ = manual
-    missing = f"no-such-{uuid.uuid4().hex[:8]}"
+    # tryon ids are integers (infId); the others take any text.
+    missing = (
+        str(uuid.uuid4().int % 10**12) if kind == "tryon" else f"no-such-{uuid.uuid4().hex[:8]}"
+    )
     async with httpx.AsyncClient(timeout=2.0) as http:
         ours, theirs = await _poll_pair(
             http, roundtrip.make_adapter(kind, url), declarative(kind, url), missing
         )
-    assert ours.fault is None and ours.error is not None
+    assert ours.fault is None
+    if kind in BATCH_KINDS:
+        # A batch reply that leaves an id out: "not visible upstream yet", no error.
+        assert ours.state is State.UNKNOWN and ours.message == "not visible upstream yet"
+    else:
+        assert ours.error is not None
     assert theirs == ours
+
+
+@pytest.mark.parametrize("kind", BATCH_KINDS)
+async def test_declarative_and_builtin_read_a_whole_batch_identically(
+    manual: tuple[str, ManualClock], kind: str
+) -> None:
+    """Many ids in one signed request: the same observation for each, in request order."""
+    url, clock = manual
+    timelines = [
+        steps({"state": "queued"}, {"state": "running"}, {"state": "succeeded"}),
+        steps({"state": "running"}, {"state": "failed", "message": "bad input"}),
+        steps({"state": "queued"}, {"state": "queued"}, {"state": "cancelled"}),
+    ]
+    builtin = roundtrip.make_adapter(kind, url)
+    declared = declarative(kind, url)
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        ids = [await roundtrip.create_task(http, url, kind, timeline=t) for t in timelines]
+        # Twelve ids: the flattened TaskUIDs.10 and .11 sort before .2 in genpic's signature.
+        ids += [f"absent-{n}-{uuid.uuid4().hex[:6]}" for n in range(9)]
+        rounds = []
+        for _ in range(3):
+            ours = await poll(builtin, http, ids)
+            theirs = await poll(declared, http, ids)
+            assert all(o.fault is None for o in ours), ours
+            assert theirs == ours
+            rounds.append(ours)
+            clock.advance(STEP_S)
+    states = [o.state for o in rounds[-1][:3]]
+    assert states[0] is State.SUCCEEDED and states[1] is State.FAILED
+    assert all(o.state is State.UNKNOWN for o in rounds[-1][3:])
 
 
 # --- through a live gateway -----------------------------------------------------------

@@ -502,3 +502,63 @@ def test_check_config_reports_the_broken_key(
     err = capsys.readouterr().err
     assert "providers.vp2.map.state.path: bad path 'status.[0]'" in err
     assert "position 7" in err
+
+
+# --- state rules, per-value messages and errors, not-found conditions -------------------------
+
+
+def ruled_provider() -> dict[str, Any]:
+    return provider(
+        map={
+            "state": {
+                "values": {"1": "running", "2": "succeeded", "-2": "failed"},
+                "path": "code",
+                "rules": [
+                    {"when": "code == 1 and slot > 0", "state": "queued"},
+                    {"when": "code == 1 and slot == 0 and hold == true", "state": "rejected"},
+                ],
+                "messages": {"1": "in line", "-2": "broke"},
+                "errors": {"-2": {"code": "insufficient_balance", "message": "not enough coins"}},
+            },
+            "position": "slot",
+            "position_in": ["queued"],
+            "message": "text",
+        },
+        api_error={"when": "status_code != null", "not_found": "status_code == 404"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "state", "position", "message", "error"),
+    [
+        ({"code": 1, "slot": 3}, State.QUEUED, 3, "in line", None),
+        ({"code": 1, "slot": 0}, State.RUNNING, None, "in line", None),
+        ({"code": 1, "slot": 0, "hold": True}, State.REJECTED, None, "in line", None),
+        ({"code": 1, "slot": 2, "text": "said so"}, State.QUEUED, 2, "said so", None),
+        (
+            {"code": -2, "slot": 0},
+            State.FAILED,
+            None,
+            "broke",
+            ErrorInfo("insufficient_balance", "not enough coins"),
+        ),
+    ],
+)
+def test_rules_come_before_values_and_literals_fill_in(
+    body: dict[str, Any],
+    state: State,
+    position: int | None,
+    message: str | None,
+    error: ErrorInfo | None,
+) -> None:
+    [obs] = observe(adapter_of(ruled_provider()), ["t1"], body)
+    assert (obs.state, obs.position, obs.message, obs.error) == (state, position, message, error)
+
+
+def test_an_api_error_condition_can_mean_not_found() -> None:
+    adapter = adapter_of(ruled_provider())
+    [obs] = observe(adapter, ["t1"], {"status_code": 404, "msg": "task not found"})
+    assert obs.state is State.UNKNOWN and obs.fault is None
+    assert obs.error == ErrorInfo("not_found", "upstream does not know this task id")
+    [other] = observe(adapter, ["t1"], {"status_code": 500})
+    assert other.fault is not None and other.fault.kind is FaultKind.SERVER
