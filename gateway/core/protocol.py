@@ -1,4 +1,4 @@
-"""WebSocket messages of ``/v1/ws`` (DESIGN.md, "WebSocket"): a tagged union, decoded once.
+"""WebSocket messages of ``/v1/ws`` (docs/protocol.md, "WebSocket"): a tagged union, decoded once.
 
 Typed decoding validates while parsing, so a frame nested deeper than the
 schema allows fails at its first unexpected level — there is no separate

@@ -1,4 +1,4 @@
-"""aholo — "Query Task Status" by ids (upstream-docs/aholo-task-list-by-ids.md).
+"""aholo — "Query Task Status" by ids (docs/providers/aholo.md).
 
 A batch upstream: ``POST {base}/v2/aholo/project/task/list/by-ids`` with the
 query parameters ``appuid``, ``appkey``, ``timestamp`` (ms) and ``sign``, and a

@@ -1,4 +1,4 @@
-"""ailab — "异步任务查询 API" (upstream-docs/ailab-query-async-task-result.md).
+"""ailab — "异步任务查询 API" (docs/providers/ailab.md).
 
 One task per request: ``GET {base}/common/query-async-task-result?task_id=…``
 (the doc's OpenAPI section) with the ``ailabapi-api-key`` header. Every reply

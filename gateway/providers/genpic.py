@@ -1,4 +1,4 @@
-"""genpic — ``ListGenerateTaskDetail`` (upstream-docs/genpic-list-generate-task-detail.md).
+"""genpic — ``ListGenerateTaskDetail`` (docs/providers/genpic.md).
 
 A batch upstream whose base URL *is* the endpoint: ``POST {base}`` with the
 JSON body ``{"Action": "ListGenerateTaskDetail", "PublicKey", "Signature",

@@ -1,4 +1,4 @@
-"""tryon — "Query task results" (upstream-docs/tryon-inf-get-result.md).
+"""tryon — "Query task results" (docs/providers/tryon.md).
 
 One task per request: ``POST {base}/api/inf/get_result`` with the JSON body
 ``{"openId", "apiKey", "infId"}`` (``infId`` is a ``long``). "Each call will

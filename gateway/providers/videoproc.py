@@ -1,4 +1,4 @@
-"""videoproc — ``GET /api/status/{task_id}`` (upstream-docs/videoproc-api-status.md).
+"""videoproc — ``GET /api/status/{task_id}`` (docs/providers/videoproc.md).
 
 One task per request, no authentication. The reply is the doc's
 ``TaskStatusResponse``: ``status`` (processing / completed / error),

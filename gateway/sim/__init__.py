@@ -1,8 +1,8 @@
-"""Simulated upstreams: the five status APIs of ``upstream-docs/`` in one server.
+"""Simulated upstreams: the five status APIs of ``docs/providers/`` in one server.
 
 ``create_sim_app()`` builds the Litestar app, ``serve_sim()`` runs it, and
 ``SIM_CREDENTIALS`` holds the public demo credentials it accepts. See
-DESIGN.md, "Simulated upstreams".
+docs/architecture.md, "Simulated upstreams".
 """
 
 from __future__ import annotations

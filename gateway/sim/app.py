@@ -339,7 +339,7 @@ def _admin_handlers(sim: Simulator) -> list[Any]:
 # --- the app -----------------------------------------------------------------------
 
 _STATUS_ROUTES: Final[Mapping[str, StatusRoute]] = {
-    # per upstream-docs/
+    # per docs/providers/
     "ailab": StatusRoute("/ailab/common/query-async-task-result", frozenset({"GET", "POST"})),
     "aholo": StatusRoute("/aholo/v2/aholo/project/task/list/by-ids", frozenset({"POST"})),
     "tryon": StatusRoute("/tryon/api/inf/get_result", frozenset({"POST"})),

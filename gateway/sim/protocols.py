@@ -5,7 +5,7 @@ one :class:`Reply` (what to send back), reading tasks from a
 :class:`~gateway.sim.simulator.Simulator`. The ``render_*`` functions are
 pure: a :class:`~gateway.sim.timeline.TaskView` in, the provider's JSON
 object out. Envelopes, error codes and field names follow the upstream docs
-in ``upstream-docs/``; each section below cites its doc.
+in ``docs/providers/``; each section below cites its doc.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _string_list(value: object) -> tuple[str, ...] | None:
     return None
 
 
-# --- ailab (ailab-query-async-task-result.md) -------------------------------
+# --- ailab (docs/providers/ailab.md) -------------------------------
 
 _AILAB_STATUS: Final = {State.QUEUED: 0, State.RUNNING: 1, State.SUCCEEDED: 2}
 _AILAB_OK_DETAIL: Final = {"status_code": 200, "code": "", "code_message": "", "message": ""}
@@ -183,7 +183,7 @@ class AilabProtocol(Protocol):
         return Reply(200, self._envelope(200, "", _AILAB_OK_DETAIL, **fields), task_ids=ids)
 
 
-# --- aholo (aholo-task-list-by-ids.md) ---------------------------------------
+# --- aholo (docs/providers/aholo.md) ---------------------------------------
 
 _AHOLO_STATUS: Final = {
     State.QUEUED: 0,
@@ -283,7 +283,7 @@ class AholoProtocol(Protocol):
         return Reply(200, _encode({"c": "0", "d": tasks, "m": None, "f": ""}), task_ids=ids)
 
 
-# --- tryon (tryon-inf-get-result.md) ------------------------------------------
+# --- tryon (docs/providers/tryon.md) ------------------------------------------
 
 TRYON_DEFAULT_FAILURE: Final = (
     "没有检测到脸部,请上传正确的人体试衣照片",
@@ -404,7 +404,7 @@ class TryonProtocol(Protocol):
         return _tryon_reply(200, "ok", ids, render_tryon(view, query.openId))
 
 
-# --- genpic (genpic-list-generate-task-detail.md) --------------------------------
+# --- genpic (docs/providers/genpic.md) --------------------------------
 
 _GENPIC_ACTION: Final = "ListGenerateTaskDetail"
 _GENPIC_STATUS: Final = {
@@ -517,7 +517,7 @@ class GenpicProtocol(Protocol):
         return Reply(200, _encode(body), task_ids=ids)
 
 
-# --- videoproc (videoproc-api-status.md) -------------------------------------------
+# --- videoproc (docs/providers/videoproc.md) -------------------------------------------
 
 _VIDEO_INFO: Final = {"title": "示例视频", "duration": 300, "uploader": "上传者"}
 _VIDEOPROC_MESSAGES: Final = {

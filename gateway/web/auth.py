@@ -1,4 +1,4 @@
-"""Who is asking, and what they may do (DESIGN.md, "Auth").
+"""Who is asking, and what they may do (docs/protocol.md, "Auth").
 
 Three kinds of principal:
 

@@ -1,4 +1,4 @@
-"""aholo adapter against upstream-docs/aholo-task-list-by-ids.md."""
+"""aholo adapter against docs/providers/aholo.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ailab adapter against upstream-docs/ailab-query-async-task-result.md."""
+"""ailab adapter against docs/providers/ailab.md."""
 
 from __future__ import annotations
 

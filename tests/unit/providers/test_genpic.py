@@ -1,4 +1,4 @@
-"""genpic adapter against upstream-docs/genpic-list-generate-task-detail.md."""
+"""genpic adapter against docs/providers/genpic.md."""
 
 from __future__ import annotations
 

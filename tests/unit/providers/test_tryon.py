@@ -1,4 +1,4 @@
-"""tryon adapter against upstream-docs/tryon-inf-get-result.md."""
+"""tryon adapter against docs/providers/tryon.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""videoproc adapter against upstream-docs/videoproc-api-status.md."""
+"""videoproc adapter against docs/providers/videoproc.md."""
 
 from __future__ import annotations
 
