@@ -67,17 +67,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.module.__name__ not in BOTH_PATHS or "http_path" in metafunc.fixturenames:
+    if metafunc.module.__name__ not in BOTH_PATHS:
         return
     marks = ("fast_path_only", "one_http_path")
     only_fast = any(metafunc.definition.get_closest_marker(mark) for mark in marks)
-    metafunc.fixturenames.append("http_path")
     metafunc.parametrize("http_path", HTTP_PATHS[:1] if only_fast else HTTP_PATHS, indirect=True)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def http_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The path every gateway this test starts runs on (in-process or child process)."""
+    """The path every gateway this test starts runs on (in-process or child process).
+
+    Autouse, so that it is part of every test's fixture closure: a parameter
+    given to a fixture a test does not request would never reach it (the test
+    would run on the fast path whatever its id says).
+    """
     path: str = getattr(request, "param", "fast")
     if path == "plain":
         monkeypatch.setenv(ENV, "off")
