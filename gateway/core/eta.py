@@ -46,6 +46,7 @@ __all__ = [
     "ETA_SLIP_MIN_S",
     "DurationModel",
     "estimate",
+    "eta_at",
     "position_bucket",
 ]
 
@@ -161,6 +162,14 @@ def _epoch(stamp: str | None) -> float | None:
     if stamp is None:
         return None
     return datetime.fromisoformat(stamp).timestamp()
+
+
+def eta_at(event: Event, now: float) -> float | None:
+    """``event``'s ``eta_s`` counted down to ``now`` (at least 0), or ``None``."""
+    observed = _epoch(event.observed_at)
+    if event.eta_s is None or observed is None:
+        return None
+    return max(0.0, event.eta_s - max(0.0, now - observed))
 
 
 def estimate(

@@ -147,7 +147,7 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     code: str | None = None
 
     def __post_init__(self) -> None:
-        if self.eta_s is msgspec.UNSET:
+        if self.eta_s is msgspec.UNSET:  # type: ignore[comparison-overlap]
             msgspec.structs.force_setattr(self, "eta_s", None)
 
 

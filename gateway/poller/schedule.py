@@ -38,6 +38,10 @@ class Entry(msgspec.Struct, kw_only=True):
     # The claim token a fenced schedule hands out with the entry; a commit
     # made under a lease that is no longer held is refused. Empty: unfenced.
     lease: str = ""
+    # What the duration model needs (gateway/core/eta.py): when this task was
+    # first observed (wall clock) and its queue-position bucket then.
+    since: float | None = None
+    bucket: int = 0
 
     @property
     def poll(self) -> PollState:

@@ -128,7 +128,8 @@ def test_terminal_and_unknown_have_no_eta() -> None:
     )
     assert events[1].eta_s is not None
     assert events[-1].terminal and events[-1].eta_s is None
-    assert estimate(initial_snapshot(TASK, 0.0), _obs(State.UNKNOWN), now=1.0, expected_s=5.0) is None
+    fresh = initial_snapshot(TASK, 0.0)
+    assert estimate(fresh, _obs(State.UNKNOWN), now=1.0, expected_s=5.0) is None
 
 
 def test_state_change_uses_the_model_and_none_without_one() -> None:

@@ -224,9 +224,7 @@ def test_event_encodes_every_field_without_default_including_nulls() -> None:
 def test_event_encodes_in_the_documented_field_order() -> None:
     raw = msgspec.json.encode(_event())
     assert raw.startswith(b'{"event":"state","task":"ailab:7f3c9e","seq":3,"state":"succeeded"')
-    assert raw.endswith(
-        b'"updated_at":"2026-11-21T10:00:05.120Z","observed_at":null,"eta_s":null}'
-    )
+    assert raw.endswith(b'"updated_at":"2026-11-21T10:00:05.120Z","observed_at":null,"eta_s":null}')
 
 
 def test_eta_is_encoded_when_known() -> None:
