@@ -88,7 +88,7 @@ class DurationModel:
         prior: tuple[float, float] | None = None,
         *,
         window: int = 200,
-        min_samples: int = 8,
+        min_samples: int = 5,
     ) -> None:
         if window < 1 or min_samples < 1:
             raise ValueError("window and min_samples must be positive")

@@ -98,10 +98,9 @@ class PredictivePolicy:
     """When to poll a task next, from how long the provider's tasks take.
 
     The next poll is when the task *may* end at the earliest: the
-    ``early_quantile`` of its remaining time given how long it has run (or,
-    when the task's own ``eta_s`` is known, that estimate less
-    ``eta_margin``), but never sooner than ``near_s`` and never later than
-    ``ceiling_s``. Inside the bulk of the distribution that is ``near_s``
+    ``early_quantile`` of its remaining time given how long it has run, or,
+    if sooner, the task's own ``eta_s`` less ``eta_margin``; but never sooner
+    than ``near_s`` and never later than ``ceiling_s``. Inside the bulk of the distribution that is ``near_s``
     (``near_factor`` times the base interval), so an end is seen within
     ``near_s``; far from it polls are up to ``ceiling_s`` apart. A task the
     model cannot place (no prior, too few finished tasks, or it outlived all
@@ -135,8 +134,8 @@ class PredictivePolicy:
         elapsed_s: float,
         bucket: int = 0,
         eta_s: float | None = None,
-    ) -> float | None:
-        """Seconds until the next poll, or ``None``: the model cannot place the task.
+    ) -> float:
+        """Seconds until the next poll.
 
         Args:
             model: the provider's duration model.
@@ -144,12 +143,13 @@ class PredictivePolicy:
             bucket: the task's queue-position bucket (``eta.position_bucket``).
             eta_s: the task's own estimate of the time left, as of now.
         """
+        leads = [model.remaining(elapsed_s, self.early_quantile, bucket)]
         if eta_s is not None:
-            lead: float | None = max(0.0, eta_s) * (1.0 - self.eta_margin)
-        else:
-            lead = model.remaining(elapsed_s, self.early_quantile, bucket)
-        if lead is None:
-            return None
+            leads.append(max(0.0, eta_s) * (1.0 - self.eta_margin))
+        known = [lead for lead in leads if lead is not None]
+        if not known:
+            return self.base_s  # nothing to go on: poll as a fixed poller would
+        lead = min(known)  # whichever says the task may end sooner
         return min(self.ceiling_s, max(self.near_s, lead))
 
 

@@ -294,7 +294,16 @@ class LanePlanner:
                 out.commits.append(Commit(event, entry))
                 decision = self.policy.after_change(entry.poll)
                 if event.terminal and entry.since is not None:
-                    self.durations.record(now - entry.since, entry.bucket)
+                    # The end fell between the last poll that saw it running and
+                    # this one: take the middle. Taking this poll's time would
+                    # teach the model that tasks take as long as their detection
+                    # (polls further apart, later detection, and so on); taking
+                    # the last poll would make the model learn its own poll times.
+                    last = entry.seen_at if entry.seen_at is not None else now
+                    ended = (last + now) / 2
+                    self.durations.record(ended - entry.since, entry.bucket)
+            if not obs.state.terminal and entry.since is not None:
+                entry.seen_at = now
             decision = self._predicted(entry, decision, event or previous, now)
             entry.apply(decision.state)
             if event is None or not event.terminal:
@@ -343,7 +352,7 @@ class LanePlanner:
             bucket=entry.bucket,
             eta_s=eta_at(current, now),
         )
-        return decision if delay is None else Decision(decision.state, delay)
+        return Decision(decision.state, delay)
 
     def _back_off(
         self,

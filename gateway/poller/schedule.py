@@ -39,8 +39,10 @@ class Entry(msgspec.Struct, kw_only=True):
     # made under a lease that is no longer held is refused. Empty: unfenced.
     lease: str = ""
     # What the duration model needs (gateway/core/eta.py): when this task was
-    # first observed (wall clock) and its queue-position bucket then.
+    # first observed, when it was last seen not finished (wall clock) and its
+    # queue-position bucket at first sight.
     since: float | None = None
+    seen_at: float | None = None
     bucket: int = 0
 
     @property

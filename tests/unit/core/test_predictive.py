@@ -44,10 +44,10 @@ def test_never_faster_than_the_base_interval_nor_slower_than_the_ceiling() -> No
         assert delay is None or 5.0 <= delay <= 12.0
 
 
-def test_a_task_the_model_cannot_place_falls_back_to_the_fixed_policy() -> None:
+def test_a_task_the_model_cannot_place_is_polled_at_the_base_interval() -> None:
     policy = PredictivePolicy(base_s=2.0, ceiling_s=30.0)
-    assert policy.delay(DurationModel(), elapsed_s=10.0) is None  # knows nothing
-    assert policy.delay(SIXTY, elapsed_s=71.0) is None  # outlived every sample
+    assert policy.delay(DurationModel(), elapsed_s=10.0) == 2.0  # knows nothing: base
+    assert policy.delay(SIXTY, elapsed_s=71.0) == 2.0  # outlived every sample
 
 
 def test_the_tasks_own_eta_comes_first() -> None:
@@ -110,12 +110,14 @@ def _poll(
 def test_planner_learns_durations_and_schedules_from_them() -> None:
     rt = runtime("videoproc", polling="predictive", max_interval_s=30)
     p = LanePlanner(rt, rng=random.Random(1))
-    # Twelve tasks of 60 s each end: the model learns from them.
+    # Twelve tasks end between 59 s and 61 s: the model learns 60 s (the middle).
     for i in range(12):
         entry = Entry(task=f"videoproc:done{i}", interval_s=2.0)
         _, snap = _poll(p, entry, START, "processing", None)
         assert entry.since == START
-        out, _ = _poll(p, entry, START + 60.0, "completed", snap)
+        _, snap = _poll(p, entry, START + 59.0, "processing", snap)
+        assert entry.seen_at == START + 59.0
+        out, _ = _poll(p, entry, START + 61.0, "completed", snap)
         assert out.events[-1].terminal
     assert p.durations.samples() == 12
     entry = Entry(task="videoproc:new", interval_s=2.0)
