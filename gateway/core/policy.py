@@ -100,11 +100,12 @@ class PredictivePolicy:
     The next poll is when the task *may* end at the earliest: the
     ``early_quantile`` of its remaining time given how long it has run, or,
     if sooner, the task's own ``eta_s`` less ``eta_margin``; but never sooner
-    than ``near_s`` and never later than ``ceiling_s``. Inside the bulk of the distribution that is ``near_s``
-    (``near_factor`` times the base interval), so an end is seen within
-    ``near_s``; far from it polls are up to ``ceiling_s`` apart. A task the
-    model cannot place (no prior, too few finished tasks, or it outlived all
-    of them) falls back to the fixed policy (:meth:`delay` returns ``None``).
+    than ``near_s`` and never later than ``ceiling_s``. Inside the bulk of
+    the distribution that is ``near_s`` (``near_factor`` times the base
+    interval), so an end is seen within ``near_s``; far from it polls are up
+    to ``ceiling_s`` apart. A task the model cannot place (no prior, too few
+    finished tasks, or it outlived all of them) is polled at the base
+    interval, as a fixed poller would.
 
     Faults, ``Retry-After``, the rate limit and the budget still apply as
     with the fixed policy: this only replaces the quiet interval.
