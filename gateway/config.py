@@ -307,6 +307,14 @@ def _provider(name: str, table: Any, path: str) -> ProviderConfig:
     for key, value in msgspec.structs.asdict(provider.policy).items():
         if isinstance(value, int | float) and (not math.isfinite(value) or value <= 0):
             raise ConfigError("must be a positive, finite number", path=f"{path}.{key}")
+    typical = provider.policy.typical_duration_s
+    if isinstance(typical, tuple) and not (
+        all(math.isfinite(v) and v > 0 for v in typical) and typical[0] <= typical[1]
+    ):
+        raise ConfigError(
+            "must be [low, high]: positive, finite, low <= high",
+            path=f"{path}.typical_duration_s",
+        )
     return provider
 
 

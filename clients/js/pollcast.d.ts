@@ -48,6 +48,12 @@ export interface TaskEvent {
   upstream: Record<string, unknown> | null;
   updated_at: string;
   observed_at: string | null;
+  /**
+   * The gateway's estimate of the seconds left, as of `observed_at`, or `null`
+   * when it has none (always `null` once terminal). Count it down with `etaSeconds`.
+   * Absent from a gateway older than the field.
+   */
+  eta_s?: number | null;
   /** Only on `notice` events: `server_draining`, `history_gap`, `resync`, `upstream_degraded`… */
   code?: string;
 }
@@ -74,6 +80,8 @@ export declare class PollcastError extends Error {
 }
 
 export declare function parseTask(task: TaskRef): { provider: string; taskId: string; key: string };
+/** `event.eta_s` counted down to `nowMs` (default now); `null` if unknown or terminal. */
+export declare function etaSeconds(event: TaskEvent | null | undefined, nowMs?: number): number | null;
 export declare function isTerminal(stateOrEvent: string | { state?: string } | null | undefined): boolean;
 export declare function eventsUrl(
   baseUrl: string,

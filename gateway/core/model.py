@@ -121,8 +121,13 @@ class Observation(msgspec.Struct, frozen=True):
 class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     """The event object of the wire contract.
 
-    Every field without a default is always encoded (``null`` included);
+    Every field except ``code`` is always encoded (``null`` included);
     ``code`` only appears on ``notice`` events.
+
+    ``eta_s`` is the gateway's estimate of the seconds left as of
+    ``observed_at`` (``gateway/core/eta.py``), or ``None``. Its default is
+    ``UNSET`` only so that an event stored before the field existed decodes
+    (as ``None``) while ``None`` itself is still encoded as ``null``.
     """
 
     event: EventKind
@@ -138,7 +143,12 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     upstream: dict[str, Any] | None
     updated_at: str
     observed_at: str | None
+    eta_s: float | None = msgspec.UNSET  # type: ignore[assignment]
     code: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.eta_s is msgspec.UNSET:  # type: ignore[comparison-overlap]
+            msgspec.structs.force_setattr(self, "eta_s", None)
 
 
 _PROVIDER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")

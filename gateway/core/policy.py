@@ -10,6 +10,11 @@ shape for every provider:
   (delay = uniform(0, min(cap, base · 2^failures))), never sooner than the
   upstream's ``Retry-After``;
 * after a few refusals of our credentials, give up instead of hammering.
+
+:class:`PredictivePolicy` (``polling = "predictive"``) replaces the quiet
+interval with one read from the duration model (``gateway/core/eta.py``):
+rare polls while a task is far from its probable end, the near interval
+around it, always between the base interval and a ceiling.
 """
 
 from __future__ import annotations
@@ -18,9 +23,18 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
+from gateway.core.eta import DurationModel
 from gateway.core.model import Fault
 
-__all__ = ["CostBudget", "Decision", "IntervalPolicy", "PollState", "RetryDelay", "TokenBucket"]
+__all__ = [
+    "CostBudget",
+    "Decision",
+    "IntervalPolicy",
+    "PollState",
+    "PredictivePolicy",
+    "RetryDelay",
+    "TokenBucket",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +91,67 @@ class IntervalPolicy:
     def gives_up(self, fault: Fault, failures: int) -> bool:
         """Whether ``failures`` consecutive faults like this one mean: stop trying."""
         return not fault.retryable and failures >= self.max_auth_failures
+
+
+@dataclass(frozen=True, slots=True)
+class PredictivePolicy:
+    """When to poll a task next, from how long the provider's tasks take.
+
+    The next poll is when the task *may* end at the earliest: the
+    ``early_quantile`` of its remaining time given how long it has run, or,
+    if sooner, the task's own ``eta_s`` less ``eta_margin``; but never sooner
+    than ``near_s`` and never later than ``ceiling_s``. Inside the bulk of
+    the distribution that is ``near_s`` (``near_factor`` times the base
+    interval), so an end is seen within ``near_s``; far from it polls are up
+    to ``ceiling_s`` apart. A task the model cannot place (no prior, too few
+    finished tasks, or it outlived all of them) is polled at the base
+    interval, as a fixed poller would.
+
+    Faults, ``Retry-After``, the rate limit and the budget still apply as
+    with the fixed policy: this only replaces the quiet interval.
+    """
+
+    base_s: float
+    ceiling_s: float
+    near_factor: float = 1.45
+    early_quantile: float = 0.04
+    eta_margin: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.base_s <= 0 or self.ceiling_s < self.base_s:
+            raise ValueError("need 0 < base_s <= ceiling_s")
+        if self.near_factor < 1 or not 0 < self.early_quantile < 0.5:
+            raise ValueError("need near_factor >= 1 and 0 < early_quantile < 0.5")
+
+    @property
+    def near_s(self) -> float:
+        """The interval near a task's probable end: never faster than the base interval."""
+        return min(self.ceiling_s, self.base_s * self.near_factor)
+
+    def delay(
+        self,
+        model: DurationModel,
+        *,
+        elapsed_s: float,
+        bucket: int = 0,
+        eta_s: float | None = None,
+    ) -> float:
+        """Seconds until the next poll.
+
+        Args:
+            model: the provider's duration model.
+            elapsed_s: how long the gateway has seen the task.
+            bucket: the task's queue-position bucket (``eta.position_bucket``).
+            eta_s: the task's own estimate of the time left, as of now.
+        """
+        leads = [model.remaining(elapsed_s, self.early_quantile, bucket)]
+        if eta_s is not None:
+            leads.append(max(0.0, eta_s) * (1.0 - self.eta_margin))
+        known = [lead for lead in leads if lead is not None]
+        if not known:
+            return self.base_s  # nothing to go on: poll as a fixed poller would
+        lead = min(known)  # whichever says the task may end sooner
+        return min(self.ceiling_s, max(self.near_s, lead))
 
 
 class RetryDelay:

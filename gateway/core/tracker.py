@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from msgspec.structs import replace
 
+from gateway.core import eta
 from gateway.core.model import (
     ErrorInfo,
     Event,
@@ -43,8 +44,20 @@ def initial_snapshot(task: str, now: float) -> Event:
     )
 
 
-def observe(previous: Event | None, obs: Observation, *, task: str, now: float) -> Event | None:
+def observe(
+    previous: Event | None,
+    obs: Observation,
+    *,
+    task: str,
+    now: float,
+    expected_s: float | None = None,
+) -> Event | None:
     """The event ``obs`` causes after ``previous``, or ``None`` if nothing changed.
+
+    ``expected_s`` is the duration model's expected time left for the task
+    (``gateway/core/eta.py``); with the progress and queue movement since
+    ``previous`` it gives the event's ``eta_s``. The estimate never makes
+    an event by itself: it only rides on a real change.
 
     Rules:
       * a terminal task never changes again;
@@ -91,6 +104,7 @@ def observe(previous: Event | None, obs: Observation, *, task: str, now: float) 
         upstream=obs.upstream,
         updated_at=stamp,
         observed_at=stamp,
+        eta_s=eta.estimate(base, obs, now=now, expected_s=expected_s),
     )
 
 
@@ -115,6 +129,7 @@ def force_state(
         result=None,
         error=error,
         updated_at=format_timestamp(now),
+        eta_s=None,
     )
 
 

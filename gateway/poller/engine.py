@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from gateway import tracing
 from gateway.aio import cancel_and_wait, raise_if_cancelled
 from gateway.core import tracker
 from gateway.core.model import Event, Fault, TaskKey
@@ -187,8 +188,16 @@ class ProviderLane:
         return poller.tick_s if at is None else min(poller.tick_s, at - now)
 
     async def _round(self, claimed: list[Entry]) -> None:
+        with tracing.span(
+            "pollcast.poll_round",
+            {"pollcast.provider": self.rt.name, "pollcast.tasks": len(claimed)},
+        ) as span:
+            await self._planned_round(claimed, span)
+
+    async def _planned_round(self, claimed: list[Entry], span: tracing.SpanLike) -> None:
         poller = self.poller
         out = self.planner.plan(claimed, now=poller.wall(), mono=poller.monotonic())
+        span.set_attribute("pollcast.requests", len(out.requests))
         spawned: set[int] = set()
         try:
             await self._apply(out)
@@ -249,6 +258,14 @@ class ProviderLane:
 
     async def _exchange(self, request: Request) -> None:
         """Send one planned request, feed the reply to the planner, carry out the result."""
+        attributes: dict[str, tracing.Attribute] = {
+            "pollcast.provider": self.rt.name,
+            "pollcast.batch_size": len(request.entries),
+        }
+        with tracing.span("pollcast.upstream_request", attributes) as span:
+            await self._exchange_in(request, span)
+
+    async def _exchange_in(self, request: Request, span: tracing.SpanLike) -> None:
         poller = self.poller
         rt = self.rt
         metrics = poller.metrics
@@ -273,6 +290,7 @@ class ProviderLane:
             request, sent, reply, snapshots, now=poller.wall(), elapsed_s=elapsed
         )
         metrics.upstream_requests.labels(rt.name, out.outcome or "ok").inc()
+        span.set_attribute("pollcast.outcome", out.outcome or "ok")
         if out.outcome == "ok":
             for task in request.tasks:
                 followers = poller.followers.get(task, 0)
@@ -540,6 +558,18 @@ class Poller:
         Returns:
             ``False`` if the store refused the write: poll these tasks again.
         """
+        with tracing.span(
+            "pollcast.commit", {"pollcast.provider": rt.name, "pollcast.events": len(events)}
+        ) as span:
+            return await self._commit(events, rt, leases, span)
+
+    async def _commit(
+        self,
+        events: list[Event],
+        rt: ProviderRuntime,
+        leases: Mapping[str, str] | None,
+        span: tracing.SpanLike,
+    ) -> bool:
         try:
             stored = await self._store(events, rt, leases)
         except SeqConflict:
@@ -549,6 +579,7 @@ class Poller:
             self.metrics.backend_errors.inc()
             log.warning("could not store %d event(s) of %s: %s", len(events), rt.name, exc)
             return False
+        span.set_attribute("pollcast.stored", len(stored))
         if len(stored) < len(events):  # a lapsed claim's: the task is another node's now
             self.metrics.commits_refused.inc(len(events) - len(stored))
         if not stored:

@@ -38,8 +38,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.core import tracker
+from gateway.core.eta import DurationModel, eta_at, position_bucket
 from gateway.core.model import ErrorInfo, Event, Fault, FaultKind, Observation, State
-from gateway.core.policy import CostBudget, PollState, TokenBucket
+from gateway.core.policy import CostBudget, Decision, PollState, TokenBucket
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.schedule import Entry
 from gateway.providers.base import UpstreamRequest, UpstreamResponse, fault_observations
@@ -159,6 +160,9 @@ class LanePlanner:
         self.failures = 0
         self.backoff_until = 0.0
         self.epoch = 0
+        # How long this provider's tasks take, as this node saw them end: the
+        # source of eta_s and of the predictive policy's due times.
+        self.durations = DurationModel(runtime.typical_duration_s)
 
     # -- when --------------------------------------------------------------
 
@@ -282,12 +286,25 @@ class LanePlanner:
             if previous is not None and previous.terminal:
                 out.finish.append(entry)
                 continue
-            event = tracker.observe(previous, obs, task=entry.task, now=now)
+            expected = self._expected(entry, obs, now)
+            event = tracker.observe(previous, obs, task=entry.task, now=now, expected_s=expected)
             if event is None:
                 decision = self.policy.after_no_change(entry.poll)
             else:
                 out.commits.append(Commit(event, entry))
                 decision = self.policy.after_change(entry.poll)
+                if event.terminal and entry.since is not None:
+                    # The end fell between the last poll that saw it running and
+                    # this one: take the middle. Taking this poll's time would
+                    # teach the model that tasks take as long as their detection
+                    # (polls further apart, later detection, and so on); taking
+                    # the last poll would make the model learn its own poll times.
+                    last = entry.seen_at if entry.seen_at is not None else now
+                    ended = (last + now) / 2
+                    self.durations.record(ended - entry.since, entry.bucket)
+            if not obs.state.terminal and entry.since is not None:
+                entry.seen_at = now
+            decision = self._predicted(entry, decision, event or previous, now)
             entry.apply(decision.state)
             if event is None or not event.terminal:
                 out.due.append((entry, now + decision.delay_s))
@@ -312,6 +329,30 @@ class LanePlanner:
             # trouble; ids faulted within an answered reply are their own matter.
             self._back_off(request, faulted, now, out, lane_wide=self.batch and not answered)
         return out
+
+    def _expected(self, entry: Entry, obs: Observation, now: float) -> float | None:
+        """The model's median time left for ``entry`` (first sight recorded here)."""
+        if entry.since is None and obs.state is not State.UNKNOWN:
+            entry.since = now
+            entry.bucket = position_bucket(obs.position)
+        if entry.since is None:
+            return None
+        return self.durations.remaining(now - entry.since, 0.5, entry.bucket)
+
+    def _predicted(
+        self, entry: Entry, decision: Decision, current: Event | None, now: float
+    ) -> Decision:
+        """The predictive policy's delay instead of the quiet interval, when it has one."""
+        predictive = self.rt.predictive
+        if predictive is None or entry.since is None or current is None:
+            return decision
+        delay = predictive.delay(
+            self.durations,
+            elapsed_s=now - entry.since,
+            bucket=entry.bucket,
+            eta_s=eta_at(current, now),
+        )
+        return Decision(decision.state, delay)
 
     def _back_off(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.core.policy import IntervalPolicy
+from gateway.core.policy import IntervalPolicy, PredictivePolicy
 from gateway.poller.upstream import HttpSettings
 from gateway.providers.base import Adapter, PolicySettings
 
@@ -25,6 +25,9 @@ class ProviderRuntime:
     cost_per_call: float
     budget_per_hour: float | None
     http: HttpSettings = field(default_factory=HttpSettings)  # proxy, CA bundle, response limits
+    # (low, high) seconds: the duration model's prior (gateway/core/eta.py).
+    typical_duration_s: tuple[float, float] | None = None
+    predictive: PredictivePolicy | None = None  # polling = "predictive"
 
     @property
     def kind(self) -> str:
@@ -45,12 +48,17 @@ class ProviderRuntime:
         d = adapter_cls.defaults_for(settings)
         base = overrides.interval_s or d.interval_s
         batch_size = overrides.batch_size or d.batch_size
+        max_s = max(base, overrides.max_interval_s or d.max_interval_s)
+        typical = overrides.typical_duration_s
+        if isinstance(typical, int | float):
+            # One figure is a median: read it with a ×2 spread either way.
+            typical = (typical / 2, typical * 2)
         return cls(
             name=name,
             adapter=adapter_cls(settings, batch_size=batch_size, name=name),
             policy=IntervalPolicy(
                 base_s=base,
-                max_s=max(base, overrides.max_interval_s or d.max_interval_s),
+                max_s=max_s,
                 backoff_cap_s=overrides.backoff_max_s or max(60.0, base * 8),
             ),
             batch_size=batch_size,
@@ -62,11 +70,14 @@ class ProviderRuntime:
             cost_per_call=d.cost_per_call,
             budget_per_hour=overrides.budget_per_hour,
             http=http or HttpSettings(),
+            typical_duration_s=typical or d.typical_duration_s,
+            predictive=PredictivePolicy(base_s=base, ceiling_s=max_s)
+            if overrides.polling == "predictive"
+            else None,
         )
 
     def describe(self) -> dict[str, object]:
         """The public policy (``GET /v1/providers``): no URL, no credential."""
-        d = self.adapter.defaults_for(self.adapter.settings)
         return {
             "name": self.name,
             "kind": self.kind,
@@ -82,5 +93,8 @@ class ProviderRuntime:
             "deadline_s": self.deadline_s,
             "cost_per_call": self.cost_per_call,
             "budget_per_hour": self.budget_per_hour,
-            "typical_duration_s": list(d.typical_duration_s) if d.typical_duration_s else None,
+            "typical_duration_s": list(self.typical_duration_s)
+            if self.typical_duration_s
+            else None,
+            "polling": "fixed" if self.predictive is None else "predictive",
         }

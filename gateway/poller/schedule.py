@@ -38,6 +38,12 @@ class Entry(msgspec.Struct, kw_only=True):
     # The claim token a fenced schedule hands out with the entry; a commit
     # made under a lease that is no longer held is refused. Empty: unfenced.
     lease: str = ""
+    # What the duration model needs (gateway/core/eta.py): when this task was
+    # first observed, when it was last seen not finished (wall clock) and its
+    # queue-position bucket at first sight.
+    since: float | None = None
+    seen_at: float | None = None
+    bucket: int = 0
 
     @property
     def poll(self) -> PollState:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -84,6 +84,10 @@ class PolicySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     backoff_max_s: float | None = None  # the longest wait after repeated failures
     budget_per_hour: float | None = None  # spend cap for paid providers
     deadline_s: float | None = None
+    # How long tasks usually take: a median, or (low, high) read as the 10th
+    # and 90th percentile; the duration model's prior (gateway/core/eta.py).
+    typical_duration_s: float | tuple[float, float] | None = None
+    polling: Literal["fixed", "predictive"] | None = None  # None: "fixed"
 
 
 class Adapter(ABC):

@@ -42,6 +42,7 @@ import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.connector import SocketFactoryType
 
+from gateway import tracing
 from gateway.exceptions import UpstreamError
 from gateway.webhooks.targets import WebhookUrl
 
@@ -140,6 +141,17 @@ class AiohttpTransport:
         self.ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
 
     async def post(self, attempt: Attempt) -> int:
+        webhook_id = attempt.headers.get("webhook-id", "")
+        with tracing.span("pollcast.webhook_attempt", {"pollcast.webhook.id": webhook_id}) as span:
+            try:
+                status = await self._attempt(attempt)
+            except DeliveryFailed as exc:
+                span.set_attribute("pollcast.outcome", type(exc).__name__)
+                raise
+            span.set_attribute("pollcast.outcome", status)
+            return status
+
+    async def _attempt(self, attempt: Attempt) -> int:
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await self._post(attempt)
@@ -157,6 +169,8 @@ class AiohttpTransport:
         raw = attempt.target.url
         # Sent as registered: yarl would otherwise re-quote the path and query.
         url = yarl.URL(raw, encoded=raw.isascii())
+        headers = dict(attempt.headers)
+        tracing.inject(headers)  # W3C traceparent of this attempt's span, when tracing is on
         resolver = PinnedResolver(url.raw_host or "", attempt.addresses)
         connector = aiohttp.TCPConnector(
             resolver=resolver,
@@ -175,7 +189,7 @@ class AiohttpTransport:
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             ) as session,
             session.post(
-                url, data=attempt.body, headers=dict(attempt.headers), allow_redirects=False
+                url, data=attempt.body, headers=headers, allow_redirects=False
             ) as response,
         ):
             left = self.max_reply_bytes

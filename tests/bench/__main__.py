@@ -37,6 +37,7 @@ STEPS = (
     "churn",
     "poll",
     "retention",
+    "predict",
 )
 PEERS = ("nchan", "pushpin")
 
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "churn": bench.churn,
         "poll": bench.poll_throughput,
         "retention": bench.retention,
+        "predict": bench.predictive_polling,
         "nchan": lambda: bench.peer("nchan"),
         "pushpin": lambda: bench.peer("pushpin"),
     }

@@ -25,7 +25,7 @@ from gateway.config import ServerConfig
 from gateway.core.model import Event, EventKind, Result, State
 from gateway.hub.local import LocalHub
 from gateway.sim.credentials import SIM_CREDENTIALS
-from tests.bench import peers
+from tests.bench import peers, predictive
 from tests.bench.procs import (
     LoadGen,
     Pinning,
@@ -153,6 +153,7 @@ def gateway_doc(sim_url: str, plan: Plan, db_path: Path, grace_s: float) -> dict
             "gbatch": _lane("genpic", gp, BATCH_INTERVAL_S),
             "mtask": _lane("aholo", ah, MANY_INTERVAL_S, rate_per_s=10_000.0),
             "apoll": _lane("aholo", ah, BATCH_POLL_INTERVAL_S, concurrency=16, rate_per_s=1e6),
+            **predictive.live_lanes(sim_url),
         },
     }
 
@@ -797,6 +798,16 @@ class Bench:
         return None
 
     # -- 6. poll throughput -----------------------------------------------------
+
+    def predictive_polling(self) -> dict[str, Any]:
+        """Predictive against fixed polling: a pure simulation, then a short live run."""
+        self.log("    simulating the planner over a fake clock ...")
+        out: dict[str, Any] = {"simulated": predictive.simulated_scenarios()}
+        with self.gateway("gw-predict") as gw:
+            out["live"] = predictive.live_run(
+                self.sim_url, str(gw.extra["url"]), self.log, prefix=self.fresh_id("pp")
+            )
+        return out
 
     def poll_throughput(self) -> dict[str, Any]:
         """Status polls/s on a single-task provider at several concurrency limits, and

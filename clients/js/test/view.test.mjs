@@ -58,3 +58,19 @@ test('URLs carry the token and resume point; task keys split at the first colon'
   assert.equal(socketUrl('https://gw.example/', { token: 'x' }), 'wss://gw.example/v1/ws?token=x');
   assert.equal(socketUrl('http://127.0.0.1:9'), 'ws://127.0.0.1:9/v1/ws');
 });
+
+test('etaSeconds counts the gateway estimate down from observed_at', async () => {
+  const { etaSeconds } = await import('../pollcast.js');
+  const observed = '2026-11-21T10:00:00.000Z';
+  const at = (s) => Date.parse(observed) + s * 1000;
+  const running = event('progress', 3, 'running', { eta_s: 30, observed_at: observed });
+  assert.equal(etaSeconds(running, at(0)), 30);
+  assert.equal(etaSeconds(running, at(12)), 18);
+  assert.equal(etaSeconds(running, at(-60)), 30, 'a local clock behind the server adds nothing');
+  assert.equal(etaSeconds(running, at(99)), 0);
+  assert.equal(etaSeconds(event('progress', 4, 'running', { eta_s: null }), at(0)), null);
+  assert.equal(etaSeconds(event('progress', 4, 'running'), at(0)), null, 'an older gateway');
+  const done = event('state', 5, 'succeeded', { eta_s: 3, observed_at: observed });
+  assert.equal(etaSeconds(done, at(0)), null);
+  assert.equal(etaSeconds(null), null);
+});

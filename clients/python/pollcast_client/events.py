@@ -98,7 +98,9 @@ class Event(msgspec.Struct, frozen=True, tag_field="event", omit_defaults=True):
     """The event object; never instantiated itself, only through its four kinds.
 
     Every field is always on the wire (``null`` included) except ``code``,
-    which only notices carry.
+    which only notices carry, and ``eta_s``, which a gateway older than the
+    field does not send (it then reads as ``None``). ``eta_s`` is the
+    gateway's estimate of the seconds left as of ``observed_at``.
 
     ``seq`` grows by one per ``state``/``progress`` event of a task; a
     ``snapshot`` carries the seq of the state it shows; a ``notice`` repeats
@@ -120,6 +122,7 @@ class Event(msgspec.Struct, frozen=True, tag_field="event", omit_defaults=True):
     upstream: dict[str, Any] | None
     updated_at: datetime
     observed_at: datetime | None
+    eta_s: float | None = None  # the gateway's estimate of the seconds left, as of observed_at
     code: str | None = None
 
     @property

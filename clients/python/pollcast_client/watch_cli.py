@@ -5,7 +5,7 @@
     pollcast watch ailab:7f3c9e aholo:42 [--url http://127.0.0.1:8000] [--token T] [--json]
 
 On a terminal it keeps one line per task up to date — state, a progress bar,
-queue position, elapsed time and, once the progress rate is known, an ETA —
+queue position, elapsed time and, when the gateway has one, its ETA —
 by moving the cursor back over those lines and redrawing them (plain ANSI,
 no full-screen UI). When stdout is not a terminal it prints one line per
 event instead; ``--json`` prints the events themselves as NDJSON. At the end
@@ -39,7 +39,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_OK",
     "EXIT_UNSUCCESSFUL",
-    "EtaEstimator",
+    "EtaCountdown",
     "TaskView",
     "add_arguments",
     "columns",
@@ -85,36 +85,30 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-class EtaEstimator:
-    """Time left, from the average progress rate since the first progress seen.
+class EtaCountdown:
+    """The gateway's estimate of the time left (``eta_s``), counted down locally.
 
-    The rate is measured on the server's clock (``updated_at`` of the events),
-    so a snapshot received long after its progress was reached does not skew
-    it; the countdown runs on the local clock since the last event. Progress
-    going backwards (a new phase) starts the measurement again.
+    The gateway computes the estimate (``gateway/core/eta.py``); this only
+    counts it down. ``eta_s`` is as of the event's ``observed_at``, so an
+    event that arrives late (a snapshot of a state reached minutes ago) is
+    aged by ``age_s`` — the local wall clock minus ``observed_at``, never
+    negative, so a local clock behind the server's cannot add time. After
+    that the countdown runs on the local monotonic clock. An event without
+    an estimate (``null``) clears it: the gateway does not know.
     """
 
     def __init__(self) -> None:
-        self._first: tuple[float, int] | None = None  # (server time, progress)
-        self._last: tuple[float, int] | None = None
-        self._last_seen_s = 0.0  # local clock when the last sample arrived
+        self._left_s: float | None = None
+        self._seen_s = 0.0
 
-    def observe(self, at_s: float, progress: int | None, seen_s: float) -> None:
-        if progress is None:
-            return
-        if self._first is None or self._last is None or progress < self._last[1]:
-            self._first = (at_s, progress)
-        self._last = (at_s, progress)
-        self._last_seen_s = seen_s
+    def observe(self, eta_s: float | None, *, age_s: float, seen_s: float) -> None:
+        self._left_s = None if eta_s is None else max(0.0, eta_s - max(0.0, age_s))
+        self._seen_s = seen_s
 
     def remaining_s(self, now_s: float) -> float | None:
-        if self._first is None or self._last is None:
+        if self._left_s is None:
             return None
-        (t0, p0), (t1, p1) = self._first, self._last
-        if p1 <= p0 or p1 >= 100 or t1 <= t0:
-            return None
-        rate = (p1 - p0) / (t1 - t0)
-        return max(0.0, (100 - p1) / rate - (now_s - self._last_seen_s))
+        return max(0.0, self._left_s - (now_s - self._seen_s))
 
 
 @dataclass
@@ -127,7 +121,7 @@ class TaskView:
     ended_s: float | None = None
     note: str | None = None  # e.g. "reconnecting in 1.2 s"
     error: BaseException | None = None  # the task could not be watched
-    eta: EtaEstimator = field(default_factory=EtaEstimator)
+    eta: EtaCountdown = field(default_factory=EtaCountdown)
 
     @property
     def done(self) -> bool:
@@ -137,13 +131,16 @@ class TaskView:
     def state(self) -> State | None:
         return self.event.state if self.event is not None else None
 
-    def apply(self, event: AnyEvent, now_s: float) -> None:
+    def apply(self, event: AnyEvent, now_s: float, wall_s: float | None = None) -> None:
+        """Take ``event`` in at local monotonic time ``now_s`` (and wall time ``wall_s``)."""
         if isinstance(event, Notice):
             self.note = f"{event.code}: {event.message}" if event.code else event.message
             return
         self.event = event
         self.note = None
-        self.eta.observe(event.updated_at.timestamp(), event.progress, now_s)
+        observed = event.observed_at
+        age = 0.0 if wall_s is None or observed is None else wall_s - observed.timestamp()
+        self.eta.observe(None if event.terminal else event.eta_s, age_s=age, seen_s=now_s)
         if event.terminal:
             self.ended_s = now_s
 
@@ -458,6 +455,7 @@ async def watch_tasks(
     token: str | None = None,
     reconnect: Reconnect = DEFAULT_RECONNECT,
     clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
 ) -> int:
     """Follow ``tasks`` until each ended (or failed to be watched); return the exit status."""
     now = clock()
@@ -508,7 +506,7 @@ async def watch_tasks(
                         view.fail(ProtocolError("the stream ended before the task did"), clock())
                         display.changed(views, view)
                 case _:
-                    view.apply(item, clock())
+                    view.apply(item, clock(), wall())
                     display.event(views, view, item)
     finally:
         for worker in workers:

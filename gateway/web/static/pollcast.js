@@ -88,6 +88,22 @@ export function isTerminal(stateOrEvent) {
   return TERMINAL_STATES.includes(state);
 }
 
+/**
+ * The gateway's estimate of the seconds left for a task, counted down to
+ * `nowMs` (default: now), or `null` when the gateway has none (or the task
+ * ended). The event's `eta_s` is as of its `observed_at`; the count-down
+ * uses the local clock against that time, never adding time if the local
+ * clock is behind the server's. The gateway computes the estimate (from the
+ * progress rate, queue movement and how long the provider's tasks take):
+ * use this rather than a guess of your own.
+ */
+export function etaSeconds(event, nowMs = Date.now()) {
+  if (!event || event.terminal || typeof event.eta_s !== 'number') return null;
+  const observed = Date.parse(event.observed_at ?? '');
+  const age = Number.isFinite(observed) ? Math.max(0, (nowMs - observed) / 1000) : 0;
+  return Math.max(0, event.eta_s - age);
+}
+
 function trimBase(baseUrl) {
   return String(baseUrl ?? '').replace(/\/+$/, '');
 }

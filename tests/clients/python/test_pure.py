@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from msgspec.structs import replace
 from pollcast_client.events import (
     ErrorFrame,
     Notice,
@@ -25,7 +26,7 @@ from pollcast_client.events import (
 from pollcast_client.resume import Reconnect, SeqTracker
 from pollcast_client.sse import ServerSentEvent, SSEDecoder
 from pollcast_client.watch_cli import (
-    EtaEstimator,
+    EtaCountdown,
     TaskView,
     columns,
     exit_code,
@@ -167,15 +168,35 @@ def test_seq_tracker_drops_replays_and_accepts_a_resync() -> None:
 # -- the terminal watcher's rendering ---------------------------------------------------
 
 
-def test_eta_comes_from_the_progress_rate_on_the_server_clock() -> None:
-    eta = EtaEstimator()
-    eta.observe(100.0, 20, seen_s=5.0)
-    assert eta.remaining_s(5.0) is None  # one sample says nothing about the rate
-    eta.observe(110.0, 40, seen_s=6.0)  # 2 %/s on the server's clock
+def test_eta_is_the_gateways_counted_down_locally() -> None:
+    eta = EtaCountdown()
+    assert eta.remaining_s(5.0) is None  # the gateway gave none
+    eta.observe(30.0, age_s=0.0, seen_s=6.0)
     assert eta.remaining_s(6.0) == pytest.approx(30.0)
     assert eta.remaining_s(16.0) == pytest.approx(20.0)  # counts down locally
-    eta.observe(111.0, 10, seen_s=7.0)  # a new phase starts over
-    assert eta.remaining_s(7.0) is None
+    assert eta.remaining_s(100.0) == 0.0
+    eta.observe(30.0, age_s=12.0, seen_s=7.0)  # a snapshot of a state 12 s old
+    assert eta.remaining_s(7.0) == pytest.approx(18.0)
+    eta.observe(30.0, age_s=-50.0, seen_s=8.0)  # a local clock behind the server's
+    assert eta.remaining_s(8.0) == pytest.approx(30.0)
+    eta.observe(None, age_s=0.0, seen_s=9.0)  # the gateway no longer knows
+    assert eta.remaining_s(9.0) is None
+
+
+def test_a_view_shows_the_eta_of_its_latest_event_not_its_own_guess() -> None:
+    view = TaskView("videoproc:1", started_s=0.0)
+    observed = datetime(2026, 11, 21, 10, 0, 0, tzinfo=UTC)
+    first = event(Snapshot, task="videoproc:1", state=State.RUNNING, progress=20)
+    view.apply(replace(first, observed_at=observed), 1.0, observed.timestamp())
+    later = replace(first, progress=40, observed_at=observed, eta_s=42.0)
+    assert view.eta.remaining_s(1.0) is None  # progress alone: no estimate of our own
+    view.apply(later, 2.0, observed.timestamp() + 2.0)
+    assert view.eta.remaining_s(2.0) == pytest.approx(40.0)
+    line = render_line(view, 12.0, task_width=12, width=200, color=False, unicode=False)
+    assert "ETA 0:30" in line
+    done = replace(later, state=State.SUCCEEDED, terminal=True, eta_s=None)
+    view.apply(done, 3.0, observed.timestamp() + 3.0)
+    assert view.eta.remaining_s(3.0) is None
 
 
 def test_a_status_line_shows_state_bar_queue_time_and_fits_the_width() -> None:

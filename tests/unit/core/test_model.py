@@ -217,13 +217,27 @@ def test_event_encodes_every_field_without_default_including_nulls() -> None:
         "upstream": None,
         "updated_at": "2026-11-21T10:00:05.120Z",
         "observed_at": None,
+        "eta_s": None,
     }
 
 
 def test_event_encodes_in_the_documented_field_order() -> None:
     raw = msgspec.json.encode(_event())
     assert raw.startswith(b'{"event":"state","task":"ailab:7f3c9e","seq":3,"state":"succeeded"')
-    assert raw.endswith(b'"updated_at":"2026-11-21T10:00:05.120Z","observed_at":null}')
+    assert raw.endswith(b'"updated_at":"2026-11-21T10:00:05.120Z","observed_at":null,"eta_s":null}')
+
+
+def test_eta_is_encoded_when_known() -> None:
+    decoded = msgspec.json.decode(msgspec.json.encode(_event(eta_s=12.5)))
+    assert decoded["eta_s"] == 12.5
+
+
+def test_an_event_stored_before_eta_existed_decodes_with_a_null_eta() -> None:
+    old = msgspec.json.encode(_event()).replace(b',"eta_s":null', b"")
+    assert b"eta_s" not in old
+    event = msgspec.json.decode(old, type=Event)
+    assert event.eta_s is None
+    assert msgspec.json.encode(event).endswith(b'"observed_at":null,"eta_s":null}')
 
 
 def test_event_with_result_and_error_encodes_nested_objects() -> None:
