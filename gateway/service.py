@@ -26,6 +26,7 @@ from gateway.hub.redis import RedisHub
 from gateway.hub.redis import connect as redis_connect
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller
+from gateway.poller.limits import Limits, RedisLimits
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import FOREVER, Schedule
 from gateway.poller.upstream import AiohttpTransport
@@ -48,6 +49,7 @@ class Gateway:
         self.metrics = Metrics()
         self.queue_stats = QueueStats()
         schedule: Schedule | None = None
+        limits: dict[str, Limits] = {}
         tick_s = 1.0
         if hub is None and backend.kind == "redis":
             client = redis_connect(backend.url, max_connections=backend.max_connections)
@@ -58,6 +60,11 @@ class Gateway:
                 lease_s=backend.lease_s,
                 node_id=self.node_id,
             )
+            # Rate, budget and concurrency hold for the cluster, not per node.
+            limits = {
+                name: RedisLimits(client, rt, prefix=backend.prefix, node_id=self.node_id)
+                for name, rt in self.runtimes.items()
+            }
             tick_s = 0.25  # other nodes add tasks: look at the shared schedule this often
         self.hub = hub or LocalHub(
             backend.path,
@@ -90,6 +97,7 @@ class Gateway:
             coalesce_s=config.polling.coalesce_s,
             tick_s=tick_s,
             on_commit=self.webhooks.committed if self.webhooks is not None else None,
+            limits=limits,
         )
         self.feeds: set[Feed] = set()
         self._heartbeat: asyncio.Task[None] | None = None
