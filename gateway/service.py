@@ -75,7 +75,13 @@ class Gateway:
         self.webhooks = (
             Webhooks(
                 config.webhooks,
-                outbox_for(backend.kind, path=backend.path, url=backend.url, prefix=backend.prefix),
+                outbox_for(
+                    backend.kind,
+                    path=backend.path,
+                    url=backend.url,
+                    prefix=backend.prefix,
+                    max_connections=backend.max_connections,
+                ),
                 self.hub,
                 metrics=self.metrics,
             )
