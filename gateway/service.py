@@ -14,6 +14,8 @@ import logging
 import uuid
 from collections.abc import Iterable
 
+import redis.asyncio as aioredis
+
 from gateway.config import Config
 from gateway.core import tracker
 from gateway.core.model import Event, TaskKey
@@ -50,9 +52,11 @@ class Gateway:
         self.queue_stats = QueueStats()
         schedule: Schedule | None = None
         limits: dict[str, Limits] = {}
+        self.redis: aioredis.Redis | aioredis.RedisCluster | None = None
         tick_s = 1.0
         if hub is None and backend.kind == "redis":
             client = redis_connect(backend.url, max_connections=backend.max_connections)
+            self.redis = client
             hub = RedisHub(client, prefix=backend.prefix, history_limit=backend.history_limit)
             schedule = RedisSchedule(
                 client,
@@ -242,6 +246,10 @@ class Gateway:
     def is_watched(self, task: str) -> bool:
         """Whether this node watches ``task`` (registered with ``POST /v1/tasks``, not ended)."""
         return task in self.poller.watching
+
+    async def watched_tasks(self) -> set[str]:
+        """Every task the cluster watches (the stored watches)."""
+        return {watch.task for watch in await self.hub.watches()}
 
     def open_feed(self, transport: str) -> Feed:
         feed = Feed(self, self.config.server.queue_size, transport)

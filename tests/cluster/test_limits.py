@@ -18,6 +18,7 @@ import pytest
 from tests.integration.conftest import create_sim_task, events_url, sim_stats
 from tests.integration.gateway_server import GatewayProcess, sim_config
 from tests.redis_server import RedisServer
+from tests.security.conftest import RUNNING, backend, problem, register, secured_doc
 
 QUIET = [{"at": 0, "state": "running"}, {"at": 120, "state": "succeeded"}]
 
@@ -109,3 +110,72 @@ async def test_three_nodes_share_one_rate(
     # Over the whole run the cluster kept to the rate, not three times it.
     span = times[-1] - times[0]
     assert len(times) <= rate * span + rate + 2, (len(times), span)
+
+
+def secured_cluster_doc(sim: str, redis_url: str, **auth: Any) -> dict[str, Any]:
+    doc = secured_doc(sim, **auth)
+    doc["backend"] = {"kind": "redis", "url": redis_url, "prefix": "pc", "lease_s": 3.0}
+    return doc
+
+
+def watch_body(task: str) -> dict[str, str]:
+    provider, _, task_id = task.partition(":")
+    return {"provider": provider, "task_id": task_id}
+
+
+def start_secured(doc: dict[str, Any], tmp_path: Path, n: int) -> list[GatewayProcess]:
+    nodes: list[GatewayProcess] = []
+    try:
+        for i in range(n):
+            workdir = tmp_path / f"node{i}"
+            workdir.mkdir()
+            nodes.append(GatewayProcess(doc, workdir).start())
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes
+
+
+async def test_registration_rate_holds_across_two_nodes(
+    sim: str, redis_server: RedisServer, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    doc = secured_cluster_doc(sim, redis_server.url, registrations_per_s=0.2, registration_burst=3)
+    nodes = start_secured(doc, tmp_path, 2)
+    try:
+        tasks = [await create_sim_task(client, sim, "videoproc", RUNNING) for _ in range(6)]
+        codes = []
+        for i, task in enumerate(tasks):  # alternate nodes: each alone would allow 3
+            reply = await client.post(
+                f"{nodes[i % 2].url}/v1/tasks", json=watch_body(task), headers=backend
+            )
+            codes.append(reply.status_code)
+        assert codes == [201, 201, 201, 429, 429, 429], codes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def test_watch_quota_holds_across_two_nodes(
+    sim: str, redis_server: RedisServer, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    doc = secured_cluster_doc(sim, redis_server.url, max_watched_tasks=2)
+    nodes = start_secured(doc, tmp_path, 2)
+    try:
+        a, b, c = [await create_sim_task(client, sim, "videoproc", RUNNING) for _ in range(3)]
+        await register(client, nodes[0].url, a)
+        await register(client, nodes[1].url, b)
+        refused = await client.post(f"{nodes[0].url}/v1/tasks", json=watch_body(c), headers=backend)
+        assert "already watches 2 tasks" in problem(refused, 429, "limit_exceeded")["detail"]
+        problem(
+            await client.post(f"{nodes[1].url}/v1/tasks", json=watch_body(c), headers=backend), 429
+        )
+        await register(client, nodes[1].url, a)  # one it holds again: free, on any node
+        # Unwatched on one node, the slot is free on the other.
+        provider, _, task_id = a.partition(":")
+        gone = await client.delete(f"{nodes[0].url}/v1/tasks/{provider}/{task_id}", headers=backend)
+        assert gone.status_code == 204
+        await register(client, nodes[1].url, c)
+    finally:
+        for node in nodes:
+            node.stop()
