@@ -63,6 +63,7 @@ class Gateway:
                 prefix=backend.prefix,
                 lease_s=backend.lease_s,
                 node_id=self.node_id,
+                shards=backend.schedule_shards,
             )
             # Rate, budget and concurrency hold for the cluster, not per node.
             limits = {
