@@ -14,13 +14,15 @@ Cluster spreads a provider's schedule over its masters::
 A task's shard ``n`` is a stable hash of its key (CRC-32 modulo the shard
 count; one shard is ``P:{sched:<provider>}``, the unsharded layout). The
 next due time is read from every shard in one pipeline; a claim then runs
-the claim script on the shards that have something due, starting at a
-shard that moves round-robin, until it holds ``claim_limit`` tasks — so a
-batch provider's round still takes all of its due tasks together and
-coalesces them into full batches. Changing the shard count moves every
-task's keys: restart all nodes together (watches are scheduled again from
-the stored watches at start, followed tasks when their subscribers
-reconnect).
+the claim script on every shard that has something in reach, all at once
+(one pipeline, or one call per master on a cluster), and keeps at most
+``claim_limit`` tasks. One
+node at a time claims a provider (``P:{sched:<provider>}:claiming``, a
+lock of :data:`CLAIM_LOCK_S` at most), so a batch provider's round is taken
+whole by one node and coalesced into full batches, as with one shard.
+Changing the shard count moves every task's keys: restart all nodes
+together (watches are scheduled again from the stored watches at start,
+followed tasks when their subscribers reconnect).
 
 and per task, in the task's own slot (next to its snapshot)::
 
@@ -70,13 +72,14 @@ holder's commit refused and the task polled again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -93,6 +96,9 @@ log = logging.getLogger("pollcast.schedule")
 # keeps its task "forever" as a far-future time instead.
 _FOREVER = 9.0e15
 
+# The claim lock of a provider: how long it may be held, how often a waiter looks.
+CLAIM_LOCK_S = 2.0
+CLAIM_LOCK_POLL_S = 0.005
 # Script calls a cluster client has in flight at once for one batch of tasks.
 _CLUSTER_FANOUT = 64
 
@@ -222,6 +228,14 @@ end
 return n
 """
 
+# KEYS: the claim lock   ARGV: token — drop it only while it is ours
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 # KEYS: state   ARGV: task, deadline_at
 _SET_DEADLINE = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -285,6 +299,7 @@ class RedisSchedule(Schedule):
         self._set_deadline = client.register_script(_SET_DEADLINE)
         self._fence = client.register_script(_FENCE)
         self._refence = client.register_script(_REFENCE)
+        self._unlock = client.register_script(_UNLOCK)
         self._known: dict[str, dict[str, Entry]] = {}
         self._tokens: dict[str, str] = {}  # task → token of this node's claim in flight
         self.takeovers: dict[str, int] = {}  # provider → claims taken back from lapsed leases
@@ -292,7 +307,6 @@ class RedisSchedule(Schedule):
         # Per provider: each shard's earliest due time and lease expiry, as the
         # last next_due read them (claim skips the shards with nothing due).
         self._mins: dict[str, list[float | None]] = {}
-        self._turn: dict[str, int] = {}  # provider → the shard the next claim starts at
 
     def _key(self, provider: str, what: str, shard: int = 0) -> str:
         return f"{self.prefix}:{{{_tag(provider, shard, self.shards)}}}:{what}"
@@ -379,41 +393,72 @@ class RedisSchedule(Schedule):
             )
 
     def _claimable(self, provider: str, now: float, horizon: float) -> list[int]:
-        """The shards worth a claim, from the round-robin start: those whose
-        earliest due time (or lease expiry) last read is in reach, or all if unknown."""
-        start = self._turn.get(provider, 0) % self.shards
-        self._turn[provider] = start + 1
-        order = [(start + i) % self.shards for i in range(self.shards)]
+        """The shards worth a claim: those whose earliest due time (or lease
+        expiry) as last read is in reach, or all of them if unknown."""
+        order = list(range(self.shards))
         mins = self._mins.pop(provider, None)
         if mins is None:
             return order
         return [n for n in order if (at := mins[n]) is not None and at <= max(now, horizon)]
+
+    @contextlib.asynccontextmanager
+    async def _claiming(self, provider: str) -> AsyncIterator[bool]:
+        """One node at a time claims a provider's shards (a short lock, ``True``
+        once held): two nodes claiming the same round shard by shard would split
+        a batch provider's due tasks between them, two requests where one does.
+        A node that dies holding it holds it for :data:`CLAIM_LOCK_S` at most."""
+        if self.shards <= 1:  # one script, atomic by itself
+            yield True
+            return
+        key = f"{self.prefix}:{{sched:{provider}}}:claiming"
+        token = f"{self.node_id}:{uuid.uuid4().hex[:8]}"
+        give_up = time.monotonic() + CLAIM_LOCK_S
+        while not await self.redis.set(key, token, nx=True, px=int(CLAIM_LOCK_S * 1000)):
+            if time.monotonic() >= give_up:
+                yield False
+                return
+            await asyncio.sleep(CLAIM_LOCK_POLL_S)
+        try:
+            yield True
+        finally:
+            await self._unlock(keys=[key], args=[token])
 
     async def claim(self, provider: str, now: float, horizon: float) -> list[Entry]:
         lease_until = now + self.lease_s
         raw: list[bytes] = []
         epochs: list[int] = []
         taken = 0
-        async with translated("claim"):
-            for shard in self._claimable(provider, now, horizon):
-                room = self.claim_limit - len(raw)
-                if room <= 0:
-                    break
-                back, bodies, counts = await self._claim(
-                    keys=self._keys(
-                        provider, "due", "lease", "state", "interest", "owner", "epoch", shard=shard
-                    ),
-                    args=[now, horizon, lease_until, self.node_id, room],
-                )
-                taken += int(back)
-                raw += bodies
-                epochs += counts
+        async with translated("claim"), self._claiming(provider) as mine:
+            shards = self._claimable(provider, now, horizon) if mine else []
+            # Every shard at once (one pipeline, or one call per master on a
+            # cluster): a round's latency is one round trip, not one per shard.
+            replies = await self._each(
+                self._claim,
+                [
+                    (
+                        self._keys(
+                            provider, "due", "lease", "state", "interest", "owner", "epoch", shard=n
+                        ),
+                        [now, horizon, lease_until, self.node_id, self.claim_limit],
+                    )
+                    for n in shards
+                ],
+            )
+        for back, bodies, counts in replies:
+            taken += int(back)
+            raw += bodies
+            epochs += counts
         if taken:
             self.takeovers[provider] = self.takeovers.get(provider, 0) + int(taken)
             log.info("took back %d lapsed claim(s) of %s", taken, provider)
         entries = [_entry_decoder.decode(body) for body in raw]
         for entry, epoch in zip(entries, epochs, strict=True):
             entry.lease = f"{self.node_id}:{int(epoch)}"
+        if len(entries) > self.claim_limit:  # several shards together took too many
+            entries.sort(key=lambda e: e.task)
+            extra = entries[self.claim_limit :]
+            entries = entries[: self.claim_limit]
+            await self._release_claims(provider, [(e, now) for e in extra])
         entries = await self._fence_all(provider, entries, now, lease_until)
         known = self._known.setdefault(provider, {})
         for entry in entries:
