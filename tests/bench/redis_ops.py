@@ -42,6 +42,7 @@ from tests.integration.gateway_server import GatewayProcess, sim_config
 from tests.integration.sim_server import running_sim
 from tests.redis_server import RedisServer
 
+GRACE_S = 1.0  # a phase's tasks stop being polled this long after its streams close
 _INTERNAL = {"info", "config", "ping", "client", "hello", "select", "command"}
 
 
@@ -55,6 +56,10 @@ def commandstats(r: redis.Redis) -> dict[str, int]:
     return out
 
 
+# State and progress events the benchmark's subscribers received, all streams together.
+DELIVERED = [0]
+
+
 async def open_streams(client: httpx.AsyncClient, urls: list[str]) -> list[asyncio.Task[None]]:
     """Open SSE streams; return once each has received its first bytes."""
     started: list[asyncio.Future[None]] = []
@@ -62,9 +67,11 @@ async def open_streams(client: httpx.AsyncClient, urls: list[str]) -> list[async
     async def read(url: str, first: asyncio.Future[None]) -> None:
         with contextlib.suppress(httpx.HTTPError):
             async with client.stream("GET", url) as reply:
-                async for _ in reply.aiter_bytes():
+                async for line in reply.aiter_lines():
                     if not first.done():
                         first.set_result(None)
+                    if line in ("event: state", "event: progress"):
+                        DELIVERED[0] += 1
         if not first.done():
             first.set_result(None)
 
@@ -117,10 +124,15 @@ async def run_nodes(
             providers={
                 "ailab": slow,
                 "aholo": {"interval_s": interval_s, "max_interval_s": interval_s},
-                "videoproc": {"interval_s": interval_s, "max_interval_s": interval_s},
+                "videoproc": {
+                    "interval_s": interval_s,
+                    "max_interval_s": interval_s,
+                    "rate_per_s": 10_000,  # measure polls, not the rate limit
+                    "concurrency": 64,
+                },
             },
             backend={"kind": "redis", "url": redis_url, "prefix": f"ops{nodes}"},
-            polling={"grace_s": 30.0},
+            polling={"grace_s": GRACE_S},
         )
         procs = []
         for i in range(nodes):
@@ -195,15 +207,17 @@ async def measure(
     await asyncio.sleep(3 * interval_s)
     published0 = sum([await _published(client, p.url) for p in procs])
     before = await sim_stats(client, sim)
+    delivered0 = DELIVERED[0]
     stats, elapsed = await phase(r, window_s)
+    delivered = DELIVERED[0] - delivered0
     after = await sim_stats(client, sim)
     published = sum([await _published(client, p.url) for p in procs]) - published0
     await close_streams(warm)
+    await asyncio.sleep(GRACE_S + 2.0)  # their polling stops before the next phase
     polls = sum(after["tasks"].get(t, 0) - before["tasks"].get(t, 0) for t in ids)
     requests = after["requests"].get(provider, 0) - before["requests"].get(provider, 0)
     rounds = elapsed / interval_s
     total = sum(stats.values())
-    await asyncio.sleep(1.0)
     return {
         "provider": provider,
         "tasks": len(ids),
@@ -211,8 +225,10 @@ async def measure(
         "task_polls": polls,
         "upstream_requests": requests,
         "requests_per_round": round(requests / rounds, 2),
+        "ids_per_request": round(polls / max(1, requests), 2),
         "polls_per_task_per_round": round(polls / len(ids) / rounds, 2),
         "events_committed": int(published),
+        "events_delivered": delivered,  # one subscriber per task
         "commands": stats,
         "ops_per_s": round(total / elapsed),
         "ops_per_poll": round(total / max(1, polls), 2),
