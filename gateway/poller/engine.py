@@ -254,7 +254,9 @@ class ProviderLane:
         (``None``: none came free soon enough; the claims are handed back)."""
         assert self.limits is not None
         poller = self.poller
-        give_up = poller.monotonic() + self.rt.timeout_s
+        # Not longer than the claims keep without renewal: a lapsed claim is another node's.
+        patience = self.schedule.renew_every_s or self.rt.timeout_s
+        give_up = poller.monotonic() + min(patience, self.rt.timeout_s)
         while True:
             token = await self.limits.acquire()
             if token is not None or poller.monotonic() >= give_up:
