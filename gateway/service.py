@@ -67,7 +67,9 @@ class Gateway:
             )
             # Rate, budget and concurrency hold for the cluster, not per node.
             limits = {
-                name: RedisLimits(client, rt, prefix=backend.prefix, node_id=self.node_id)
+                name: RedisLimits(
+                    client, rt, prefix=backend.prefix, node_id=self.node_id, metrics=self.metrics
+                )
                 for name, rt in self.runtimes.items()
             }
             tick_s = 0.25  # other nodes add tasks: look at the shared schedule this often

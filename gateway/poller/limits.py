@@ -43,6 +43,7 @@ import redis.asyncio as aioredis
 
 from gateway.core.policy import CostBudget, TokenBucket
 from gateway.hub.redis import translated
+from gateway.metrics import Metrics
 from gateway.poller.provider import ProviderRuntime
 
 __all__ = ["Admission", "Limits", "LocalLimits", "RedisLimits", "budget_calls"]
@@ -198,6 +199,7 @@ class RedisLimits:
         monotonic: Callable[[], float] = time.monotonic,
         max_wait_s: float = 1.0,
         heartbeat_ttl_s: float = HEARTBEAT_TTL_S,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = client
         self.prefix = prefix
@@ -216,6 +218,7 @@ class RedisLimits:
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self.live_nodes: int | None = None  # as last seen in the heartbeat key
         self.fallbacks = 0  # calls decided without Redis
+        self.metrics = metrics
         self._ids = itertools.count(1)
         self._fallback: tuple[int, TokenBucket] | None = None
         self._fallback_held = 0
@@ -295,8 +298,13 @@ class RedisLimits:
         """How many nodes share the limits, as last seen (``None``: never seen)."""
         return self.live_nodes
 
-    def _fallback_admit(self, exc: BaseException) -> Admission:
+    def _fell_back(self) -> None:
         self.fallbacks += 1
+        if self.metrics is not None:
+            self.metrics.limits_fallbacks.labels(self.provider).inc()
+
+    def _fallback_admit(self, exc: BaseException) -> Admission:
+        self._fell_back()
         if self.fallbacks == 1 or self.fallbacks % 1000 == 0:
             log.warning(
                 "%s limits unreadable (%s); this node takes only its share",
@@ -318,7 +326,7 @@ class RedisLimits:
         return Admission(wait)
 
     def _fallback_acquire(self, exc: BaseException) -> str | None:
-        self.fallbacks += 1
+        self._fell_back()
         nodes = self._share()
         allowed = 0 if nodes is None else self.concurrency // nodes
         if self._fallback_held >= allowed:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.hub.redis import connect
+from gateway.metrics import Metrics
 from gateway.poller.limits import FALLBACK_RETRY_S, LocalLimits, RedisLimits
 from gateway.poller.provider import ProviderRuntime
 from tests.redis_server import RedisServer
@@ -54,6 +55,7 @@ async def nodes(server: RedisServer, clock: Clock) -> AsyncIterator[Nodes]:
             node_id=uuid.uuid4().hex[:8],
             clock=clock,
             monotonic=clock,
+            metrics=Metrics(),
         )
         made.append(limits)
         return limits
@@ -152,3 +154,5 @@ async def test_without_redis_a_node_takes_only_its_share(
     blind = nodes(runtime("ailab"), doomed.url)
     assert (await blind.admit()).limited == "rate"
     assert await blind.acquire() is None
+    assert limits.metrics is not None
+    assert limits.metrics.limits_fallbacks.labels("ailab")._value.get() == 7  # 3 + 3 + 1
