@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-py test-js system-deps lint typecheck bench bench-quick lock clean
+.PHONY: demo test test-py test-js system-deps lint typecheck bench bench-quick bench-redis-ops lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m tests.bench --quick
+
+# Redis commands per poll, per commit, per subscribe (README, Scaling)
+bench-redis-ops: $(STAMP)
+	$(PY) -m tests.bench.redis_ops
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -83,6 +83,9 @@ class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lease_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0  # redis: claim lease
     # redis: connection pool size (blocking pool, bounded wait)
     max_connections: Annotated[int, msgspec.Meta(ge=2, le=100_000)] = 1000
+    # redis: each provider's schedule in this many shards (hash tags), spread
+    # over a cluster's masters; every node must use the same number
+    schedule_shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -68,6 +68,13 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.limits_fallbacks = Counter(
+            "pollcast_limits_fallbacks",
+            "Calls decided without the cluster's shared limits (Redis unreachable): "
+            "this node took only its share.",
+            ["provider"],
+            registry=r,
+        )
         self.backend_errors = Counter(
             "pollcast_backend_errors",
             "Failed calls to the state backend (SQLite or Redis).",

@@ -14,6 +14,8 @@ import logging
 import uuid
 from collections.abc import Iterable
 
+import redis.asyncio as aioredis
+
 from gateway.aio import cancel_and_wait
 from gateway.config import Config
 from gateway.core import tracker
@@ -28,6 +30,7 @@ from gateway.hub.redis import connect as redis_connect
 from gateway.listing import TaskPage, WatcherBoard, list_tasks
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller
+from gateway.poller.limits import Limits, RedisLimits
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import FOREVER, Schedule
 from gateway.poller.upstream import AiohttpTransport
@@ -53,16 +56,27 @@ class Gateway:
         self.redactor = for_config(config)
         self.queue_stats = QueueStats()
         schedule: Schedule | None = None
+        limits: dict[str, Limits] = {}
+        self.redis: aioredis.Redis | aioredis.RedisCluster | None = None
         tick_s = 1.0
         if hub is None and backend.kind == "redis":
             client = redis_connect(backend.url, max_connections=backend.max_connections)
+            self.redis = client
             hub = RedisHub(client, prefix=backend.prefix, history_limit=backend.history_limit)
             schedule = RedisSchedule(
                 client,
                 prefix=backend.prefix,
                 lease_s=backend.lease_s,
                 node_id=self.node_id,
+                shards=backend.schedule_shards,
             )
+            # Rate, budget and concurrency hold for the cluster, not per node.
+            limits = {
+                name: RedisLimits(
+                    client, rt, prefix=backend.prefix, node_id=self.node_id, metrics=self.metrics
+                )
+                for name, rt in self.runtimes.items()
+            }
             tick_s = 0.25  # other nodes add tasks: look at the shared schedule this often
         self.hub = hub or LocalHub(
             backend.path,
@@ -73,7 +87,13 @@ class Gateway:
         self.webhooks = (
             Webhooks(
                 config.webhooks,
-                outbox_for(backend.kind, path=backend.path, url=backend.url, prefix=backend.prefix),
+                outbox_for(
+                    backend.kind,
+                    path=backend.path,
+                    url=backend.url,
+                    prefix=backend.prefix,
+                    max_connections=backend.max_connections,
+                ),
                 self.hub,
                 metrics=self.metrics,
             )
@@ -95,6 +115,7 @@ class Gateway:
             coalesce_s=config.polling.coalesce_s,
             tick_s=tick_s,
             on_commit=self.webhooks.committed if self.webhooks is not None else None,
+            limits=limits,
         )
         self.feeds: set[Feed] = set()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -291,6 +312,10 @@ class Gateway:
     def is_watched(self, task: str) -> bool:
         """Whether this node watches ``task`` (registered with ``POST /v1/tasks``, not ended)."""
         return task in self.poller.watching
+
+    async def watched_tasks(self) -> set[str]:
+        """Every task the cluster watches (the stored watches)."""
+        return {watch.task for watch in await self.hub.watches()}
 
     def open_feed(self, transport: str) -> Feed:
         feed = Feed(self, self.config.server.queue_size, transport)

@@ -33,6 +33,7 @@ from gateway.core.policy import RetryDelay
 from gateway.exceptions import BackendError, SeqConflict, UnknownProvider
 from gateway.hub.base import Hub, Watch
 from gateway.metrics import Metrics
+from gateway.poller.limits import PERMIT_POLL_S, Limits
 from gateway.poller.planner import LanePlanner, Outputs, Request
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
@@ -135,7 +136,14 @@ class ProviderLane:
         self.schedule = poller.schedule
         http = poller.http
         self.http = http[runtime.name] if isinstance(http, Mapping) else http
-        self.planner = LanePlanner(runtime, coalesce_s=poller.coalesce_s, rng=poller.rng)
+        # Shared by the cluster (Redis); else the planner's own, for this node alone.
+        self.limits: Limits | None = poller.limits.get(runtime.name)
+        self.planner = LanePlanner(
+            runtime,
+            coalesce_s=poller.coalesce_s,
+            rng=poller.rng,
+            shared_limits=self.limits is not None,
+        )
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(runtime.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
@@ -201,15 +209,37 @@ class ProviderLane:
         spawned: set[int] = set()
         try:
             await self._apply(out)
-            for request in out.requests:
-                wait = request.send_at - poller.monotonic()
-                if wait > 0:
-                    await poller.sleep(wait)
+            refused: list[Request] = []
+            for i, request in enumerate(out.requests):
+                permit: str | None = None
+                if self.limits is not None:
+                    admission = await self.limits.admit()
+                    if admission.limited is not None:
+                        refused = out.requests[i:]
+                        await self._refused(refused, admission.wait_s, admission.limited)
+                        spawned.update(id(e) for r in refused for e in r.entries)
+                        break
+                    if admission.wait_s > 0:
+                        await poller.sleep(admission.wait_s)
+                else:
+                    wait = request.send_at - poller.monotonic()
+                    if wait > 0:
+                        await poller.sleep(wait)
                 await self._slots.acquire()
-                task = asyncio.create_task(self._poll(request))
+                if self.limits is not None:
+                    permit = await self._permit()
+                    if permit is None:
+                        self._slots.release()
+                        refused = out.requests[i:]
+                        await self._refused(refused, self.rt.policy.min_delay_s, "rate")
+                        spawned.update(id(e) for r in refused for e in r.entries)
+                        break
+                task = asyncio.create_task(self._poll(request, permit))
                 spawned.update(id(entry) for entry in request.entries)
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
+            if self.limits is not None and not refused:
+                await self._apply(self.planner.admitted([], wait_s=0.0, now=poller.wall()))
         except BaseException:
             # Whatever failed, no claimed task may be left out of the schedule
             # (handing back one already handed back or finished is a no-op).
@@ -218,6 +248,29 @@ class ProviderLane:
             with contextlib.suppress(Exception):
                 await self.schedule.release(self.rt.name, left)
             raise
+
+    async def _refused(self, requests: list[Request], wait_s: float, why: str) -> None:
+        """The shared limiter said not now: hand these back (a notice if the budget is spent)."""
+        entries = [entry for request in requests for entry in request.entries]
+        now = self.poller.wall()
+        if why == "budget":
+            await self._apply(self.planner.admitted(entries, wait_s=wait_s, now=now))
+        else:
+            await self._apply(Outputs(due=[(entry, now + wait_s) for entry in entries]))
+
+    async def _permit(self) -> str | None:
+        """A cluster-wide concurrency permit, waiting a little while all are taken
+        (``None``: none came free soon enough; the claims are handed back)."""
+        assert self.limits is not None
+        poller = self.poller
+        # Not longer than the claims keep without renewal: a lapsed claim is another node's.
+        patience = self.schedule.renew_every_s or self.rt.timeout_s
+        give_up = poller.monotonic() + min(patience, self.rt.timeout_s)
+        while True:
+            token = await self.limits.acquire()
+            if token is not None or poller.monotonic() >= give_up:
+                return token
+            await poller.sleep(PERMIT_POLL_S)
 
     async def drain(self) -> None:
         """Wait until every request in flight has been absorbed (tests, shutdown)."""
@@ -234,7 +287,7 @@ class ProviderLane:
             with contextlib.suppress(BackendError):
                 await self.schedule.renew(self.rt.name, tasks)
 
-    async def _poll(self, request: Request) -> None:
+    async def _poll(self, request: Request, permit: str | None = None) -> None:
         every = self.schedule.renew_every_s
         keeper = (
             asyncio.create_task(self._keep_claims(request.tasks, every))
@@ -253,6 +306,8 @@ class ProviderLane:
             if keeper is not None:
                 keeper.cancel()
             self._slots.release()
+            if permit is not None and self.limits is not None:
+                await self.limits.release(permit)
             for task in request.tasks:
                 self.poller.release_waiters(task)
 
@@ -356,6 +411,7 @@ class Poller:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         on_commit: Callable[[Sequence[Event]], Awaitable[None]] | None = None,
+        limits: Mapping[str, Limits] | None = None,
     ) -> None:
         self.hub = hub
         self.http = http
@@ -372,6 +428,7 @@ class Poller:
         self.wall = wall
         self.sleep = sleep
         self.rng = rng or random.Random()
+        self.limits: Mapping[str, Limits] = limits or {}
         self.lanes = {name: ProviderLane(self, rt) for name, rt in providers.items()}
         self.followers: dict[str, int] = {}  # task → local subscribers
         self.watching: set[str] = set()  # tasks watched through this node
@@ -383,6 +440,8 @@ class Poller:
 
     async def start(self) -> None:
         await self.schedule.start()
+        for limits in self.limits.values():
+            await limits.heartbeat()
         for watch in await self.hub.watches():
             try:
                 key = TaskKey.parse(watch.task)
@@ -428,6 +487,8 @@ class Poller:
         Raises whatever the schedule or the hub raise (the supervisor retries).
         """
         await self.sleep(max(0.1, min(self.grace_s / 3, 5.0)))
+        for limits in self.limits.values():
+            await limits.heartbeat()
         until = self.wall() + self.grace_s
         by_provider: dict[str, list[str]] = {}
         for task in self.followers:

@@ -20,7 +20,10 @@ Rules it owns:
 * a task past its deadline ends as ``expired`` (``gateway_deadline``);
 * a batch provider's due tasks share requests of at most ``batch_size`` ids;
 * the request rate (:class:`TokenBucket`) and the cost budget
-  (:class:`CostBudget`; one ``budget_limited`` notice per streak);
+  (:class:`CostBudget`; one ``budget_limited`` notice per streak) — here, in
+  :class:`~gateway.poller.limits.LocalLimits`, for a node alone; with
+  ``shared_limits`` the driver asks the cluster's limiter before each request
+  and reports back what it refused (:meth:`LanePlanner.admitted`);
 * a ``Retry-After`` pauses the whole lane: it is about this client, not one task;
 * backoff after faults: per task for single-task providers; for a batch
   provider one delay for the whole lane, jittered once, so a failing batch
@@ -40,7 +43,8 @@ from dataclasses import dataclass, field
 from gateway.core import tracker
 from gateway.core.eta import DurationModel, eta_at, position_bucket
 from gateway.core.model import ErrorInfo, Event, Fault, FaultKind, Observation, State
-from gateway.core.policy import CostBudget, Decision, PollState, TokenBucket
+from gateway.core.policy import Decision, PollState
+from gateway.poller.limits import LocalLimits
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.schedule import Entry
 from gateway.providers.base import UpstreamRequest, UpstreamResponse, fault_observations
@@ -123,6 +127,16 @@ class Outputs:
     faults: list[FaultReport] = field(default_factory=list)
     outcome: str | None = None  # of an absorbed reply: "ok" or the fault kind
 
+    def merge(self, other: Outputs) -> None:
+        """Add what ``other`` asks for (its requests, notices, ends and due times)."""
+        self.requests += other.requests
+        self.notices += other.notices
+        self.commits += other.commits
+        self.ends += other.ends
+        self.finish += other.finish
+        self.due += other.due
+        self.faults += other.faults
+
     @property
     def events(self) -> list[Event]:
         return [commit.event for commit in self.commits]
@@ -136,7 +150,12 @@ class LanePlanner:
     """The decisions of one provider lane. Times: ``now`` wall clock, ``mono`` monotonic."""
 
     def __init__(
-        self, runtime: ProviderRuntime, *, coalesce_s: float = 0.1, rng: random.Random
+        self,
+        runtime: ProviderRuntime,
+        *,
+        coalesce_s: float = 0.1,
+        rng: random.Random,
+        shared_limits: bool = False,
     ) -> None:
         self.rt = runtime
         self.policy = runtime.policy
@@ -145,12 +164,8 @@ class LanePlanner:
         # tasks registered together share one request.
         self.window_s = coalesce_s if self.batch else 0.0
         self.rng = rng
-        self.rate = TokenBucket(runtime.rate_per_s)
-        self.budget = (
-            CostBudget(runtime.budget_per_hour, runtime.cost_per_call)
-            if runtime.budget_per_hour is not None and runtime.cost_per_call > 0
-            else None
-        )
+        self.limits = LocalLimits.of(runtime)
+        self.shared_limits = shared_limits  # the driver asks the cluster's limiter
         self.budget_limited = False  # inside a streak of budget-limited rounds
         self.paused_until = 0.0  # Retry-After (wall)
         # The lane's own backoff (batch providers): consecutive failed
@@ -207,29 +222,37 @@ class LanePlanner:
         size = self.rt.batch_size
         for i in range(0, len(ready), size):
             chunk = tuple(ready[i : i + size])
-            if self.budget is not None and self.budget.wait_time(mono) > 0:
+            if self.shared_limits:
+                out.requests.append(Request(chunk, mono, self.epoch))
+                continue
+            admission = self.limits.admit(mono)
+            if admission.limited is not None:
                 limited += chunk
                 continue
-            send_at = mono + self.rate.reserve(mono)
-            if self.budget is not None:
-                self.budget.spend(send_at)
-            out.requests.append(Request(chunk, send_at, self.epoch))
-        if limited:
-            assert self.budget is not None
-            wait = self.budget.wait_time(mono)
-            out.due += [(entry, now + wait) for entry in limited]
-            if not self.budget_limited:
-                self.budget_limited = True
-                out.notices.append(
-                    Notice(
-                        tuple(entry.task for entry in limited),
-                        "budget_limited",
-                        f"{self.rt.name}: cost budget of {self.rt.budget_per_hour} per hour "
-                        f"reached; polling slowed for {wait:.0f} s",
-                    )
-                )
-        elif self.budget is not None:
+            out.requests.append(Request(chunk, mono + admission.wait_s, self.epoch))
+        if not self.shared_limits:
+            wait = self.limits.budget_wait(mono)
+            out.merge(self.admitted(limited, wait_s=wait, now=now))
+        return out
+
+    def admitted(self, refused: Sequence[Entry], *, wait_s: float, now: float) -> Outputs:
+        """A round's verdict from the limiter: ``refused`` found no budget, one more
+        call fits in ``wait_s``. One ``budget_limited`` notice per streak of limited rounds."""
+        out = Outputs()
+        if not refused:
             self.budget_limited = False
+            return out
+        out.due += [(entry, now + wait_s) for entry in refused]
+        if not self.budget_limited:
+            self.budget_limited = True
+            out.notices.append(
+                Notice(
+                    tuple(entry.task for entry in refused),
+                    "budget_limited",
+                    f"{self.rt.name}: cost budget of {self.rt.budget_per_hour} per hour "
+                    f"reached; polling slowed for {wait_s:.0f} s",
+                )
+            )
         return out
 
     # -- a reply -------------------------------------------------------------

@@ -1,13 +1,28 @@
 """The schedule in Redis: one poll per task per round across a cluster.
 
-Per provider (one hash tag, so each script touches a single slot)::
+Per provider, in ``backend.schedule_shards`` shards (default 16), each shard
+under its own hash tag, so each script touches a single slot and a Redis
+Cluster spreads a provider's schedule over its masters::
 
-    P:{sched:<provider>}:due       zset  task → due time
-    P:{sched:<provider>}:lease     zset  task → lease expiry (claimed, being polled)
-    P:{sched:<provider>}:owner     hash  task → node id holding the lease
-    P:{sched:<provider>}:state     hash  task → Entry (interval, failures, deadline)
-    P:{sched:<provider>}:interest  zset  task → wanted until (subscribers, watches)
-    P:{sched:<provider>}:epoch     hash  task → number of claims so far (fencing epoch)
+    P:{sched:<provider>:<n>}:due       zset  task → due time
+    P:{sched:<provider>:<n>}:lease     zset  task → lease expiry (claimed, being polled)
+    P:{sched:<provider>:<n>}:owner     hash  task → node id holding the lease
+    P:{sched:<provider>:<n>}:state     hash  task → Entry (interval, failures, deadline)
+    P:{sched:<provider>:<n>}:interest  zset  task → wanted until (subscribers, watches)
+    P:{sched:<provider>:<n>}:epoch     hash  task → number of claims so far (fencing epoch)
+
+A task's shard ``n`` is a stable hash of its key (CRC-32 modulo the shard
+count; one shard is ``P:{sched:<provider>}``, the unsharded layout). The
+next due time is read from every shard in one pipeline; a claim then runs
+the claim script on every shard that has something in reach, all at once
+(one pipeline, or one call per master on a cluster), and keeps at most
+``claim_limit`` tasks. One
+node at a time claims a provider (``P:{sched:<provider>}:claiming``, a
+lock of :data:`CLAIM_LOCK_S` at most), so a batch provider's round is taken
+whole by one node and coalesced into full batches, as with one shard.
+Changing the shard count moves every task's keys: restart all nodes
+together (watches are scheduled again from the stored watches at start,
+followed tasks when their subscribers reconnect).
 
 and per task, in the task's own slot (next to its snapshot)::
 
@@ -56,11 +71,15 @@ holder's commit refused and the task polled again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import zlib
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -69,13 +88,19 @@ import redis.asyncio as aioredis
 from gateway.hub.redis import task_key, translated
 from gateway.poller.schedule import Entry, Schedule
 
-__all__ = ["RedisSchedule"]
+__all__ = ["RedisSchedule", "schedule_key", "shard_of"]
 
 log = logging.getLogger("pollcast.schedule")
 
 # Redis scores are doubles, but Lua's tonumber() does not read "inf": a watch
 # keeps its task "forever" as a far-future time instead.
 _FOREVER = 9.0e15
+
+# The claim lock of a provider: how long it may be held, how often a waiter looks.
+CLAIM_LOCK_S = 2.0
+CLAIM_LOCK_POLL_S = 0.005
+# Script calls a cluster client has in flight at once for one batch of tasks.
+_CLUSTER_FANOUT = 64
 
 _entry_decoder = msgspec.json.Decoder(Entry)
 _encoder = msgspec.json.Encoder()
@@ -203,6 +228,14 @@ end
 return n
 """
 
+# KEYS: the claim lock   ARGV: token — drop it only while it is ours
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 # KEYS: state   ARGV: task, deadline_at
 _SET_DEADLINE = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -212,6 +245,20 @@ entry['deadline_at'] = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(entry))
 return 1
 """
+
+
+def shard_of(task: str, shards: int) -> int:
+    """The shard of ``task``'s schedule entry: stable across nodes and restarts."""
+    return zlib.crc32(task.encode()) % shards if shards > 1 else 0
+
+
+def _tag(provider: str, shard: int, shards: int) -> str:
+    return f"sched:{provider}" if shards <= 1 else f"sched:{provider}:{shard}"
+
+
+def schedule_key(prefix: str, provider: str, task: str, what: str, *, shards: int = 16) -> str:
+    """The schedule key ``what`` (``due``, ``owner``, …) of the shard holding ``task``."""
+    return f"{prefix}:{{{_tag(provider, shard_of(task, shards), shards)}}}:{what}"
 
 
 def _encode(entry: Entry) -> bytes:
@@ -226,15 +273,19 @@ def _score(at: float) -> float:
 class RedisSchedule(Schedule):
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | aioredis.RedisCluster,
         *,
         prefix: str = "pollcast",
         lease_s: float = 10.0,
         claim_limit: int = 1000,
         node_id: str | None = None,
         clock: Callable[[], float] = time.time,
+        shards: int = 16,
     ) -> None:
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
         self.redis = client
+        self.shards = shards
         self.clock = clock
         self.prefix = prefix
         self.lease_s = lease_s
@@ -248,16 +299,29 @@ class RedisSchedule(Schedule):
         self._set_deadline = client.register_script(_SET_DEADLINE)
         self._fence = client.register_script(_FENCE)
         self._refence = client.register_script(_REFENCE)
+        self._unlock = client.register_script(_UNLOCK)
         self._known: dict[str, dict[str, Entry]] = {}
         self._tokens: dict[str, str] = {}  # task → token of this node's claim in flight
         self.takeovers: dict[str, int] = {}  # provider → claims taken back from lapsed leases
         self.unfenced = 0  # claims handed back because the task's lease key was not ours
+        # Per provider: each shard's earliest due time and lease expiry, as the
+        # last next_due read them (claim skips the shards with nothing due).
+        self._mins: dict[str, list[float | None]] = {}
 
-    def _key(self, provider: str, what: str) -> str:
-        return f"{self.prefix}:{{sched:{provider}}}:{what}"
+    def _key(self, provider: str, what: str, shard: int = 0) -> str:
+        return f"{self.prefix}:{{{_tag(provider, shard, self.shards)}}}:{what}"
 
-    def _keys(self, provider: str, *what: str) -> list[str]:
-        return [self._key(provider, w) for w in what]
+    def _keys(self, provider: str, *what: str, shard: int = 0) -> list[str]:
+        return [self._key(provider, w, shard) for w in what]
+
+    def _shard(self, task: str) -> int:
+        return shard_of(task, self.shards)
+
+    def _by_shard(self, tasks: Iterable[str]) -> dict[int, list[str]]:
+        groups: dict[int, list[str]] = defaultdict(list)
+        for task in tasks:
+            groups[self._shard(task)].append(task)
+        return groups
 
     def lease_key(self, task: str) -> str:
         """The task's lease key: in the task's slot, where the commit script checks it."""
@@ -274,11 +338,13 @@ class RedisSchedule(Schedule):
             log.warning("could not drop this node's lease keys; they will lapse")
         for provider in list(self._known):
             try:
+                n = 0
                 async with translated("surrender"):
-                    n = await self._surrender(
-                        keys=self._keys(provider, "due", "lease", "owner"),
-                        args=[self.node_id, self.clock()],
-                    )
+                    for shard in range(self.shards):
+                        n += await self._surrender(
+                            keys=self._keys(provider, "due", "lease", "owner", shard=shard),
+                            args=[self.node_id, self.clock()],
+                        )
                 if n:
                     log.info("released %d claim(s) of %s", n, provider)
             except Exception:
@@ -287,43 +353,112 @@ class RedisSchedule(Schedule):
     async def add(self, provider: str, entry: Entry, *, keep_until: float) -> bool:
         async with translated("schedule"):
             added = await self._add(
-                keys=self._keys(provider, "due", "lease", "state", "interest"),
+                keys=self._keys(
+                    provider, "due", "lease", "state", "interest", shard=self._shard(entry.task)
+                ),
                 # Due at once for every node, whatever its clock says.
                 args=[entry.task, _encode(entry), 0.0, _score(keep_until)],
             )
         self._known.setdefault(provider, {}).setdefault(entry.task, entry)
+        if added:
+            self._mins.pop(provider, None)  # what next_due read no longer holds
         return bool(added)
 
     async def keep(self, provider: str, tasks: Sequence[str], until: float) -> None:
         if not tasks:
             return
         score = _score(until)
+        groups = self._by_shard(tasks)
         async with translated("interest"):
-            await self.redis.zadd(
-                self._key(provider, "interest"), dict.fromkeys(tasks, score), gt=True
-            )
+            if len(groups) == 1:
+                ((shard, group),) = groups.items()
+                key = self._key(provider, "interest", shard)
+                await self.redis.zadd(key, dict.fromkeys(group, score), gt=True)
+                return
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for shard, group in groups.items():
+                    key = self._key(provider, "interest", shard)
+                    pipe.zadd(key, dict.fromkeys(group, score), gt=True)
+                await pipe.execute()
 
     async def lapse(self, provider: str, task: str, at: float) -> None:
         async with translated("interest"):
-            await self.redis.zadd(self._key(provider, "interest"), {task: at}, xx=True)
+            key = self._key(provider, "interest", self._shard(task))
+            await self.redis.zadd(key, {task: at}, xx=True)
 
     async def set_deadline(self, provider: str, task: str, deadline_at: float) -> None:
         async with translated("deadline"):
-            await self._set_deadline(keys=[self._key(provider, "state")], args=[task, deadline_at])
+            await self._set_deadline(
+                keys=[self._key(provider, "state", self._shard(task))], args=[task, deadline_at]
+            )
+
+    def _claimable(self, provider: str, now: float, horizon: float) -> list[int]:
+        """The shards worth a claim: those whose earliest due time (or lease
+        expiry) as last read is in reach, or all of them if unknown."""
+        order = list(range(self.shards))
+        mins = self._mins.pop(provider, None)
+        if mins is None:
+            return order
+        return [n for n in order if (at := mins[n]) is not None and at <= max(now, horizon)]
+
+    @contextlib.asynccontextmanager
+    async def _claiming(self, provider: str) -> AsyncIterator[bool]:
+        """One node at a time claims a provider's shards (a short lock, ``True``
+        once held): two nodes claiming the same round shard by shard would split
+        a batch provider's due tasks between them, two requests where one does.
+        A node that dies holding it holds it for :data:`CLAIM_LOCK_S` at most."""
+        if self.shards <= 1:  # one script, atomic by itself
+            yield True
+            return
+        key = f"{self.prefix}:{{sched:{provider}}}:claiming"
+        token = f"{self.node_id}:{uuid.uuid4().hex[:8]}"
+        give_up = time.monotonic() + CLAIM_LOCK_S
+        while not await self.redis.set(key, token, nx=True, px=int(CLAIM_LOCK_S * 1000)):
+            if time.monotonic() >= give_up:
+                yield False
+                return
+            await asyncio.sleep(CLAIM_LOCK_POLL_S)
+        try:
+            yield True
+        finally:
+            await self._unlock(keys=[key], args=[token])
 
     async def claim(self, provider: str, now: float, horizon: float) -> list[Entry]:
         lease_until = now + self.lease_s
-        async with translated("claim"):
-            taken, raw, epochs = await self._claim(
-                keys=self._keys(provider, "due", "lease", "state", "interest", "owner", "epoch"),
-                args=[now, horizon, lease_until, self.node_id, self.claim_limit],
+        raw: list[bytes] = []
+        epochs: list[int] = []
+        taken = 0
+        async with translated("claim"), self._claiming(provider) as mine:
+            shards = self._claimable(provider, now, horizon) if mine else []
+            # Every shard at once (one pipeline, or one call per master on a
+            # cluster): a round's latency is one round trip, not one per shard.
+            replies = await self._each(
+                self._claim,
+                [
+                    (
+                        self._keys(
+                            provider, "due", "lease", "state", "interest", "owner", "epoch", shard=n
+                        ),
+                        [now, horizon, lease_until, self.node_id, self.claim_limit],
+                    )
+                    for n in shards
+                ],
             )
+        for back, bodies, counts in replies:
+            taken += int(back)
+            raw += bodies
+            epochs += counts
         if taken:
             self.takeovers[provider] = self.takeovers.get(provider, 0) + int(taken)
             log.info("took back %d lapsed claim(s) of %s", taken, provider)
         entries = [_entry_decoder.decode(body) for body in raw]
         for entry, epoch in zip(entries, epochs, strict=True):
             entry.lease = f"{self.node_id}:{int(epoch)}"
+        if len(entries) > self.claim_limit:  # several shards together took too many
+            entries.sort(key=lambda e: e.task)
+            extra = entries[self.claim_limit :]
+            entries = entries[: self.claim_limit]
+            await self._release_claims(provider, [(e, now) for e in extra])
         entries = await self._fence_all(provider, entries, now, lease_until)
         known = self._known.setdefault(provider, {})
         for entry in entries:
@@ -338,14 +473,14 @@ class RedisSchedule(Schedule):
         if not entries:
             return entries
         ttl_ms = int((lease_until - self.clock()) * 1000)
-        async with translated("fence"), self.redis.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                await self._fence(
-                    keys=self._lease_keys(entry.task),
-                    args=[entry.lease, self.node_id, ttl_ms, now, lease_until],
-                    client=pipe,
-                )
-            results: list[Any] = await pipe.execute()
+        async with translated("fence"):
+            results = await self._each(
+                self._fence,
+                [
+                    (self._lease_keys(e.task), [e.lease, self.node_id, ttl_ms, now, lease_until])
+                    for e in entries
+                ],
+            )
         fenced: list[Entry] = []
         back: list[tuple[Entry, float]] = []
         wall = self.clock()
@@ -362,15 +497,36 @@ class RedisSchedule(Schedule):
             await self._release_claims(provider, back)
         return fenced
 
+    async def _each(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run ``script`` once per (keys, args), each call in its own keys' slot.
+
+        One pipeline on a single Redis; on a cluster, whose client refuses
+        scripts in a pipeline, concurrent calls (each to its slot's master),
+        a bounded number at a time.
+        """
+        if not calls:
+            return []
+        if isinstance(self.redis, aioredis.RedisCluster):
+            results: list[Any] = []
+            for i in range(0, len(calls), _CLUSTER_FANOUT):
+                chunk = calls[i : i + _CLUSTER_FANOUT]
+                results += await asyncio.gather(*(script(keys=k, args=a) for k, a in chunk))
+            return results
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            done: list[Any] = await pipe.execute()
+            return done
+
     async def _unfence(self, tasks: Iterable[str]) -> None:
         """Delete this node's lease keys of ``tasks`` (a commit can no longer be fenced)."""
         tokens = [(task, self._tokens.pop(task)) for task in tasks if task in self._tokens]
         if not tokens:
             return
-        async with translated("unfence"), self.redis.pipeline(transaction=False) as pipe:
-            for task, token in tokens:
-                await self._refence(keys=self._lease_keys(task), args=[token, 0, 0], client=pipe)
-            await pipe.execute()
+        async with translated("unfence"):
+            await self._each(
+                self._refence, [(self._lease_keys(task), [token, 0, 0]) for task, token in tokens]
+            )
 
     @property
     def renew_every_s(self) -> float | None:
@@ -378,23 +534,27 @@ class RedisSchedule(Schedule):
 
     async def renew(self, provider: str, tasks: Sequence[str]) -> None:
         until = self.clock() + self.lease_s
+        renewed: list[bytes] = []
         async with translated("lease renewal"):
-            renewed: list[bytes] = await self._renew(
-                keys=self._keys(provider, "lease", "owner"),
-                args=[self.node_id, until, *tasks],
-            )
+            for shard, group in self._by_shard(tasks).items():
+                renewed += await self._renew(
+                    keys=self._keys(provider, "lease", "owner", shard=shard),
+                    args=[self.node_id, until, *group],
+                )
         # Only a claim still ours in the schedule keeps its fence (step 4 above).
         fences = [(t.decode(), self._tokens.get(t.decode())) for t in renewed]
         if not fences:
             return
         ttl_ms = int(self.lease_s * 1000)
-        async with translated("lease renewal"), self.redis.pipeline(transaction=False) as pipe:
-            for task, token in fences:
-                if token is not None:
-                    await self._refence(
-                        keys=self._lease_keys(task), args=[token, ttl_ms, until], client=pipe
-                    )
-            await pipe.execute()
+        async with translated("lease renewal"):
+            await self._each(
+                self._refence,
+                [
+                    (self._lease_keys(task), [token, ttl_ms, until])
+                    for task, token in fences
+                    if token is not None
+                ],
+            )
 
     async def release(self, provider: str, due: Sequence[tuple[Entry, float]]) -> None:
         if not due:
@@ -404,39 +564,56 @@ class RedisSchedule(Schedule):
         await self._release_claims(provider, due)
 
     async def _release_claims(self, provider: str, due: Sequence[tuple[Entry, float]]) -> None:
-        args: list[str | float | bytes] = [self.node_id]
+        self._mins.pop(provider, None)  # what next_due read no longer holds
+        groups: dict[int, list[str | float | bytes]] = {}
         for entry, at in due:
+            args = groups.setdefault(self._shard(entry.task), [self.node_id])
             args += [entry.task, at, _encode(entry)]
         async with translated("release"):
-            await self._release(
-                keys=self._keys(provider, "due", "lease", "state", "owner"), args=args
-            )
+            for shard, args in groups.items():
+                await self._release(
+                    keys=self._keys(provider, "due", "lease", "state", "owner", shard=shard),
+                    args=args,
+                )
 
     async def remove(self, provider: str, tasks: Iterable[str]) -> None:
         tasks = list(tasks)
         if not tasks:
             return
         await self._unfence(tasks)
-        async with translated("unschedule"), self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self._key(provider, "due"), *tasks)
-            pipe.zrem(self._key(provider, "lease"), *tasks)
-            pipe.hdel(self._key(provider, "owner"), *tasks)
-            pipe.hdel(self._key(provider, "state"), *tasks)
-            pipe.zrem(self._key(provider, "interest"), *tasks)
-            pipe.hdel(self._key(provider, "epoch"), *tasks)
-            await pipe.execute()
+        async with translated("unschedule"):
+            for shard, group in self._by_shard(tasks).items():
+                # One shard's keys share a slot: a transaction, even on a cluster.
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.zrem(self._key(provider, "due", shard), *group)
+                    pipe.zrem(self._key(provider, "lease", shard), *group)
+                    pipe.hdel(self._key(provider, "owner", shard), *group)
+                    pipe.hdel(self._key(provider, "state", shard), *group)
+                    pipe.zrem(self._key(provider, "interest", shard), *group)
+                    pipe.hdel(self._key(provider, "epoch", shard), *group)
+                    await pipe.execute()
         known = self._known.get(provider, {})
         for task in tasks:
             known.pop(task, None)
 
     async def next_due(self, provider: str) -> float | None:
-        """The earliest due time — or lease expiry, so a dead node's claims come back."""
+        """The earliest due time — or lease expiry, so a dead node's claims come back.
+
+        One pipeline reads every shard's earliest of both; the next claim
+        visits only the shards that have something in reach.
+        """
         async with translated("schedule read"), self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(self._key(provider, "due"), 0, 0, withscores=True)
-            pipe.zrange(self._key(provider, "lease"), 0, 0, withscores=True)
-            due, lease = await pipe.execute()
-        times = [score for _, score in due + lease]
-        return min(times) if times else None
+            for shard in range(self.shards):
+                pipe.zrange(self._key(provider, "due", shard), 0, 0, withscores=True)
+                pipe.zrange(self._key(provider, "lease", shard), 0, 0, withscores=True)
+            firsts: list[Any] = await pipe.execute()
+        mins: list[float | None] = []
+        for shard in range(self.shards):
+            times = [score for _, score in firsts[2 * shard] + firsts[2 * shard + 1]]
+            mins.append(min(times) if times else None)
+        self._mins[provider] = mins
+        known = [at for at in mins if at is not None]
+        return min(known) if known else None
 
     def known(self, provider: str) -> Mapping[str, Entry]:
         return self._known.setdefault(provider, {})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = ["TRYON_CALL_COST_DIMES", "Simulator"]
 TRYON_CALL_COST_DIMES = 1
 """tryon charges 0.1 coins per ``get_result`` call (its doc: "each call will
 consume 0.1 coins"); balances are kept in tenths so they never drift."""
+REQUEST_TIMES_KEPT = 10_000  # request times kept per provider (stats)
 
 
 def _check_provider(provider: str) -> None:
@@ -70,6 +71,8 @@ class Simulator:
         self._requests: Counter[str] = Counter()
         self._task_queries: Counter[str] = Counter()
         self._faults_hit: Counter[str] = Counter()
+        # When the latest status requests arrived (the simulator's clock), per provider.
+        self._times: dict[str, deque[float]] = {}
         self._tryon_balance_dimes = round(self.config.tryon_balance * 10)
         self._tryon_spent_dimes = 0
 
@@ -117,6 +120,7 @@ class Simulator:
 
     def record_request(self, provider: str) -> None:
         self._requests[provider] += 1
+        self._times.setdefault(provider, deque(maxlen=REQUEST_TIMES_KEPT)).append(self.clock())
 
     def record_task_queries(self, provider: str, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
@@ -160,11 +164,14 @@ class Simulator:
         fault. ``tasks`` counts, per ``provider:task_id``, the status requests
         naming that id (a batch request counts once for each id in it),
         whatever the outcome. ``faults`` counts requests answered by a fault.
+        ``times`` lists when the latest requests per provider arrived (seconds
+        on the simulator's monotonic clock, at most the last 10,000).
         """
         return {
             "requests": dict(self._requests),
             "tasks": dict(self._task_queries),
             "faults": dict(self._faults_hit),
+            "times": {provider: list(times) for provider, times in self._times.items()},
             "coins_spent": {"tryon": self._tryon_spent_dimes / 10},
             "balance": {"tryon": self._tryon_balance_dimes / 10},
         }
@@ -176,5 +183,6 @@ class Simulator:
         self._requests.clear()
         self._task_queries.clear()
         self._faults_hit.clear()
+        self._times.clear()
         self._tryon_balance_dimes = round(self.config.tryon_balance * 10)
         self._tryon_spent_dimes = 0

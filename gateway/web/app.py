@@ -56,5 +56,6 @@ def create_app(config: Config, *, hub: Hub | None = None) -> Litestar:
     )
     app.state.gateway = gateway
     app.state.auth = Authenticator(config.auth)
-    app.state.limits = Limits(config)
+    # With the Redis backend the per-principal limits hold for the cluster.
+    app.state.limits = Limits(config, redis=gateway.redis)
     return app

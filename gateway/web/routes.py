@@ -173,11 +173,13 @@ async def watch_task(
     gw = gateway_of(state)
     require_backend(principal, "register tasks")
     limits = limits_of(state)
-    limits.registrations.check(limit_key(principal))
+    await limits.register(limit_key(principal))
     key = gw.key(data.provider, data.task_id)
     if data.webhook is not None:
         await gw.check_webhook(data.webhook)
-    limits.watched.admit(limit_key(principal), str(key), gw.is_watched)
+    await limits.admit_watch(
+        limit_key(principal), str(key), here=gw.is_watched, anywhere=gw.watched_tasks
+    )
     if data.webhook is not None:
         # Before the first poll, so that poll's events are delivered too.
         await gw.register_webhook(key, data.webhook)
@@ -334,7 +336,7 @@ async def unwatch_task(
     gw = gateway_of(state)
     require_backend(principal, "unwatch tasks")
     key = gw.key(provider, task_id)
-    limits_of(state).watched.release(str(key))
+    await limits_of(state).release_watch(str(key))
     had_webhook = await gw.drop_webhook(key)
     if not await gw.poller.unwatch(key) and not had_webhook:
         raise NotWatched(f"{key} is not being watched", field="task")

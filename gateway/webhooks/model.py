@@ -72,8 +72,16 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
 _ID_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '%"\\')
 
 
-def delivery_id(task: str, seq: int) -> str:
-    return f"{quote(task, safe=_ID_SAFE)}:{seq}"
+def delivery_id(task: str, seq: int, epoch: str = "") -> str:
+    """The ``webhook-id`` of a task's event: the task, its seq and the store's epoch.
+
+    A store that lost its contents (a Redis restart without persistence)
+    starts every task's seqs over; with the epoch (the store's incarnation,
+    ``P:incarnation``) in the id, a receiver that de-duplicates by
+    ``webhook-id`` does not drop the new epoch's deliveries as repeats.
+    """
+    base = f"{quote(task, safe=_ID_SAFE)}:{seq}"
+    return f"{base}:{quote(epoch, safe=_ID_SAFE)}" if epoch else base
 
 
 def payload(event: Event) -> str:
@@ -83,11 +91,13 @@ def payload(event: Event) -> str:
     return msgspec.json.encode(body).decode()
 
 
-def deliveries_for(target: WebhookTarget, events: Sequence[Event], *, now: float) -> list[Delivery]:
+def deliveries_for(
+    target: WebhookTarget, events: Sequence[Event], *, now: float, epoch: str = ""
+) -> list[Delivery]:
     """The deliveries ``target`` wants out of ``events``, due now."""
     return [
         Delivery(
-            id=delivery_id(event.task, event.seq),
+            id=delivery_id(event.task, event.seq, epoch),
             task=event.task,
             seq=event.seq,
             url=target.url,

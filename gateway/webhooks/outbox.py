@@ -38,6 +38,11 @@ class Outbox(ABC):
     async def start(self) -> None:  # noqa: B027 (optional hook)
         """Open the store."""
 
+    async def epoch(self) -> str:
+        """The store's current epoch, part of every delivery id ("": one that never
+        loses its contents while the gateway runs)."""
+        return ""
+
     async def close(self) -> None:  # noqa: B027 (optional hook)
         """Release the store."""
 

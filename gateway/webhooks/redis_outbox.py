@@ -1,12 +1,22 @@
 """The ``redis`` backend's outbox, shared by every gateway node.
 
-Keys (``{prefix}`` is ``backend.prefix``)::
+Keys (``P`` is ``backend.prefix``), all under one hash tag so that every
+script touches one Redis Cluster slot::
 
-    {prefix}:wh:targets   HASH  task → WebhookTarget JSON
-    {prefix}:wh:marks     HASH  task → highest seq considered
-    {prefix}:wh:data      HASH  delivery id → Delivery JSON
-    {prefix}:wh:due       ZSET  delivery id, scored by when it is due (Unix s)
-    {prefix}:wh:claims    HASH  delivery id → claim token of the node holding it
+    P:{wh}:targets   HASH  task → WebhookTarget JSON
+    P:{wh}:marks     HASH  task → highest seq considered
+    P:{wh}:data      HASH  delivery id → Delivery JSON
+    P:{wh}:due       ZSET  delivery id, scored by when it is due (Unix s)
+    P:{wh}:claims    HASH  delivery id → claim token of the node holding it
+
+One slot, not shards: enqueue checks the task's mark and stores its
+deliveries atomically, and claim takes the due ones of every task in one
+script; per-shard tags would need a claim per shard per dispatcher turn for
+a store whose load is one enqueue per committed event of a task with a
+webhook, far below one master's capacity (README, Scaling).
+
+The delivery id carries the store's epoch (``P:incarnation``, named by the
+hub, read here as it is): see :func:`gateway.webhooks.model.delivery_id`.
 
 Every step that reads and writes is one Lua script, so it is atomic on the
 server: enqueue compares against the mark, and claim moves a due delivery's
@@ -24,6 +34,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.exceptions import BackendError
+from gateway.hub.redis import connect
 from gateway.webhooks.model import Delivery, Registration, WebhookTarget
 from gateway.webhooks.outbox import Outbox
 
@@ -97,29 +108,40 @@ _encode = msgspec.json.encode
 
 
 class RedisOutbox(Outbox):
-    def __init__(self, url: str, prefix: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        *,
+        max_connections: int = 1000,
+        client: aioredis.Redis | aioredis.RedisCluster | None = None,
+    ) -> None:
         self.url = url
-        self.timeout_s = timeout_s
-        base = f"{prefix}:wh:"
+        self.max_connections = max_connections
+        self.incarnation_key = f"{prefix}:incarnation"
+        self._given = client
+        base = f"{prefix}:{{wh}}:"
         self.targets_key = base + "targets"
         self.marks_key = base + "marks"
         self.data_key = base + "data"
         self.due_key = base + "due"
         self.claims_key = base + "claims"
-        self._redis: aioredis.Redis | None = None
+        self._redis: aioredis.Redis | aioredis.RedisCluster | None = None
         self._scripts: dict[str, Any] = {}
 
     async def start(self) -> None:
-        # Bounded waits: a Redis that stops answering is a BackendError the
-        # delivery loop backs off from, not a call that hangs forever.
-        client = aioredis.Redis.from_url(
-            self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
-        )
+        # The hub's kind of client: bounded waits (a Redis that stops answering
+        # is a BackendError the delivery loop backs off from) and a blocking
+        # pool of the same size, which waits for a free connection instead of
+        # failing at once.
+        client = self._given or connect(self.url, max_connections=self.max_connections)
         try:
             await client.ping()
-        except RedisError as exc:
+        except (RedisError, OSError) as exc:
             await client.aclose()
-            raise BackendError(f"cannot reach Redis for the webhook outbox: {exc}") from exc
+            raise BackendError(
+                f"cannot reach Redis for the webhook outbox ({type(exc).__name__})"
+            ) from exc
         self._redis = client
         self._scripts = {
             name: client.register_script(source)
@@ -136,8 +158,15 @@ class RedisOutbox(Outbox):
             await self._redis.aclose()
             self._redis = None
 
+    async def epoch(self) -> str:
+        try:
+            value = await self.redis.get(self.incarnation_key)
+        except RedisError as exc:
+            raise BackendError(f"webhook outbox epoch read failed: {exc}") from exc
+        return "" if value is None else _text(value)
+
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> aioredis.Redis | aioredis.RedisCluster:
         if self._redis is None:
             raise BackendError("the webhook outbox is not started")
         return self._redis

@@ -45,12 +45,14 @@ __all__ = ["Webhooks", "outbox_for"]
 log = logging.getLogger("pollcast.webhooks")
 
 
-def outbox_for(backend_kind: str, *, path: str, url: str, prefix: str) -> Outbox:
+def outbox_for(
+    backend_kind: str, *, path: str, url: str, prefix: str, max_connections: int = 1000
+) -> Outbox:
     """The outbox that lives where the hub's state does (``backend.kind``)."""
     if backend_kind == "redis":
         from gateway.webhooks.redis_outbox import RedisOutbox
 
-        return RedisOutbox(url, prefix)
+        return RedisOutbox(url, prefix, max_connections=max_connections)
     return SqliteOutbox(path)
 
 
@@ -193,7 +195,9 @@ class Webhooks:
         fresh = [event for event in events if event.seq > registration.mark]
         if not fresh:
             return
-        deliveries = deliveries_for(registration.target, fresh, now=self.wall())
+        deliveries = deliveries_for(
+            registration.target, fresh, now=self.wall(), epoch=await self.outbox.epoch()
+        )
         stored = await self.outbox.enqueue(
             task,
             deliveries,

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from gateway.poller.redis_schedule import schedule_key
 from tests.integration.conftest import create_sim_task, sim_stats
 from tests.integration.gateway_server import GatewayProcess, sim_config
 from tests.redis_server import RedisServer
@@ -198,7 +199,7 @@ async def test_killing_the_lease_holder_moves_the_task_and_its_subscribers(
     )
     urls = [n.url for n in nodes]
     readers = [asyncio.create_task(follow(client, urls, task, first=j % 3)) for j in range(9)]
-    owner_key = "pc:{sched:videoproc}:owner"
+    owner_key = schedule_key("pc", "videoproc", task, "owner")
     r = redis.Redis.from_url(redis_server.url)
     holder = None
     for _ in range(100):

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import redis
 
+from gateway.poller.redis_schedule import schedule_key
 from tests.cluster.test_cluster import LEASE_S, cluster_doc, follow, story
 from tests.integration.conftest import create_sim_task, sim_stats
 from tests.integration.gateway_server import GatewayProcess
@@ -67,7 +68,7 @@ async def test_a_node_paused_past_its_lease_cannot_commit_its_stale_reply(
         # Wait for a poll to be in flight: the task claimed and a request arrived since.
         holder = None
         for _ in range(200):
-            holder = r.hget("pc:{sched:videoproc}:owner", task)
+            holder = r.hget(schedule_key("pc", "videoproc", task, "owner"), task)
             if holder:
                 break
             await asyncio.sleep(0.02)
@@ -77,7 +78,7 @@ async def test_a_node_paused_past_its_lease_cannot_commit_its_stale_reply(
             if (await sim_stats(client, sim))["requests"].get("videoproc", 0) > arrived:
                 break
             await asyncio.sleep(0.02)
-        holder = r.hget("pc:{sched:videoproc}:owner", task)
+        holder = r.hget(schedule_key("pc", "videoproc", task, "owner"), task)
         assert holder is not None
         victim = nodes[ids.index(holder.decode())]
         other = nodes[1 - nodes.index(victim)]
@@ -86,7 +87,7 @@ async def test_a_node_paused_past_its_lease_cannot_commit_its_stale_reply(
         seq_frozen = int(r.hget(f"pc:{{{task}}}:snap", "seq") or 0)
         await asyncio.sleep(FROZEN_S)
         seq_thawed = int(r.hget(f"pc:{{{task}}}:snap", "seq") or 0)
-        taken_over = r.hget("pc:{sched:videoproc}:owner", task)
+        taken_over = r.hget(schedule_key("pc", "videoproc", task, "owner"), task)
         victim.signal(signal.SIGCONT)
         events = await asyncio.wait_for(reader, 40)
         count = refused((await client.get(f"{victim.url}/metrics")).text)

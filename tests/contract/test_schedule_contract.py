@@ -21,10 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from gateway.hub.redis import connect
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
+from tests.redis_cluster import (
+    RedisCluster,
+    redis_cluster,  # noqa: F401 (a fixture)
+)
 from tests.redis_server import RedisServer
 
 P = "aholo"
@@ -74,12 +80,29 @@ async def _redis(tmp: Path) -> Backend:
     return Backend(node, shared=True)
 
 
+async def _redis_cluster(tmp: Path, cluster: RedisCluster) -> Backend:
+    """A real 3-master Redis Cluster: the shards' hash tags land on different masters."""
+    prefix = f"{_RUN}:{tmp.name}"
+    host, port = cluster.startup_nodes[0]
+
+    async def node() -> Schedule:
+        client = aioredis.RedisCluster(host=host, port=port)
+        schedule = RedisSchedule(client, prefix=prefix, lease_s=LEASE_S)
+        await schedule.start()
+        return schedule
+
+    return Backend(node, shared=True)
+
+
 BACKENDS: dict[str, Callable[[Path], Awaitable[Backend]]] = {"local": _local, "redis": _redis}
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=[*sorted(BACKENDS), "redis-cluster"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    b = await BACKENDS[request.param](tmp_path)
+    if request.param == "redis-cluster":
+        b = await _redis_cluster(tmp_path, request.getfixturevalue("redis_cluster"))
+    else:
+        b = await BACKENDS[request.param](tmp_path)
     yield b
     for schedule in b.made:
         if isinstance(schedule, RedisSchedule):
@@ -147,6 +170,32 @@ async def test_claim_takes_every_task_due_by_the_horizon(schedule: Schedule, now
     early = [t for t, at in due.items() if at <= now + 2.5]
     assert tasks(await schedule.claim(P, now, now + 2.5)) == sorted(early)
     assert await schedule.next_due(P) == pytest.approx(now + 9)
+
+
+async def test_one_claim_takes_a_whole_round_of_many_tasks(schedule: Schedule, now: float) -> None:
+    """However the tasks are spread (shards), a claim gets every due one: a batch
+    provider's round stays one request per ``batch_size`` tasks."""
+    for i in range(100):
+        await schedule.add(P, entry(f"t{i:03}"), keep_until=now + 60)
+    await schedule.next_due(P)  # as the lane does before a claim
+    claimed = await schedule.claim(P, now, now)
+    assert len(claimed) == 100
+    await schedule.release(P, [(e, now + 5) for e in claimed])
+    assert await schedule.next_due(P) == pytest.approx(now + 5)
+    assert len(await schedule.claim(P, now + 5, now + 5)) == 100
+
+
+async def test_a_providers_schedule_is_spread_over_shards(backend: Backend, now: float) -> None:
+    schedule = await backend.first()
+    if not isinstance(schedule, RedisSchedule):
+        pytest.skip("one process: nothing to spread")
+    for i in range(64):
+        await schedule.add(P, entry(f"s{i:03}"), keep_until=now + 60)
+    sizes = [await schedule.redis.zcard(schedule._key(P, "due", n)) for n in range(16)]
+    assert sum(sizes) == 64
+    assert sum(1 for size in sizes if size) >= 12  # a stable hash spreads them
+    slots = {key_slot(schedule._key(P, "due", n).encode()) for n in range(16)}
+    assert len(slots) == 16  # one slot per shard: a cluster puts them on different masters
 
 
 async def test_next_due_is_the_earliest_due_time(schedule: Schedule, now: float) -> None:

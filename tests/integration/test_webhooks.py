@@ -217,7 +217,7 @@ async def test_on_the_redis_backend_the_outbox_lives_in_redis(
         assert gw.webhooks is not None
         outbox = gw.webhooks.outbox
         assert isinstance(outbox, RedisOutbox)
-        assert outbox.due_key == f"{prefix}:wh:due"
+        assert outbox.due_key == f"{prefix}:{{wh}}:due"
         reply = await watch(client, base, task, {"url": receiver.url})
         assert reply.status_code == 201, reply.text
         await receiver.wait_for(accepted=1, timeout_s=20)

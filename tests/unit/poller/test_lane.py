@@ -14,6 +14,7 @@ from gateway.core.tracker import force_state
 from gateway.hub.local import LocalHub
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller, ProviderLane
+from gateway.poller.limits import Admission
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.schedule import Entry, LocalSchedule
 from gateway.providers.base import UpstreamResponse
@@ -261,3 +262,97 @@ async def test_a_followed_task_is_polled_until_its_grace_period_after_the_last_s
     assert all(t <= left_at + 3.0 for t in upstream.times[followed:])
     assert len(upstream.calls) > followed
     assert lane.tasks == {}
+
+
+class ScriptedLimits:
+    """A cluster limiter that answers from a script: what the lane does with each answer."""
+
+    def __init__(self, admissions: list[Admission], permits: int = 1) -> None:
+        self.admissions = admissions
+        self.free = permits
+        self.asked = 0
+        self.released: list[str] = []
+
+    async def admit(self) -> Admission:
+        self.asked += 1
+        return self.admissions.pop(0) if self.admissions else Admission()
+
+    async def acquire(self) -> str | None:
+        if self.free == 0:
+            return None
+        self.free -= 1
+        return f"permit-{self.asked}"
+
+    async def release(self, token: str) -> None:
+        self.free += 1
+        self.released.append(token)
+
+    async def heartbeat(self) -> None:
+        pass
+
+
+def shared_poller(
+    hub: LocalHub, clock: FakeClock, limits: ScriptedLimits, **policy: object
+) -> tuple[Poller, ProviderLane, FakeUpstream, list[str]]:
+    upstream = FakeUpstream(lambda call: aholo_listing(ids_of(call)), clock=clock, latency_s=0.05)
+    poller = Poller(
+        hub,
+        {"aholo": runtime("aholo", **policy)},
+        {"aholo": upstream},  # type: ignore[dict-item]
+        metrics=Metrics(),
+        wall=clock.wall,
+        monotonic=clock.mono,
+        sleep=clock.sleep,
+        rng=random.Random(11),
+        limits={"aholo": limits},
+    )
+    notices: list[str] = []
+    original = poller.notify
+
+    async def notify(tasks: Sequence[str], code: str, message: str) -> None:
+        notices.append(code)
+        await original(tasks, code, message)
+
+    poller.notify = notify  # type: ignore[method-assign]
+    return poller, poller.lane("aholo"), upstream, notices
+
+
+async def test_a_shared_budget_refusal_hands_the_round_back_with_one_notice(
+    hub: LocalHub,
+) -> None:
+    clock = FakeClock()
+    refused = [Admission(30.0, "budget")] * 2
+    limits = ScriptedLimits([*refused])
+    poller, lane, upstream, notices = shared_poller(
+        hub, clock, limits, interval_s=0.2, max_interval_s=0.2, batch_size=2
+    )
+    for name in ("A1", "A2"):
+        await poller.watch(TaskKey("aholo", name))
+    await run_for(lane, clock, 10.0)
+    assert upstream.calls == []  # nothing spent while the cluster's budget is gone
+    assert limits.asked == 1  # one refused round: handed back for the 30 s it said
+    assert notices == ["budget_limited"]  # one notice (to both tasks) for the streak
+    await run_for(lane, clock, 25.0)
+    assert limits.asked == 2 and upstream.calls == []  # asked again after 30 s: refused
+    assert notices == ["budget_limited"]  # the same streak: no second notice
+    await run_for(lane, clock, 31.0)  # the budget fits again
+    assert upstream.calls and lane.planner.budget_limited is False
+    assert limits.free == 1 and limits.released  # every permit went back
+
+
+async def test_the_lane_waits_for_its_shared_rate_slot_and_a_permit(hub: LocalHub) -> None:
+    clock = FakeClock()
+    limits = ScriptedLimits([Admission(0.4), Admission(0.0, "rate")], permits=0)
+    poller, lane, upstream, _ = shared_poller(hub, clock, limits, interval_s=0.2, batch_size=1)
+    await poller.watch(TaskKey("aholo", "A1"))
+    await poller.watch(TaskKey("aholo", "A2"))
+    start = clock.wall()
+    await lane.turn()
+    # The first slot was 0.4 s away: the lane slept for it; then no permit came
+    # free within the provider's timeout, so both claims went back unsent.
+    assert clock.slept[0] == pytest.approx(0.4)
+    assert upstream.calls == []
+    assert clock.wall() - start >= lane.rt.timeout_s
+    limits.free = 1
+    await run_for(lane, clock, 2.0)
+    assert {ids_of(c)[0] for c in upstream.calls} == {"A1", "A2"}

@@ -47,16 +47,19 @@ def test_view_follows_the_injected_clock() -> None:
 
 
 def test_stats_and_reset() -> None:
-    sim = Simulator(SimConfig(tryon_balance=1.0))
+    now = [5.0]
+    sim = Simulator(SimConfig(tryon_balance=1.0), clock=lambda: now[0])
     sim.create_task(TaskSpec(provider="ailab", task_id="t"))
     sim.record_request("aholo")
     sim.record_task_queries("aholo", ["A", "B"])
+    now[0] = 6.5
     sim.record_request("aholo")
     sim.record_task_queries("aholo", ["A"])
     sim.record_fault("aholo")
     assert sim.charge_tryon()
     assert sim.stats() == {
         "requests": {"aholo": 2},
+        "times": {"aholo": [5.0, 6.5]},
         "tasks": {"aholo:A": 2, "aholo:B": 1},
         "faults": {"aholo": 1},
         "coins_spent": {"tryon": 0.1},

@@ -1,4 +1,5 @@
-"""The outbox contract: every store (SQLite in memory and on disk, Redis) passes this suite."""
+"""The outbox contract: every store (SQLite in memory and on disk, Redis, a Redis
+Cluster) passes this suite."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.exceptions import BackendError
 from gateway.webhooks.model import Delivery, WebhookTarget
 from gateway.webhooks.outbox import Outbox, SqliteOutbox
 from gateway.webhooks.redis_outbox import RedisOutbox
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 
 TARGET = WebhookTarget("https://hooks.example.com/in", ("state", "terminal"))
@@ -35,7 +38,7 @@ def delivery(seq: int, task: str = TASK, due_at: float = NOW) -> Delivery:
     )
 
 
-@pytest.fixture(params=["sqlite-memory", "sqlite-file", "redis"])
+@pytest.fixture(params=["sqlite-memory", "sqlite-file", "redis", "redis-cluster"])
 def store(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -50,6 +53,9 @@ async def make_outbox(
     server: RedisServer | None = (
         request.getfixturevalue("redis_server") if store == "redis" else None
     )
+    cluster: RedisCluster | None = (
+        request.getfixturevalue("redis_cluster") if store == "redis-cluster" else None
+    )
 
     async def make() -> Outbox:
         outbox: Outbox
@@ -57,6 +63,10 @@ async def make_outbox(
             outbox = SqliteOutbox(":memory:", clock=lambda: NOW)
         elif store == "sqlite-file":
             outbox = SqliteOutbox(str(tmp_path / "state.db"), clock=lambda: NOW)
+        elif cluster is not None:
+            host, port = cluster.startup_nodes[0]
+            client = aioredis.RedisCluster(host=host, port=port)
+            outbox = RedisOutbox(cluster.url, prefix, client=client)
         else:
             assert server is not None
             outbox = RedisOutbox(server.url, prefix)
@@ -265,7 +275,7 @@ async def test_sqlite_errors_are_backend_errors(tmp_path: Path) -> None:
 
 async def test_redis_errors_are_backend_errors(tmp_path: Path) -> None:
     with RedisServer(tmp_path / "redis", persist=False) as server:
-        outbox = RedisOutbox(server.url, "t-down", timeout_s=0.5)
+        outbox = RedisOutbox(server.url, "t-down")
         await outbox.start()
         await outbox.register(TASK, TARGET, 0)
         await outbox.enqueue(TASK, [delivery(1)], 1, done=False)
@@ -289,4 +299,30 @@ async def test_redis_errors_are_backend_errors(tmp_path: Path) -> None:
         finally:
             await outbox.close()
     with pytest.raises(BackendError, match="cannot reach Redis"):
-        await RedisOutbox(server.url, "t-down", timeout_s=0.5).start()
+        await RedisOutbox(server.url, "t-down").start()
+
+
+async def test_delivery_ids_change_with_the_store_epoch(redis_server: RedisServer) -> None:
+    """A store that lost its contents restarts seqs: the ids must not repeat."""
+    import msgspec
+
+    from gateway.core import tracker
+    from gateway.core.model import EventKind
+    from gateway.webhooks.model import deliveries_for
+
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    outbox = RedisOutbox(redis_server.url, prefix)
+    await outbox.start()
+    try:
+        assert await outbox.epoch() == ""  # no hub named this store yet
+        await outbox.redis.set(f"{prefix}:incarnation", "aaa")
+        event = msgspec.structs.replace(
+            tracker.initial_snapshot(TASK, NOW), seq=1, event=EventKind.STATE
+        )
+        before = deliveries_for(TARGET, [event], now=NOW, epoch=await outbox.epoch())
+        await outbox.redis.set(f"{prefix}:incarnation", "bbb")  # flushed and named again
+        after = deliveries_for(TARGET, [event], now=NOW, epoch=await outbox.epoch())
+    finally:
+        await outbox.close()
+    assert before[0].id == f"{TASK}:1:aaa"
+    assert after[0].id == f"{TASK}:1:bbb"
