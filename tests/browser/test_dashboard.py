@@ -409,3 +409,42 @@ def test_dashboard_shows_the_gateways_eta_when_events_carry_one() -> None:
             assert errors == []
         finally:
             browser.close()
+
+
+def test_dashboard_shows_the_eta_the_gateway_computes() -> None:
+    """Real events: a task whose progress climbs steadily gets an ``eta_s`` from the
+    gateway, and the card shows it (no estimate of the page's own)."""
+    OUTPUT.mkdir(exist_ok=True)
+    steady = [{"at": i * 0.5, "state": "running", "progress": 5 + i * 3} for i in range(30)]
+    steady.append({"at": 15.0, "state": "succeeded"})
+    with (
+        running_sim() as sim,
+        running_gateway(sim_config(sim)) as (base, _gw),
+        httpx.Client(timeout=10, trust_env=False) as client,
+        sync_playwright() as playwright,
+    ):
+        task = create_task(client, sim, "videoproc", steady)
+        browser = launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            errors = watch_errors(page)
+            page.goto(f"{base}/?transport=sse&follow=0&tasks={task}")
+            card = f'.card[data-task="{task}"]'
+            page.wait_for_function(
+                "(sel) => /^~\\d+ s left$/.test(document.querySelector(sel)?.textContent ?? '')",
+                arg=f"{card} .eta",
+                timeout=WAIT_MS,
+            )
+            shown = int(page.inner_text(f"{card} .eta").split()[0][1:])
+            current = snapshot(client, base, task)
+            assert current["eta_s"] is not None and not current["terminal"]
+            # What the page shows is the gateway's figure, and a sensible one: the
+            # timeline ends 15 s after it starts.
+            assert abs(shown - current["eta_s"]) <= 3
+            assert 0 < shown <= 16
+            page.screenshot(path=str(OUTPUT / "dashboard-eta.png"), full_page=True)
+            page.wait_for_selector(f'{card}[data-state="succeeded"]', timeout=WAIT_MS)
+            assert page.inner_text(f"{card} .eta") == ""  # terminal: no estimate
+            assert errors == []
+        finally:
+            browser.close()
