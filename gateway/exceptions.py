@@ -8,6 +8,7 @@
     │   ├── InvalidTaskKey     malformed provider name or task id (422)
     │   ├── UnknownProvider    no such provider configured (404)
     │   ├── UnknownTask        a task the store does not hold and nothing polls (404)
+    │   ├── NotWatched         unwatching a task nobody watches (404)
     │   ├── InvalidCursor      garbage Last-Event-ID / cursor / since (400)
     │   ├── TooManyTasks       more tasks in one request than allowed (400)
     │   ├── Unauthorized       no, wrong or expired credentials (401 + WWW-Authenticate)
@@ -56,6 +57,13 @@ class InvalidTaskKey(InputError):
 class UnknownProvider(InputError):
     status = 404
     code = "unknown_provider"
+
+
+class NotWatched(InputError):
+    """``DELETE`` of a task nobody watches (404)."""
+
+    status = 404
+    code = "not_watched"
 
 
 class UnknownTask(InputError):

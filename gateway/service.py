@@ -313,6 +313,44 @@ class Gateway:
         """Whether this node watches ``task`` (registered with ``POST /v1/tasks``, not ended)."""
         return task in self.poller.watching
 
+    async def watch(
+        self, key: TaskKey, *, deadline_s: float | None, webhook: WebhookTarget | None
+    ) -> Event:
+        """Follow ``key`` until it ends, subscribers or not; its snapshot after one
+        (shared) poll.
+
+        A webhook is registered before that first poll, so that the poll's
+        events are delivered to it too.
+        """
+        if webhook is not None:
+            await self.register_webhook(key, webhook)
+        await self.poller.watch(key, deadline_s)
+        return await self.poller.observe_now(key)
+
+    async def unwatch(self, key: TaskKey) -> bool:
+        """Stop following ``key`` (and drop its webhook); whether either was there."""
+        had_webhook = await self.drop_webhook(key)
+        return await self.poller.unwatch(key) or had_webhook
+
+    async def is_known(self, key: TaskKey) -> bool:
+        """Whether ``key`` is scheduled here or stored: reading it starts no polling."""
+        name = str(key)
+        return name in self.poller.lane(key.provider).tasks or (
+            await self.hub.snapshot(name) is not None
+        )
+
+    def describe_providers(self) -> list[dict[str, object]]:
+        """Each configured provider's policy, with how many tasks and requests it has."""
+        tracked = self.poller.tracked()
+        return [
+            {
+                **rt.describe(),
+                "tasks_polled": tracked.get(name, 0),
+                "requests_sent": self.poller.lane(name).requests_sent,
+            }
+            for name, rt in self.runtimes.items()
+        ]
+
     async def watched_tasks(self) -> set[str]:
         """Every task the cluster watches (the stored watches)."""
         return {watch.task for watch in await self.hub.watches()}

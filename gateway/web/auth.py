@@ -359,11 +359,10 @@ async def authorize_read(gw: Gateway, principal: Principal, keys: Iterable[TaskK
         if name not in principal.tasks:
             raise Forbidden(f"this token does not grant {name}", field="task")
     for key in keys:
-        name = str(key)
-        if name in gw.poller.lane(key.provider).tasks or await gw.hub.snapshot(name) is not None:
+        if await gw.is_known(key):
             continue
         raise Forbidden(
-            f"{name} is not being watched; a backend registers it with POST /v1/tasks first",
+            f"{key} is not being watched; a backend registers it with POST /v1/tasks first",
             code="not_watched",
             field="task",
         )

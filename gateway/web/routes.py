@@ -15,7 +15,7 @@ from gateway.core.model import Event, TaskKey, format_timestamp
 from gateway.core.model import State as TaskState
 from gateway.core.sse import MAX_SEQ, decode_cursor, parse_last_event_id
 from gateway.core.tracker import as_snapshot
-from gateway.exceptions import InputError, TooManyTasks
+from gateway.exceptions import InputError, NotWatched, TooManyTasks
 from gateway.listing import TaskPage
 from gateway.service import Gateway, check_task_count
 from gateway.web.auth import (
@@ -180,11 +180,7 @@ async def watch_task(
     await limits.admit_watch(
         limit_key(principal), str(key), here=gw.is_watched, anywhere=gw.watched_tasks
     )
-    if data.webhook is not None:
-        # Before the first poll, so that poll's events are delivered too.
-        await gw.register_webhook(key, data.webhook)
-    await gw.poller.watch(key, data.deadline_s)
-    snapshot = await gw.poller.observe_now(key)
+    snapshot = await gw.watch(key, deadline_s=data.deadline_s, webhook=data.webhook)
     base = str(request.base_url).rstrip("/")
     path = f"/v1/tasks/{key.provider}/{key.task_id}/events"
     ws_base = "ws" + base[4:] if base.startswith("http") else base
@@ -337,30 +333,13 @@ async def unwatch_task(
     require_backend(principal, "unwatch tasks")
     key = gw.key(provider, task_id)
     await limits_of(state).release_watch(str(key))
-    had_webhook = await gw.drop_webhook(key)
-    if not await gw.poller.unwatch(key) and not had_webhook:
+    if not await gw.unwatch(key):
         raise NotWatched(f"{key} is not being watched", field="task")
-
-
-class NotWatched(InputError):
-    status = 404
-    code = "not_watched"
 
 
 @get("/v1/providers")
 async def providers(state: State, principal: Authenticated) -> dict[str, Any]:
-    gw = gateway_of(state)
-    tracked = gw.poller.tracked()
-    return {
-        "providers": [
-            {
-                **rt.describe(),
-                "tasks_polled": tracked.get(name, 0),
-                "requests_sent": gw.poller.lanes[name].requests_sent,
-            }
-            for name, rt in gw.runtimes.items()
-        ]
-    }
+    return {"providers": gateway_of(state).describe_providers()}
 
 
 @get("/healthz")
