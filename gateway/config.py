@@ -79,6 +79,8 @@ class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lease_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0  # redis: claim lease
     # redis: connection pool size (blocking pool, bounded wait)
     max_connections: Annotated[int, msgspec.Meta(ge=2, le=100_000)] = 1000
+    # redis: a Redis Cluster (as a ``redis+cluster://`` URL says too); url names a seed node
+    cluster: bool = False
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

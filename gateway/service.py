@@ -50,7 +50,9 @@ class Gateway:
         schedule: Schedule | None = None
         tick_s = 1.0
         if hub is None and backend.kind == "redis":
-            client = redis_connect(backend.url, max_connections=backend.max_connections)
+            client = redis_connect(
+                backend.url, max_connections=backend.max_connections, cluster=backend.cluster
+            )
             hub = RedisHub(client, prefix=backend.prefix, history_limit=backend.history_limit)
             schedule = RedisSchedule(
                 client,
@@ -291,6 +293,7 @@ class Feed:
         self.keys[name] = key
         gw.hub.attach(self.queue, [name])
         try:
+            await gw.hub.attached([name])
             await gw.poller.follow(key)
             current = await gw.hub.snapshot(name)
             items = await self._catch_up(name, current, since)

@@ -64,8 +64,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 
+from gateway.hub.client import Client, Script, run_scripts
 from gateway.hub.redis import task_key, translated
 from gateway.poller.schedule import Entry, Schedule
 
@@ -226,7 +226,7 @@ def _score(at: float) -> float:
 class RedisSchedule(Schedule):
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         *,
         prefix: str = "pollcast",
         lease_s: float = 10.0,
@@ -246,8 +246,9 @@ class RedisSchedule(Schedule):
         self._surrender = client.register_script(_SURRENDER)
         self._renew = client.register_script(_RENEW)
         self._set_deadline = client.register_script(_SET_DEADLINE)
-        self._fence = client.register_script(_FENCE)
-        self._refence = client.register_script(_REFENCE)
+        # Pipelined over many tasks' slots: run as plain EVALSHA (cluster-safe).
+        self._fence = Script(_FENCE)
+        self._refence = Script(_REFENCE)
         self._known: dict[str, dict[str, Entry]] = {}
         self._tokens: dict[str, str] = {}  # task → token of this node's claim in flight
         self.takeovers: dict[str, int] = {}  # provider → claims taken back from lapsed leases
@@ -338,14 +339,16 @@ class RedisSchedule(Schedule):
         if not entries:
             return entries
         ttl_ms = int((lease_until - self.clock()) * 1000)
-        async with translated("fence"), self.redis.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                await self._fence(
-                    keys=self._lease_keys(entry.task),
-                    args=[entry.lease, self.node_id, ttl_ms, now, lease_until],
-                    client=pipe,
-                )
-            results: list[Any] = await pipe.execute()
+        calls = [
+            (
+                self._fence,
+                self._lease_keys(entry.task),
+                [entry.lease, self.node_id, ttl_ms, now, lease_until],
+            )
+            for entry in entries
+        ]
+        async with translated("fence"):
+            results: list[Any] = await run_scripts(self.redis, calls)
         fenced: list[Entry] = []
         back: list[tuple[Entry, float]] = []
         wall = self.clock()
@@ -367,10 +370,9 @@ class RedisSchedule(Schedule):
         tokens = [(task, self._tokens.pop(task)) for task in tasks if task in self._tokens]
         if not tokens:
             return
-        async with translated("unfence"), self.redis.pipeline(transaction=False) as pipe:
-            for task, token in tokens:
-                await self._refence(keys=self._lease_keys(task), args=[token, 0, 0], client=pipe)
-            await pipe.execute()
+        calls = [(self._refence, self._lease_keys(task), [token, 0, 0]) for task, token in tokens]
+        async with translated("unfence"):
+            await run_scripts(self.redis, calls)
 
     @property
     def renew_every_s(self) -> float | None:
@@ -388,13 +390,13 @@ class RedisSchedule(Schedule):
         if not fences:
             return
         ttl_ms = int(self.lease_s * 1000)
-        async with translated("lease renewal"), self.redis.pipeline(transaction=False) as pipe:
-            for task, token in fences:
-                if token is not None:
-                    await self._refence(
-                        keys=self._lease_keys(task), args=[token, ttl_ms, until], client=pipe
-                    )
-            await pipe.execute()
+        calls = [
+            (self._refence, self._lease_keys(task), [token, ttl_ms, until])
+            for task, token in fences
+            if token is not None
+        ]
+        async with translated("lease renewal"):
+            await run_scripts(self.redis, calls)
 
     async def release(self, provider: str, due: Sequence[tuple[Entry, float]]) -> None:
         if not due:
