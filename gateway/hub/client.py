@@ -88,7 +88,8 @@ def connect(url: str, *, max_connections: int = 1000, cluster: bool = False) -> 
         return _BoundedCluster.from_url(
             seed,
             max_connections=max_connections,
-            read_from_replicas=False,
+            # No load_balancing_strategy: every read goes to the slot's master, so a
+            # read never sees less than what a commit on that master just wrote.
             socket_timeout=3.0,
             socket_connect_timeout=2.0,
             # A failover takes a moment: a few quick retries (each after the client

@@ -25,6 +25,7 @@ import pytest
 from gateway.hub.redis import connect
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
+from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 (a fixture)
 from tests.redis_server import RedisServer
 
 P = "aholo"
@@ -74,11 +75,32 @@ async def _redis(tmp: Path) -> Backend:
     return Backend(node, shared=True)
 
 
-BACKENDS: dict[str, Callable[[Path], Awaitable[Backend]]] = {"local": _local, "redis": _redis}
+_cluster: list[RedisCluster] = []  # the session's Redis Cluster, once a test asked for it
+
+
+async def _redis_cluster(tmp: Path) -> Backend:
+    """Nodes on the session's 3-master Redis Cluster, through the cluster client."""
+    prefix = f"{_RUN}:{tmp.name}"
+
+    async def node() -> Schedule:
+        schedule = RedisSchedule(connect(_cluster[0].url), prefix=prefix, lease_s=LEASE_S)
+        await schedule.start()
+        return schedule
+
+    return Backend(node, shared=True)
+
+
+BACKENDS: dict[str, Callable[[Path], Awaitable[Backend]]] = {
+    "local": _local,
+    "redis": _redis,
+    "redis-cluster": _redis_cluster,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "redis-cluster":
+        _cluster[:] = [request.getfixturevalue("redis_cluster")]
     b = await BACKENDS[request.param](tmp_path)
     yield b
     for schedule in b.made:
