@@ -101,6 +101,8 @@ class Gateway:
             self.metrics.watch_takeovers(schedule.takeovers)
         if isinstance(self.hub, RedisHub):
             self.hub.on_reconnect = self.restore
+            channels = self.hub.channels
+            self.metrics.watch_channels(lambda: channels.received, channels.subscribed)
         self.draining = False
 
     async def start(self) -> None:
