@@ -726,3 +726,25 @@ async def test_redis_watches_kept_in_the_old_single_hash_are_still_listed(
     finally:
         raw.close()
         await hub.close()
+
+
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_a_subscriber_back_while_the_unsubscribe_is_in_flight_gets_its_events(
+    tmp_path: Path, kind: str
+) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
+    hub.channels.linger_s = 0.0  # every last detach unsubscribes at once
+    q = SubscriberQueue()
+    try:
+        for seq in range(1, 16):
+            hub.attach(q, ["ailab:a"])
+            await hub.attached(["ailab:a"])
+            await hub.commit([ev("ailab:a", seq)], terminal_ttl_s=60)
+            assert [e.event.seq for e in await _collect(q, 1)] == [seq]
+            hub.detach(q, ["ailab:a"])
+            # Back after 0 to a few ms: before, while or after the unsubscribe goes out.
+            await asyncio.sleep((seq % 4) * 0.002)
+        assert _subscribers(raw, hub.channels.channel("ailab:a"), kind == "redis-cluster") <= 1
+    finally:
+        raw.close()
+        await hub.close()
