@@ -24,7 +24,15 @@ from typing import Any, TypeAlias
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import MaxConnectionsError, NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import (
+    ClusterDownError,
+    MaxConnectionsError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from gateway.exceptions import BackendError
@@ -138,21 +146,39 @@ async def _evalsha(client: Client, calls: Sequence[Call]) -> list[Any]:
         return list(await pipe.execute(raise_on_error=False))
 
 
+# Errors after which a call is sent again: a pooled connection to a master that
+# restarted or failed over is found dead only when its reply does not come.
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError)
+RETRIES = 2
+RETRY_PAUSE_S = 0.1
+
+
 async def run_scripts(client: Client, calls: Sequence[Call]) -> list[Any]:
     """Run script calls in one non-transactional pipeline; their results in order.
 
+    A call that found a node without the script is run again once the script
+    is loaded; one that failed on a dead connection is sent again (at most
+    :data:`RETRIES` times). Every script here is conditional — a seq check,
+    a token check — so a call that did run before its reply was lost is
+    refused the second time, never applied twice.
+
     Raises:
-        RedisError: the first error a call returned (after loading missing scripts).
+        RedisError: the first error a call returned.
     """
     if not calls:
         return []
     results = await _evalsha(client, calls)
-    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-    if missing:
+    for attempt in range(RETRIES + 1):
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        lost = [i for i, result in enumerate(results) if isinstance(result, _TRANSIENT)]
+        if not missing and (not lost or attempt == RETRIES):
+            break
         for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
             await client.script_load(script.text)  # on a cluster: every master
-        again = await _evalsha(client, [calls[i] for i in missing])
-        for i, result in zip(missing, again, strict=True):
+        if lost:
+            await asyncio.sleep(RETRY_PAUSE_S)
+        again = sorted(missing + lost)
+        for i, result in zip(again, await _evalsha(client, [calls[i] for i in again]), strict=True):
             results[i] = result
     for result in results:
         if isinstance(result, Exception):

@@ -1,4 +1,4 @@
-"""A Redis Cluster master killed under three running gateway nodes.
+"""A Redis Cluster master killed under three running gateway nodes; one restarted empty.
 
 A real 3-master cluster with one replica each (AOF on). Subscribers on all
 three nodes follow ~20 tasks of every provider, spread over the slots. The
@@ -23,6 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.core.model import Event, EventKind, State
+from gateway.core.sse import Encoded
+from gateway.hub.queue import SubscriberQueue
+from gateway.hub.redis import RedisHub, connect
 from tests.cluster.test_cluster import MIX, cluster_doc, follow
 from tests.integration.conftest import create_sim_task
 from tests.integration.gateway_server import GatewayProcess
@@ -107,3 +111,65 @@ async def test_a_master_failover_loses_no_event_and_duplicates_none(
     # A new epoch only where the store could have lost writes: the killed master's slots.
     assert resynced <= on_victim, (resynced, on_victim)
     assert all(n > 0 for n in counted), counted
+
+
+async def _collect(q: SubscriberQueue, n: int, within_s: float = 15.0) -> list[Encoded]:
+    got: list[Encoded] = []
+    async with asyncio.timeout(within_s):
+        while len(got) < n:
+            got += await q.get_batch(max_wait_s=within_s)
+    return got
+
+
+def _event(task: str, seq: int, progress: int) -> Event:
+    return Event(
+        event=EventKind.PROGRESS,
+        task=task,
+        seq=seq,
+        state=State.RUNNING,
+        terminal=False,
+        progress=progress,
+        position=None,
+        message=None,
+        result=None,
+        error=None,
+        upstream={},
+        updated_at="2026-11-21T10:00:00.000Z",
+        observed_at="2026-11-21T10:00:00.000Z",
+    )
+
+
+async def test_a_master_restarted_empty_begins_a_new_epoch_for_its_own_tasks_only(
+    tmp_path: Path,
+) -> None:
+    with RedisCluster(tmp_path / "cluster", masters=3, persist=False) as cluster:
+        hub = RedisHub(connect(cluster.url), prefix="p")
+        await hub.start()
+        try:
+            home = {f"ailab:t{i}": cluster.master_of(f"p:{{ailab:t{i}}}:snap") for i in range(30)}
+            lost = next(iter(home))
+            kept = next(t for t, node in home.items() if node is not home[lost])
+            q = SubscriberQueue()
+            hub.attach(q, [lost, kept])
+            await hub.attached([lost, kept])
+            for task in (lost, kept):
+                await hub.commit([_event(task, 1, 10), _event(task, 2, 20)], terminal_ttl_s=60)
+            assert len(await _collect(q, 4)) == 4
+
+            victim = home[lost]
+            victim.kill()
+            victim.start()  # same slots, nothing in them: no persistence, no replica
+            cluster.wait_ok()
+            # Whether the hub has re-subscribed yet or not: it catches up either way.
+            # The poller starts the forgotten task again at seq 1; the other goes on.
+            await hub.commit([_event(lost, 1, 60)], terminal_ttl_s=60)
+            await hub.commit([_event(kept, 3, 30)], terminal_ttl_s=60)
+            got = await _collect(q, 3)
+            mine = [(e.event.event, e.event.code, e.event.seq) for e in got if e.event.task == lost]
+            theirs = [(e.event.seq, e.event.progress) for e in got if e.event.task == kept]
+            assert mine[0][:2] == (EventKind.NOTICE, "resync"), got
+            assert mine[1:] == [(EventKind.PROGRESS, None, 1)], got
+            assert theirs == [(3, 30)], got
+            assert hub.resyncs == 1
+        finally:
+            await hub.close()
