@@ -176,11 +176,13 @@ class TaskChannels:
         """
         loop = asyncio.get_running_loop()
         pending: list[asyncio.Future[None]] = []
+        waiting: list[str] = []
         for task in tasks:
             if task not in self._live:
                 future: asyncio.Future[None] = loop.create_future()
                 self._waiters[task].append(future)
                 pending.append(future)
+                waiting.append(task)
         if not pending:
             return
         try:
@@ -189,12 +191,12 @@ class TaskChannels:
         finally:
             for future in pending:
                 future.cancel()
-            for task in list(self._waiters):
-                left = [f for f in self._waiters[task] if not f.done()]
+            for task in waiting:
+                left = [f for f in self._waiters.get(task, ()) if not f.done()]
                 if left:
                     self._waiters[task] = left
                 else:
-                    del self._waiters[task]
+                    self._waiters.pop(task, None)
 
     # -- links ----------------------------------------------------------------
 
