@@ -21,11 +21,15 @@ confirmations as they stream back — one round trip, not one per task.
 The links are this module's own connections (one per master, or one to the
 single Redis), not redis-py's ``PubSub``: redis-py reconnects a pub/sub
 connection by itself and subscribes again, silently — messages published
-meanwhile would be lost without the hub knowing it must catch up. Here any
-failure (connection lost, ``MOVED`` after a failover, a ``sunsubscribe``
-Redis sent because a slot moved, no answer to a ping) ends the whole
-generation of links; the hub opens new ones, subscribes again and reads
-what it missed from the Streams.
+meanwhile would be lost without the hub knowing it must catch up. On a
+single Redis, any failure (connection lost, no answer to a ping) ends the
+link; the hub opens a new one, subscribes again and reads what it missed
+from the Streams. On a cluster a failure is one master's (its connection
+lost, ``MOVED`` after a failover, a ``sunsubscribe`` Redis sent because a
+slot moved, no answer to a ping): only that link is dropped, the other
+masters' tasks keep flowing, and the dropped link's tasks are subscribed
+again wherever the cluster now serves their slots, then caught up from
+their Streams (``on_recovered``).
 
 Debounce: a task going from 0 to 1 local subscriber is subscribed once; from
 1 to 0 it stays subscribed for ``linger_s``, so a subscriber that reconnects
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections import defaultdict
@@ -45,6 +50,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from gateway.aio import cancel_and_wait
@@ -52,11 +58,14 @@ from gateway.hub.client import Client
 
 __all__ = ["LinkLost", "TaskChannels"]
 
+log = logging.getLogger("pollcast.hub.channels")
+
 CHANNELS_PER_COMMAND = 1000
 COMMANDS_PER_WRITE = 1000
 WRITE_TIMEOUT_S = 3.0
 PING_EVERY_S = 2.0
 SILENT_S = 3 * PING_EVERY_S  # no reply at all for this long: the link is dead
+MEND_EVERY_S = 0.2  # cluster: how often a lost master's tasks look for their new one
 
 # Connection settings a dedicated pub/sub link must not inherit.
 _NOT_INHERITED = (
@@ -118,6 +127,13 @@ class TaskChannels:
         self._route: dict[str, str] = {}  # task → name of the link serving its channel
         self._wake = asyncio.Event()
         self._open = False
+        # Cluster: tasks whose master is gone, waiting for the one that serves their slot now.
+        self._orphans: set[str] = set()
+        self._mending = False
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._recoveries: set[asyncio.Task[None]] = set()
+        self._on_message: Callable[[bytes], Awaitable[None]] | None = None
+        self._on_recovered: Callable[[list[str]], Awaitable[None]] | None = None
 
     def channel(self, task: str) -> str:
         return f"{self.prefix}:{{{task}}}:ev"
@@ -225,22 +241,29 @@ class TaskChannels:
 
     async def close(self) -> None:
         self._open = False
+        for task in [*self._readers.values(), *self._recoveries]:
+            await cancel_and_wait(task)
+        self._readers.clear()
+        self._recoveries.clear()
         links, self._links = list(self._links.values()), {}
         for link in links:
             await link.close()
         self._live.clear()
         self._route.clear()
         self._unsubscribing.clear()
+        self._orphans.clear()
+        self._mending = False
 
-    def _link_for(self, task: str) -> _Link:
+    def _link_for(self, task: str) -> _Link | None:
+        """The link serving ``task``'s channel (cluster: ``None`` while its master is gone)."""
         client = self.client
         if not isinstance(client, RedisCluster):
             return self._links["redis"]
-        node = client.nodes_manager.get_node_from_slot(client.keyslot(self.channel(task)))
-        link = self._links.get(node.name)
-        if link is None:
-            raise LinkLost(f"no link to {node.name}, which serves a subscribed task")
-        return link
+        try:
+            node = client.nodes_manager.get_node_from_slot(client.keyslot(self.channel(task)))
+        except RedisClusterException:  # the slot is not covered right now
+            return None
+        return self._links.get(node.name)
 
     async def _flush(self) -> None:
         """Send the pending subscribe and unsubscribe commands, batched per link."""
@@ -254,6 +277,9 @@ class TaskChannels:
             for task in tasks:
                 link = self._link_for(task) if verb == "SUBSCRIBE" else self._unlink(task)
                 if link is None:
+                    if verb == "SUBSCRIBE":  # its master is gone: subscribe once mended
+                        self._orphans.add(task)
+                        self._mending = True
                     continue
                 slot = self._slot(task)
                 groups[(link.name, slot)].append(task)
@@ -267,7 +293,15 @@ class TaskChannels:
                     chunk = group[i : i + CHANNELS_PER_COMMAND]
                     per_link[name].append((command, *map(self.channel, chunk)))
         for name, commands in per_link.items():
-            await self._links[name].send(commands)
+            await self._send(self._links[name], commands)
+
+    async def _send(self, link: _Link, commands: list[tuple[Any, ...]]) -> None:
+        try:
+            await link.send(commands)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if not self.sharded:
+                raise
+            self._drop(link.name, exc)
 
     def _slot(self, task: str) -> int:
         client = self.client
@@ -283,22 +317,125 @@ class TaskChannels:
         self,
         on_message: Callable[[bytes], Awaitable[None]],
         on_tick: Callable[[], Awaitable[None]],
+        on_recovered: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         """Read every link, send (un)subscriptions as they are wanted, ping, and
-        call ``on_tick`` every :data:`PING_EVERY_S`; returns only by raising."""
-        tasks = [
-            asyncio.create_task(self._read(link, on_message), name=f"pollcast-link-{name}")
-            for name, link in self._links.items()
-        ]
-        tasks.append(asyncio.create_task(self._maintain(on_tick), name="pollcast-link-upkeep"))
+        call ``on_tick`` every :data:`PING_EVERY_S`; returns only by raising.
+
+        On a cluster a lost link is mended in place (see the module's doc) and
+        ``on_recovered`` is called with its tasks once they are subscribed again.
+        """
+        self._on_message, self._on_recovered = on_message, on_recovered
+        for link in self._links.values():
+            self._start_reader(link)
+        upkeep = asyncio.create_task(self._maintain(on_tick), name="pollcast-link-upkeep")
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            watched = {upkeep} if self.sharded else {upkeep, *self._readers.values()}
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raises the failure
             raise LinkLost("a pub/sub link ended")
         finally:
-            for task in tasks:
+            await cancel_and_wait(upkeep)
+            for task in [*self._readers.values(), *self._recoveries]:
                 await cancel_and_wait(task)
+            self._readers.clear()
+            self._recoveries.clear()
+
+    def _start_reader(self, link: _Link) -> None:
+        on_message = self._on_message
+        assert on_message is not None
+        self._readers[link.name] = asyncio.create_task(
+            self._guarded_read(link, on_message), name=f"pollcast-link-{link.name}"
+        )
+
+    async def _guarded_read(
+        self, link: _Link, on_message: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        try:
+            await self._read(link, on_message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self.sharded:
+                raise
+            self._drop(link.name, exc)
+
+    def _drop(self, name: str, why: BaseException) -> None:
+        """Cluster: forget a master's link; its tasks wait for the master of their slot."""
+        link = self._links.pop(name, None)
+        if link is None:
+            return
+        log.warning("lost the event link to %s (%s); moving its tasks", name, type(why).__name__)
+        reader = self._readers.pop(name, None)
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        closing = asyncio.create_task(link.close())
+        self._recoveries.add(closing)
+        closing.add_done_callback(self._recoveries.discard)
+        for task, via in list(self._route.items()):
+            if via == name:
+                del self._route[task]
+                self._live.discard(task)
+                self._unsubscribing.pop(task, None)
+                if task in self._wanted:
+                    self._orphans.add(task)
+        self._mending = True
+        self._wake.set()
+
+    async def _mend(self) -> None:
+        """Cluster: read the topology again, link to every master, and subscribe the
+        orphaned tasks where their slots are served now. Failures wait for the next try."""
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            return
+        try:
+            await client.nodes_manager.initialize()
+        except (RedisError, RedisClusterException, OSError) as exc:
+            log.debug("cluster topology not readable yet (%s)", type(exc).__name__)
+            return
+        primaries = {node.name: node for node in client.get_primaries()}
+        for name in [n for n in self._links if n not in primaries]:
+            self._drop(name, LinkLost("no longer a master"))
+        for name, node in primaries.items():
+            if name in self._links:
+                continue
+            link = _Link(name, _connection(node.connection_class, node.connection_kwargs))
+            try:
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await link.conn.connect()  # type: ignore[no-untyped-call]
+            except (RedisError, OSError, TimeoutError):
+                await link.close()
+                continue
+            self._links[name] = link
+            self._start_reader(link)
+        ready = [task for task in self._orphans if self._link_for(task) is not None]
+        self._orphans.difference_update(ready)
+        ready = [task for task in ready if task in self._wanted]
+        self._mending = bool(self._orphans) or len(self._links) < len(primaries)
+        if ready:
+            self._to_subscribe.update(ready)
+            recovery = asyncio.create_task(self._recover(ready))
+            self._recoveries.add(recovery)
+            recovery.add_done_callback(self._recoveries.discard)
+
+    async def _recover(self, tasks: list[str]) -> None:
+        """Once ``tasks`` are subscribed again, let the hub catch them up."""
+        try:
+            await self.live(tasks, WRITE_TIMEOUT_S)
+            if self._on_recovered is not None:
+                await self._on_recovered(tasks)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("could not catch up after moving tasks (%s); retrying", type(exc).__name__)
+            for task in tasks:
+                self._live.discard(task)
+                self._route.pop(task, None)
+                if task in self._wanted:
+                    self._orphans.add(task)
+            self._mending = True
+            self._wake.set()
 
     async def _read(self, link: _Link, on_message: Callable[[bytes], Awaitable[None]]) -> None:
         while True:
@@ -334,21 +471,33 @@ class TaskChannels:
                     self._route.pop(task, None)
             return
         # Redis dropped it by itself: its slot moved to another master.
-        raise LinkLost(f"the subscription of {task} was dropped by Redis")
+        if not self.sharded:
+            raise LinkLost(f"the subscription of {task} was dropped by Redis")
+        self._live.discard(task)
+        self._route.pop(task, None)
+        if task in self._wanted:
+            self._orphans.add(task)
+            self._mending = True
+            self._wake.set()
 
     async def _maintain(self, on_tick: Callable[[], Awaitable[None]]) -> None:
         pinged = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(PING_EVERY_S):
+                async with asyncio.timeout(MEND_EVERY_S if self._mending else PING_EVERY_S):
                     await self._wake.wait()
             self._wake.clear()
+            if self._mending:
+                await self._mend()
             await self._flush()
             now = time.monotonic()
             if now - pinged >= PING_EVERY_S:
                 pinged = now
-                for link in self._links.values():
+                for link in list(self._links.values()):
                     if now - link.seen > SILENT_S:
-                        raise LinkLost(f"no answer from {link.name}")
-                    await link.send([("PING",)])
+                        if not self.sharded:
+                            raise LinkLost(f"no answer from {link.name}")
+                        self._drop(link.name, LinkLost("no answer to pings"))
+                        continue
+                    await self._send(link, [("PING",)])
                 await on_tick()

@@ -248,7 +248,8 @@ class RedisHub(Hub):
             try:
                 await self.channels.open()
                 serving = asyncio.create_task(
-                    self.channels.serve(self._receive, self._tick), name="pollcast-redis-links"
+                    self.channels.serve(self._receive, self._tick, self._recovered),
+                    name="pollcast-redis-links",
                 )
                 try:
                     await self._settle(serving)
@@ -292,9 +293,23 @@ class RedisHub(Hub):
             await cancel_and_wait(waiting)
 
     async def _tick(self) -> None:
-        if await self._check_incarnation():  # flushed under us
+        try:
+            flushed = await self._check_incarnation()
+        except BackendError:
+            if not is_cluster(self.redis):
+                raise
+            # The master of the incarnation key is failing over: the links say the rest.
+            return
+        if flushed:  # the store (on a cluster: the incarnation key's shard) lost its contents
             await self._catch_up(lost=True)
             self._restore()
+
+    async def _recovered(self, tasks: list[str]) -> None:
+        """Cluster: ``tasks`` lost their master and are subscribed again where their
+        slots are served now — deliver what they missed (or begin a new epoch)."""
+        log.info("caught up %d task(s) whose master changed", len(tasks))
+        await self._catch_up(tasks=tasks)
+        self._restore()
 
     async def _check_incarnation(self) -> bool:
         """Whether the store is not the one this node knew (it lost its contents)."""
@@ -381,7 +396,7 @@ class RedisHub(Hub):
             self._last[task] = current.seq
             self.fanout.deliver(Encoded(current))
 
-    async def _catch_up(self, *, lost: bool = False) -> None:
+    async def _catch_up(self, *, lost: bool = False, tasks: Sequence[str] | None = None) -> None:
         """After a reconnect: deliver what local subscribers may have missed, or
         begin a new epoch for the tasks whose history the store lost.
 
@@ -390,13 +405,15 @@ class RedisHub(Hub):
         by its own snapshot, gone or behind what this node delivered.
         """
         async with self._order:
-            tasks = self.fanout.tasks()
+            tasks = self.fanout.tasks() if tasks is None else list(tasks)
             blanket = lost and not is_cluster(self.redis)
             for i in range(0, len(tasks), CATCH_UP_BATCH):
                 batch = tasks[i : i + CATCH_UP_BATCH]
                 after = {task: self._last.get(task, 0) for task in batch}
                 read = {} if blanket else await self._read_histories(after)
                 for task in batch:
+                    if not self.fanout.subscriber_count(task):
+                        continue
                     stored, missed = read.get(task, (0, None))
                     if blanket or stored < after[task]:
                         await self._resync(task)
