@@ -86,6 +86,8 @@ class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # redis: each provider's schedule in this many shards (hash tags), spread
     # over a cluster's masters; every node must use the same number
     schedule_shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    # redis: a Redis Cluster (as a ``redis+cluster://`` URL says too); url names a seed node
+    cluster: bool = False
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

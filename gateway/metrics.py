@@ -6,10 +6,10 @@ outcomes, transports and states — a bounded set.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.hub.queue import QueueStats
@@ -128,6 +128,10 @@ class Metrics:
     def watch_takeovers(self, takeovers: dict[str, int]) -> None:
         self.registry.register(_TakeoverCollector(takeovers))
 
+    def watch_channels(self, received: Callable[[], int], subscribed: Callable[[], int]) -> None:
+        """Cluster: the events this node's listener received, and the tasks it listens to."""
+        self.registry.register(_ChannelCollector(received, subscribed))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -158,6 +162,24 @@ class _QueueCollector(Collector):
             "Streams dropped because writing an event straight to their connection raised "
             "(they resume by seq).",
             value=s.direct_failures,
+        )
+
+
+class _ChannelCollector(Collector):
+    def __init__(self, received: Callable[[], int], subscribed: Callable[[], int]) -> None:
+        self.received = received
+        self.subscribed = subscribed
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "pollcast_events_received",
+            "Cluster: events this node received from Redis (only its subscribed tasks').",
+            value=self.received(),
+        )
+        yield GaugeMetricFamily(
+            "pollcast_subscribed_tasks",
+            "Cluster: tasks whose event channel this node is subscribed to.",
+            value=self.subscribed(),
         )
 
 

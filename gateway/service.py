@@ -60,7 +60,9 @@ class Gateway:
         self.redis: aioredis.Redis | aioredis.RedisCluster | None = None
         tick_s = 1.0
         if hub is None and backend.kind == "redis":
-            client = redis_connect(backend.url, max_connections=backend.max_connections)
+            client = redis_connect(
+                backend.url, max_connections=backend.max_connections, cluster=backend.cluster
+            )
             self.redis = client
             hub = RedisHub(client, prefix=backend.prefix, history_limit=backend.history_limit)
             schedule = RedisSchedule(
@@ -93,6 +95,7 @@ class Gateway:
                     url=backend.url,
                     prefix=backend.prefix,
                     max_connections=backend.max_connections,
+                    cluster=backend.cluster,
                 ),
                 self.hub,
                 metrics=self.metrics,
@@ -130,6 +133,8 @@ class Gateway:
             self.metrics.watch_takeovers(schedule.takeovers)
         if isinstance(self.hub, RedisHub):
             self.hub.on_reconnect = self.restore
+            channels = self.hub.channels
+            self.metrics.watch_channels(lambda: channels.received, channels.subscribed)
         self.draining = False
 
     async def start(self) -> None:
@@ -443,6 +448,7 @@ class Feed:
         self.keys[name] = key
         gw.hub.attach(self.queue, [name])
         try:
+            await gw.hub.attached([name])
             if may_poll:
                 self.following.add(name)
                 await gw.poller.follow(key)

@@ -4,9 +4,10 @@ Two backends implement it — ``local`` (one process, SQLite) and ``redis``
 (a cluster) — and both pass ``tests/contract/test_hub_contract.py``.
 
 Ordering contract: :meth:`Hub.commit` stores an event and then delivers it
-to every attached queue; a subscriber attaches *before* reading the snapshot
-and history, and drops anything whose seq it has already seen, so no event
-falls between "read" and "live".
+to every attached queue; a subscriber attaches (and awaits
+:meth:`Hub.attached`) *before* reading the snapshot and history, and drops
+anything whose seq it has already seen, so no event falls between "read"
+and "live".
 """
 
 from __future__ import annotations
@@ -147,6 +148,18 @@ class Hub(ABC):
 
     def detach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
         self.fanout.detach(queue, tasks)
+
+    async def attached(self, tasks: Iterable[str]) -> None:
+        """Until events of ``tasks`` committed from now on are sure to reach this
+        node's queues; call it after :meth:`attach`, before reading the snapshot.
+
+        A backend that receives events by per-task subscriptions (Redis) waits
+        for them to be confirmed; one that fans out in process has nothing to wait for.
+
+        Raises:
+            BackendError: the store did not confirm in time.
+        """
+        return None
 
     def subscriber_count(self, task: str) -> int:
         return self.fanout.subscriber_count(task)

@@ -1,35 +1,46 @@
 """The ``redis`` hub: state, history and fan-out shared by every gateway node.
 
+It runs on one Redis or on a Redis Cluster (:mod:`gateway.hub.client`).
 Keys (``P`` is the configured prefix; ``{…}`` is a Redis Cluster hash tag, so
 all of a task's keys live in one slot)::
 
     P:{<task>}:snap   hash   seq, body — the latest state/progress event
     P:{<task>}:hist   stream one entry per event, entry id ``0-<seq>`` (capped)
     P:{<task>}:lease  string fencing token of the claim being polled (RedisSchedule)
-    P:watches         hash   task → watch
+    P:{<task>}:watch  string the task's watch, if any
+    P:{<task>}:ev     channel the task's committed events and notices
+    P:{watches:<n>}   set    tasks with a watch, ``n`` = crc32(task) mod 16
     P:incarnation     string id of this store's contents, set once (SET NX)
-    P:events          channel every committed event and every notice
 
 A commit is one Lua script per event: it checks that the seq follows the
 stored one (so two nodes can never both publish seq N) and, when the poller
 passes the claim's token, that the task's lease key still holds it (so a
 node that was paused past its lease cannot write an old reply over newer
 state); then it stores the snapshot, appends to the stream, sets the
-retention TTL once terminal, and publishes — all atomically, so every node
-receives a task's events in seq order.
+retention TTL once terminal, and publishes on the task's channel — all
+atomically and all in the task's slot, so every node receives a task's
+events in seq order.
 
-Each node listens on ``P:events`` and fans out to its local subscribers. A
-gap in a task's seqs (a message lost while the connection to Redis was
-down) is filled from the stream before anything newer is delivered.
+Fan-out in proportion to what a node serves: a node subscribes to the
+channels of the tasks it has local subscribers for (:mod:`gateway.hub.channels`:
+sharded pub/sub on a cluster, one subscription per task, batched), so it
+receives those tasks' events and no others. :meth:`RedisHub.attached`
+waits until a new task's subscription is confirmed, so a subscriber reads
+its snapshot only once every later event is sure to arrive. A gap in a
+task's seqs (a message lost while a link was down) is filled from the
+stream before anything newer is delivered.
 
 Epochs. A Redis restarted without persistence (or with the last second of
-an ``everysec`` AOF lost) forgets tasks, or their latest events, while the
-nodes still remember seqs they delivered; new events then start again from
-a lower seq. The listener notices — the incarnation id changed, or a task's
-stored seq is behind what this node delivered — and begins a new epoch for
-those tasks: local subscribers get a ``resync`` notice (their feeds forget
-the old seqs) and the stored snapshot, and ``on_reconnect`` lets the
-gateway schedule again what its subscribers and watches need.
+an ``everysec`` AOF lost), or a cluster master whose replica took over
+before it had the master's last writes, forgets tasks or their latest
+events while the nodes still remember seqs they delivered; new events then
+start again from a lower seq. The listener notices — the incarnation id
+changed (a single Redis lost everything), or a task's stored snapshot is
+gone or behind what this node delivered (checked per task, so a cluster
+shard that lost its keys affects its own tasks only) — and begins a new
+epoch for those tasks: local subscribers get a ``resync`` notice (their
+feeds forget the old seqs) and the stored snapshot, and ``on_reconnect``
+lets the gateway schedule again what its subscribers and watches need.
 """
 
 from __future__ import annotations
@@ -39,12 +50,12 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.aio import cancel_and_wait, raise_if_cancelled
 from gateway.core import tracker
@@ -52,13 +63,33 @@ from gateway.core.model import Event, EventKind
 from gateway.core.sse import Encoded
 from gateway.exceptions import BackendError, SeqConflict
 from gateway.hub.base import HistoryPage, Hub, Watch, page_of
+from gateway.hub.channels import LinkLost, TaskChannels
+from gateway.hub.client import (
+    POOL_WAIT_S,
+    Client,
+    Script,
+    connect,
+    is_cluster,
+    run_scripts,
+    translated,
+)
 from gateway.hub.fanout import FanOut
-from gateway.hub.queue import CloseReason
-from gateway.hub.redis_watchers import WATCHERS_SET, WATCHERS_SUM, AsyncScript
+from gateway.hub.queue import CloseReason, SubscriberQueue
+from gateway.hub.redis_watchers import WATCHERS_SET, WATCHERS_SUM
 
-__all__ = ["RedisHub", "connect", "task_key"]
+__all__ = [
+    "POOL_WAIT_S",
+    "WATCH_SHARDS",
+    "RedisHub",
+    "connect",
+    "task_key",
+    "translated",
+]
 
 log = logging.getLogger("pollcast.hub.redis")
+
+_WATCHERS_SET = Script(WATCHERS_SET)
+_WATCHERS_SUM = Script(WATCHERS_SUM)
 
 _event_decoder = msgspec.json.Decoder(Event)
 _watch_decoder = msgspec.json.Decoder(Watch)
@@ -66,10 +97,16 @@ _encoder = msgspec.json.Encoder()
 
 # How often the listener checks, while idle, that the store is still the one it knew.
 INCARNATION_CHECK_S = 2.0
+# How long a new subscriber waits for its task's subscription to be confirmed.
+SUBSCRIBE_WAIT_S = 3.0
+# Watch index shards: listing the watches reads this many keys.
+WATCH_SHARDS = 16
+# Tasks read per pipeline when catching up after a reconnect.
+CATCH_UP_BATCH = 200
 
-# KEYS: snap, hist, lease   ARGV: seq, body, ttl_s (0: keep), maxlen, channel, token
+# KEYS: snap, hist, lease   ARGV: seq, body, ttl_s (0: keep), maxlen, channel, token, publish
 # -1: committed; -2: refused, the claim's token no longer holds the lease; else the stored seq
-_COMMIT = """
+_COMMIT = Script("""
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then
   return -2
 end
@@ -85,34 +122,9 @@ if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
 end
-redis.call('PUBLISH', ARGV[5], ARGV[2])
+redis.call(ARGV[7], ARGV[5], ARGV[2])
 return -1
-"""
-
-
-# How long a call waits for a free pooled connection before it fails (503).
-POOL_WAIT_S = 2.0
-
-
-def connect(url: str, *, max_connections: int = 1000) -> aioredis.Redis:
-    """A client whose calls are bounded in time: a slow or dead Redis fails a
-    call, it never stalls the event loop's other work.
-
-    The pool blocks for at most :data:`POOL_WAIT_S` when all of its
-    ``max_connections`` are in use: redis-py's default asyncio pool raises
-    ``MaxConnectionsError`` at once instead, so a burst of reconnecting
-    streams beyond its size would fail rather than wait a moment.
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=POOL_WAIT_S,
-        socket_timeout=3.0,
-        socket_connect_timeout=2.0,
-        health_check_interval=5,
-        retry_on_timeout=False,
-    )
-    return aioredis.Redis.from_pool(pool)
+""")
 
 
 def task_key(prefix: str, task: str, what: str) -> str:
@@ -120,40 +132,35 @@ def task_key(prefix: str, task: str, what: str) -> str:
     return f"{prefix}:{{{task}}}:{what}"
 
 
-@contextlib.asynccontextmanager
-async def translated(what: str) -> AsyncIterator[None]:
-    """redis-py errors become :class:`BackendError` at this boundary."""
-    try:
-        yield
-    except RedisError as exc:
-        raise BackendError(f"redis: {what} failed ({type(exc).__name__})") from exc
-    except OSError as exc:
-        raise BackendError(f"redis: {what} failed ({type(exc).__name__})") from exc
-
-
 class RedisHub(Hub):
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         *,
         prefix: str = "pollcast",
         history_limit: int = 256,
+        linger_s: float = 2.0,
     ) -> None:
         self.redis = client
         self.prefix = prefix
         self.history_limit = history_limit
-        self.channel = f"{prefix}:events"
         self.fanout = FanOut()
-        self._commit = client.register_script(_COMMIT)
+        self.channels = TaskChannels(client, prefix, linger_s=linger_s)
         self._listener: asyncio.Task[None] | None = None
         self._restoring: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self._order = asyncio.Lock()  # live messages and catch-up take turns
         self._last: dict[str, int] = {}  # task → last seq fanned out here
         self._incarnation: bytes | str | None = None  # the store's id as this node knows it
         # Called after every reconnect (the store may have lost schedules and watches).
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
         self.refused = 0  # events not committed: the claim had lapsed (fencing)
         self.resyncs = 0  # tasks whose history began a new epoch on this node
+
+    @property
+    def received(self) -> int:
+        """Event messages this node's listener received from Redis."""
+        return self.channels.received
 
     def _snap(self, task: str) -> str:
         return task_key(self.prefix, task, "snap")
@@ -164,12 +171,22 @@ class RedisHub(Hub):
     def _lease(self, task: str) -> str:
         return task_key(self.prefix, task, "lease")
 
+    def _watch(self, task: str) -> str:
+        return task_key(self.prefix, task, "watch")
+
+    def _watch_index(self, shard: int) -> str:
+        return f"{self.prefix}:{{watches:{shard}}}"
+
+    def _watch_shard(self, task: str) -> str:
+        return self._watch_index(zlib.crc32(task.encode()) % WATCH_SHARDS)
+
     @property
     def _incarnation_key(self) -> str:
         return f"{self.prefix}:incarnation"
 
     @property
-    def _watches(self) -> str:
+    def _legacy_watches(self) -> str:
+        """Where watches were kept before they moved to per-task keys (read, then emptied)."""
         return f"{self.prefix}:watches"
 
     # -- lifecycle ----------------------------------------------------------
@@ -186,6 +203,7 @@ class RedisHub(Hub):
             await cancel_and_wait(self._listener)
         if self._restoring is not None:
             await cancel_and_wait(self._restoring)
+        await self.channels.close()
         await self.redis.aclose()
 
     async def ready(self) -> bool:
@@ -194,51 +212,108 @@ class RedisHub(Hub):
         try:
             async with asyncio.timeout(1.0):
                 return bool(await self.redis.ping())
-        except (RedisError, OSError, TimeoutError):
+        except (RedisError, RedisClusterException, OSError, TimeoutError):
             return False
 
+    # -- subscriptions --------------------------------------------------------
+
+    def attach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
+        tasks = list(tasks)
+        self.fanout.attach(queue, tasks)
+        for task in tasks:
+            self.channels.want(task)
+
+    def detach(self, queue: SubscriberQueue, tasks: Iterable[str]) -> None:
+        tasks = list(tasks)
+        self.fanout.detach(queue, tasks)
+        for task in tasks:
+            if not self.fanout.subscriber_count(task):
+                self.channels.unwant(task)
+                self._last.pop(task, None)
+
+    async def attached(self, tasks: Iterable[str]) -> None:
+        """Until this node's subscriptions to ``tasks`` are confirmed by Redis.
+
+        Raises:
+            BackendError: not within :data:`SUBSCRIBE_WAIT_S`.
+        """
+        try:
+            await self.channels.live(tasks, SUBSCRIBE_WAIT_S)
+        except TimeoutError:
+            raise BackendError("redis: subscribing to a task's events timed out") from None
+
+    # -- the listener -----------------------------------------------------------
+
     async def _listen(self) -> None:
-        """Receive every node's events; reconnect with backoff; fill gaps after."""
+        """Receive the events of this node's tasks; reconnect with backoff; catch up after."""
         delay = 0.1
         first = True
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
-                # Subscribed first: whatever is committed from now on reaches us,
-                # so checking the store now leaves nothing in between.
-                lost = await self._check_incarnation()
-                self._listening.set()
-                if not first:
-                    log.info("reconnected to redis; catching up")
-                    await self._catch_up(lost=lost)
-                    self._restore()
-                first = False
-                delay = 0.1
-                checked = time.monotonic()
-                while True:
-                    raise_if_cancelled()  # redis-py may have swallowed a cancel
-                    message = await pubsub.get_message(timeout=INCARNATION_CHECK_S)
-                    if message is not None and message["type"] == "message":
-                        await self._receive(message["data"])
-                    if time.monotonic() - checked >= INCARNATION_CHECK_S:
-                        checked = time.monotonic()
-                        if await self._check_incarnation():  # flushed under us
-                            await self._catch_up(lost=True)
-                            self._restore()
+                await self.channels.open()
+                serving = asyncio.create_task(
+                    self.channels.serve(self._receive, self._tick, self._recovered),
+                    name="pollcast-redis-links",
+                )
+                try:
+                    await self._settle(serving)
+                    # Subscribed first: whatever is committed from now on reaches us,
+                    # so checking the store now leaves nothing in between.
+                    lost = await self._check_incarnation()
+                    self._listening.set()
+                    if not first:
+                        log.info("reconnected to redis; catching up")
+                        await self._catch_up(lost=lost)
+                        self._restore()
+                    first = False
+                    delay = 0.1
+                    await serving
+                finally:
+                    await cancel_and_wait(serving)
             except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self.channels.close()
                 raise
-            except (RedisError, OSError, BackendError) as exc:
+            except (RedisError, RedisClusterException, OSError, BackendError, LinkLost) as exc:
                 if self._listening.is_set():
-                    log.warning("lost the redis event channel (%s); retrying", type(exc).__name__)
+                    log.warning("lost the redis event channels (%s); retrying", type(exc).__name__)
                 self._listening.clear()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self.channels.close()
                 raise_if_cancelled()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _settle(self, serving: asyncio.Task[None]) -> None:
+        """Until every subscription sent by ``open`` is confirmed (or the links fail)."""
+        waiting = asyncio.create_task(self.channels.live(self.fanout.tasks(), SUBSCRIBE_WAIT_S))
+        try:
+            done, _ = await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if serving in done:
+                serving.result()
+            try:
+                waiting.result()
+            except TimeoutError:
+                raise LinkLost("subscriptions were not confirmed in time") from None
+        finally:
+            await cancel_and_wait(waiting)
+
+    async def _tick(self) -> None:
+        try:
+            flushed = await self._check_incarnation()
+        except BackendError:
+            if not is_cluster(self.redis):
+                raise
+            # The master of the incarnation key is failing over: the links say the rest.
+            return
+        if flushed:  # the store (on a cluster: the incarnation key's shard) lost its contents
+            await self._catch_up(lost=True)
+            self._restore()
+
+    async def _recovered(self, tasks: list[str]) -> None:
+        """Cluster: ``tasks`` lost their master and are subscribed again where their
+        slots are served now — deliver what they missed (or begin a new epoch)."""
+        log.info("caught up %d task(s) whose master changed", len(tasks))
+        await self._catch_up(tasks=tasks)
+        self._restore()
 
     async def _check_incarnation(self) -> bool:
         """Whether the store is not the one this node knew (it lost its contents)."""
@@ -270,7 +345,10 @@ class RedisHub(Hub):
             log.warning("could not schedule again after a reconnect (%s)", exc)
 
     async def _receive(self, data: bytes) -> None:
-        event = _event_decoder.decode(data)
+        async with self._order:
+            await self._deliver(_event_decoder.decode(data))
+
+    async def _deliver(self, event: Event) -> None:
         task = event.task
         if self.fanout.subscriber_count(task) == 0:
             self._last.pop(task, None)
@@ -322,18 +400,56 @@ class RedisHub(Hub):
             self._last[task] = current.seq
             self.fanout.deliver(Encoded(current))
 
-    async def _catch_up(self, *, lost: bool = False) -> None:
+    async def _catch_up(self, *, lost: bool = False, tasks: Sequence[str] | None = None) -> None:
         """After a reconnect: deliver what local subscribers may have missed, or
-        begin a new epoch for the tasks whose history the store lost."""
-        for task in self.fanout.tasks():
-            last = self._last.get(task, 0)
-            if lost or await self._stored_seq(task) < last:
-                await self._resync(task)
-                continue
-            missed = await self.history(task, last) or []
-            for enc in missed:
-                self.fanout.deliver(enc)
-                self._last[task] = enc.event.seq
+        begin a new epoch for the tasks whose history the store lost.
+
+        ``lost`` (a single Redis lost everything) resyncs every task. On a
+        cluster the incarnation key is one shard's: there each task is judged
+        by its own snapshot, gone or behind what this node delivered.
+        """
+        async with self._order:
+            tasks = self.fanout.tasks() if tasks is None else list(tasks)
+            blanket = lost and not is_cluster(self.redis)
+            for i in range(0, len(tasks), CATCH_UP_BATCH):
+                batch = tasks[i : i + CATCH_UP_BATCH]
+                after = {task: self._last.get(task, 0) for task in batch}
+                read = {} if blanket else await self._read_histories(after)
+                for task in batch:
+                    if not self.fanout.subscriber_count(task):
+                        continue
+                    stored, missed = read.get(task, (0, None))
+                    if blanket or stored < after[task]:
+                        await self._resync(task)
+                        continue
+                    for enc in missed or []:
+                        self.fanout.deliver(enc)
+                        self._last[task] = enc.event.seq
+
+    async def _read_histories(
+        self, after: Mapping[str, int]
+    ) -> dict[str, tuple[int, list[Encoded] | None]]:
+        """For each task: its stored seq and its events after the given seq, in one pipeline."""
+        async with translated("history read"), self.redis.pipeline(transaction=False) as pipe:
+            for task, seq in after.items():
+                pipe.hget(self._snap(task), "seq")
+                pipe.xrange(self._hist(task), min=f"(0-{seq}", max="+")
+            replies: list[Any] = await pipe.execute()
+        read: dict[str, tuple[int, list[Encoded] | None]] = {}
+        for n, (task, seq) in enumerate(after.items()):
+            latest_raw, entries = replies[2 * n], replies[2 * n + 1]
+            latest = int(latest_raw or 0)
+            read[task] = (latest, self._events_after(seq, latest, entries))
+        return read
+
+    @staticmethod
+    def _events_after(after_seq: int, latest: int, entries: list[Any]) -> list[Encoded] | None:
+        if after_seq >= latest:
+            return []
+        events = [Encoded(_event_decoder.decode(fields[b"b"])) for _, fields in entries]
+        if not events or events[0].event.seq > after_seq + 1:
+            return None
+        return events
 
     # -- state --------------------------------------------------------------
 
@@ -351,23 +467,24 @@ class RedisHub(Hub):
     ) -> list[Encoded]:
         encoded = [Encoded(event) for event in events]
         leases = leases or {}
-        async with translated("commit"), self.redis.pipeline(transaction=False) as pipe:
-            for enc in encoded:
-                event = enc.event
-                ttl = max(1, round(terminal_ttl_s)) if event.terminal else 0
-                await self._commit(
-                    keys=[self._snap(event.task), self._hist(event.task), self._lease(event.task)],
-                    args=[
-                        event.seq,
-                        enc.json,
-                        ttl,
-                        self.history_limit,
-                        self.channel,
-                        leases.get(event.task, ""),
-                    ],
-                    client=pipe,
-                )
-            results: list[Any] = await pipe.execute()
+        publish = self.channels.publish_command
+        calls = []
+        for enc in encoded:
+            event = enc.event
+            ttl = max(1, round(terminal_ttl_s)) if event.terminal else 0
+            keys = [self._snap(event.task), self._hist(event.task), self._lease(event.task)]
+            args = [
+                event.seq,
+                enc.json,
+                ttl,
+                self.history_limit,
+                self.channels.channel(event.task),
+                leases.get(event.task, ""),
+                publish,
+            ]
+            calls.append((_COMMIT, keys, args))
+        async with translated("commit"):
+            results = await run_scripts(self.redis, calls)
         committed: list[Encoded] = []
         for enc, result in zip(encoded, results, strict=True):
             if int(result) == -2:
@@ -387,38 +504,54 @@ class RedisHub(Hub):
     async def announce(self, event: Event) -> None:
         if event.event is not EventKind.NOTICE:
             raise ValueError("announce() is for notices; state changes go through commit()")
+        channel = self.channels.channel(event.task)
         async with translated("publish"):
-            await self.redis.publish(self.channel, _encoder.encode(event))
+            await self.redis.execute_command(
+                self.channels.publish_command, channel, _encoder.encode(event)
+            )
 
     async def history(self, task: str, after_seq: int) -> list[Encoded] | None:
-        async with translated("history read"), self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(self._snap(task), "seq")
-            pipe.xrange(self._hist(task), min=f"(0-{after_seq}", max="+")
-            latest_raw, entries = await pipe.execute()
-        latest = int(latest_raw or 0)
-        if after_seq >= latest:
-            return []
-        events = [Encoded(_event_decoder.decode(fields[b"b"])) for _, fields in entries]
-        if not events or events[0].event.seq > after_seq + 1:
-            return None
-        return events
-
-    # -- fan-out ------------------------------------------------------------
+        return (await self._read_histories({task: after_seq}))[task][1]
 
     # -- watches ------------------------------------------------------------
 
     async def put_watch(self, watch: Watch) -> None:
-        async with translated("watch write"):
-            await self.redis.hset(self._watches, watch.task, _encoder.encode(watch))
+        async with translated("watch write"), self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._watch(watch.task), _encoder.encode(watch))
+            pipe.sadd(self._watch_shard(watch.task), watch.task)
+            await pipe.execute()
 
     async def drop_watch(self, task: str) -> bool:
-        async with translated("watch delete"):
-            return bool(await self.redis.hdel(self._watches, task))
+        async with translated("watch delete"), self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self._watch(task))
+            pipe.srem(self._watch_shard(task), task)
+            pipe.hdel(self._legacy_watches, task)
+            deleted, _, legacy = await pipe.execute()
+        return bool(deleted) or bool(legacy)
 
     async def watches(self) -> list[Watch]:
+        """Every watch: the index shards name the tasks, their keys hold the watches."""
         async with translated("watch read"):
-            raw = await self.redis.hgetall(self._watches)
-        return [_watch_decoder.decode(body) for body in raw.values()]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for shard in range(WATCH_SHARDS):
+                    pipe.smembers(self._watch_index(shard))
+                pipe.hgetall(self._legacy_watches)
+                *shards, legacy = await pipe.execute()
+            tasks = sorted({member.decode() for shard in shards for member in shard})
+            bodies: list[Any] = []
+            if tasks:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for task in tasks:
+                        pipe.get(self._watch(task))
+                    bodies = await pipe.execute()
+        found = {
+            task: _watch_decoder.decode(body)
+            for task, body in zip(tasks, bodies, strict=True)
+            if body is not None
+        }
+        for raw_task, body in legacy.items():
+            found.setdefault(raw_task.decode(), _watch_decoder.decode(body))
+        return list(found.values())
 
     async def purge(self, now: float) -> int:
         """Nothing to do: terminal tasks carry a TTL and Redis expires them."""
@@ -460,13 +593,6 @@ class RedisHub(Hub):
     def _subscribed(self) -> str:
         return f"{self.prefix}:subscribed"
 
-    def _watcher_script(self, name: str) -> AsyncScript:
-        scripts: dict[str, AsyncScript] = self.__dict__.setdefault("_watcher_scripts", {})
-        if name not in scripts:
-            source = WATCHERS_SET if name == "set" else WATCHERS_SUM
-            scripts[name] = self.redis.register_script(source)
-        return scripts[name]
-
     async def publish_watchers(self, node: str, counts: Mapping[str, int], ttl_s: float) -> None:
         """Each task's ``watchers`` hash holds ``node → count:expires_ms`` (Redis time).
 
@@ -477,15 +603,15 @@ class RedisHub(Hub):
         if not counts:
             return
         ttl_ms = max(1, round(ttl_s * 1000))
-        script = self._watcher_script("set")
-        async with translated("watcher counts"), self.redis.pipeline(transaction=False) as pipe:
-            for task, count in counts.items():
-                await script(
-                    keys=[self._watchers_key(task)], args=[node, count, ttl_ms], client=pipe
-                )
-                if count > 0:
-                    pipe.zadd(self._subscribed, {task: 0})
-            await pipe.execute()
+        calls = [
+            (_WATCHERS_SET, [self._watchers_key(task)], [node, count, ttl_ms])
+            for task, count in counts.items()
+        ]
+        reported = {task: 0 for task, count in counts.items() if count > 0}
+        async with translated("watcher counts"):
+            await run_scripts(self.redis, calls)  # one pipeline, each call in its slot
+            if reported:
+                await self.redis.zadd(self._subscribed, reported)
 
     async def watched_tasks(self) -> list[str]:
         """Tasks with subscribers here, or that some node reported subscribers
@@ -500,11 +626,9 @@ class RedisHub(Hub):
         that still report."""
         if not tasks:
             return {}
-        script = self._watcher_script("sum")
-        async with translated("watcher counts"), self.redis.pipeline(transaction=False) as pipe:
-            for task in tasks:
-                await script(keys=[self._watchers_key(task)], args=[node], client=pipe)
-            totals: list[Any] = await pipe.execute()
+        calls = [(_WATCHERS_SUM, [self._watchers_key(task)], [node]) for task in tasks]
+        async with translated("watcher counts"):
+            totals: list[Any] = await run_scripts(self.redis, calls)
         counts = {
             task: int(total) + self.fanout.subscriber_count(task)
             for task, total in zip(tasks, totals, strict=True)

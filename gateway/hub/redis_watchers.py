@@ -8,9 +8,7 @@ reporting, and readers drop it.
 
 from __future__ import annotations
 
-from redis.commands.core import AsyncScript
-
-__all__ = ["WATCHERS_SET", "WATCHERS_SUM", "AsyncScript"]
+__all__ = ["WATCHERS_SET", "WATCHERS_SUM"]
 
 # KEYS: watchers hash   ARGV: node, count, ttl_ms. A count of 0 withdraws the node.
 WATCHERS_SET = """

@@ -83,8 +83,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 
+from gateway.hub.client import Client, Script, is_cluster, run_scripts
 from gateway.hub.redis import task_key, translated
 from gateway.poller.schedule import Entry, Schedule
 
@@ -273,7 +273,7 @@ def _score(at: float) -> float:
 class RedisSchedule(Schedule):
     def __init__(
         self,
-        client: aioredis.Redis | aioredis.RedisCluster,
+        client: Client,
         *,
         prefix: str = "pollcast",
         lease_s: float = 10.0,
@@ -297,9 +297,10 @@ class RedisSchedule(Schedule):
         self._surrender = client.register_script(_SURRENDER)
         self._renew = client.register_script(_RENEW)
         self._set_deadline = client.register_script(_SET_DEADLINE)
-        self._fence = client.register_script(_FENCE)
-        self._refence = client.register_script(_REFENCE)
         self._unlock = client.register_script(_UNLOCK)
+        # Pipelined over many tasks' slots: run as plain EVALSHA (cluster-safe).
+        self._fence = Script(_FENCE)
+        self._refence = Script(_REFENCE)
         self._known: dict[str, dict[str, Entry]] = {}
         self._tokens: dict[str, str] = {}  # task → token of this node's claim in flight
         self.takeovers: dict[str, int] = {}  # provider → claims taken back from lapsed leases
@@ -473,14 +474,16 @@ class RedisSchedule(Schedule):
         if not entries:
             return entries
         ttl_ms = int((lease_until - self.clock()) * 1000)
-        async with translated("fence"):
-            results = await self._each(
+        calls = [
+            (
                 self._fence,
-                [
-                    (self._lease_keys(e.task), [e.lease, self.node_id, ttl_ms, now, lease_until])
-                    for e in entries
-                ],
+                self._lease_keys(entry.task),
+                [entry.lease, self.node_id, ttl_ms, now, lease_until],
             )
+            for entry in entries
+        ]
+        async with translated("fence"):
+            results: list[Any] = await run_scripts(self.redis, calls)
         fenced: list[Entry] = []
         back: list[tuple[Entry, float]] = []
         wall = self.clock()
@@ -506,7 +509,7 @@ class RedisSchedule(Schedule):
         """
         if not calls:
             return []
-        if isinstance(self.redis, aioredis.RedisCluster):
+        if is_cluster(self.redis):
             results: list[Any] = []
             for i in range(0, len(calls), _CLUSTER_FANOUT):
                 chunk = calls[i : i + _CLUSTER_FANOUT]
@@ -523,10 +526,9 @@ class RedisSchedule(Schedule):
         tokens = [(task, self._tokens.pop(task)) for task in tasks if task in self._tokens]
         if not tokens:
             return
+        calls = [(self._refence, self._lease_keys(task), [token, 0, 0]) for task, token in tokens]
         async with translated("unfence"):
-            await self._each(
-                self._refence, [(self._lease_keys(task), [token, 0, 0]) for task, token in tokens]
-            )
+            await run_scripts(self.redis, calls)
 
     @property
     def renew_every_s(self) -> float | None:
@@ -546,15 +548,13 @@ class RedisSchedule(Schedule):
         if not fences:
             return
         ttl_ms = int(self.lease_s * 1000)
+        calls = [
+            (self._refence, self._lease_keys(task), [token, ttl_ms, until])
+            for task, token in fences
+            if token is not None
+        ]
         async with translated("lease renewal"):
-            await self._each(
-                self._refence,
-                [
-                    (self._lease_keys(task), [token, ttl_ms, until])
-                    for task, token in fences
-                    if token is not None
-                ],
-            )
+            await run_scripts(self.redis, calls)
 
     async def release(self, provider: str, due: Sequence[tuple[Entry, float]]) -> None:
         if not due:

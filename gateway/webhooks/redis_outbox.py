@@ -114,10 +114,12 @@ class RedisOutbox(Outbox):
         prefix: str,
         *,
         max_connections: int = 1000,
+        cluster: bool = False,
         client: aioredis.Redis | aioredis.RedisCluster | None = None,
     ) -> None:
         self.url = url
         self.max_connections = max_connections
+        self.cluster = cluster
         self.incarnation_key = f"{prefix}:incarnation"
         self._given = client
         base = f"{prefix}:{{wh}}:"
@@ -134,7 +136,9 @@ class RedisOutbox(Outbox):
         # is a BackendError the delivery loop backs off from) and a blocking
         # pool of the same size, which waits for a free connection instead of
         # failing at once.
-        client = self._given or connect(self.url, max_connections=self.max_connections)
+        client = self._given or connect(
+            self.url, max_connections=self.max_connections, cluster=self.cluster
+        )
         try:
             await client.ping()
         except (RedisError, OSError) as exc:

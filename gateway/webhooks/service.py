@@ -46,13 +46,19 @@ log = logging.getLogger("pollcast.webhooks")
 
 
 def outbox_for(
-    backend_kind: str, *, path: str, url: str, prefix: str, max_connections: int = 1000
+    backend_kind: str,
+    *,
+    path: str,
+    url: str,
+    prefix: str,
+    max_connections: int = 1000,
+    cluster: bool = False,
 ) -> Outbox:
     """The outbox that lives where the hub's state does (``backend.kind``)."""
     if backend_kind == "redis":
         from gateway.webhooks.redis_outbox import RedisOutbox
 
-        return RedisOutbox(url, prefix, max_connections=max_connections)
+        return RedisOutbox(url, prefix, max_connections=max_connections, cluster=cluster)
     return SqliteOutbox(path)
 
 

@@ -30,6 +30,7 @@ from tests.bench.scenarios import Bench, Plan
 STEPS = (
     "economy",
     "cluster",
+    "cluster_fanout",
     "sse_one",
     "ws_one",
     "sse_many",
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "economy": bench.economy,
         "cluster": bench.cluster,
+        "cluster_fanout": bench.cluster_fanout,
         "sse_one": lambda: bench.pollcast_one_task("sse"),
         "ws_one": lambda: bench.pollcast_one_task("ws"),
         "sse_many": lambda: bench.many_tasks("sse"),

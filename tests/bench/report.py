@@ -247,6 +247,29 @@ def render(results: dict[str, Any]) -> str:
                 )
         w("")
 
+    fanout = results.get("cluster_fanout") or {}
+    if fanout.get("nodes"):
+        w(
+            f"### Cluster fan-out ({fanout['nodes'][0]['all_committed']:,} events committed "
+            f"for {fanout['tasks']} tasks in {fanout['window_s']:g} s; 3 nodes, "
+            f"{fanout['masters']}-master Redis Cluster)\n"
+        )
+        w(
+            "Each task's subscribers are on one node, a third of the tasks per node. "
+            "Received = events the node's listener got from Redis "
+            "(`pollcast_events_received_total`); its share = events committed for its tasks.\n"
+        )
+        w("| node | tasks | received | its share | all committed | received ÷ share |")
+        w("|---|---|---|---|---|---|")
+        for row in fanout["nodes"]:
+            ratio = row["received_per_share"]
+            w(
+                f"| {row['node']} | {row['tasks']} | {row['received']:,.0f} | "
+                f"{row['share_committed']:,} | {row['all_committed']:,} | "
+                f"{'—' if ratio is None else f'{ratio:.2f}'} |"
+            )
+        w("")
+
     nchan, pushpin = results.get("nchan") or {}, results.get("pushpin") or {}
     sse, ws = results.get("sse_one") or {}, results.get("ws_one") or {}
     sse_many, ws_many = results.get("sse_many") or {}, results.get("ws_many") or {}

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -156,6 +157,20 @@ def gateway_doc(sim_url: str, plan: Plan, db_path: Path, grace_s: float) -> dict
             **predictive.live_lanes(sim_url),
         },
     }
+
+
+def _received(node: Proc) -> float:
+    """The node's ``pollcast_events_received_total``."""
+    text = httpx.get(f"{node.extra['url']}/metrics", timeout=30).text
+    found = re.search(r"^pollcast_events_received_total (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def _seq(node: Proc, task_id: str) -> int:
+    """The latest seq of ``econ:<task_id>`` as the node reads it from the store."""
+    reply = httpx.get(f"{node.extra['url']}/v1/tasks/econ/{task_id}", timeout=30)
+    reply.raise_for_status()
+    return int(reply.json().get("seq", 0))
 
 
 def vp_steps(start_s: float, every_s: float, count: int, tag: str) -> list[dict[str, Any]]:
@@ -544,6 +559,75 @@ class Bench:
                 if keys:
                     client.delete(*keys)
         return rows
+
+    def cluster_fanout(self) -> dict[str, Any]:
+        """Fan-out in proportion to what a node serves, on a real 3-master Redis Cluster.
+
+        Three gateway nodes; each task's subscribers are on one node, a third of
+        the tasks per node. Over the window, each node's listener counts the
+        events it received from Redis (``pollcast_events_received_total``); the
+        tasks' seqs say how many events were committed, in all and per node's share.
+        """
+        from tests.redis_cluster import RedisCluster
+
+        n_tasks = 30 if self.plan.quick else 90
+        window_s = 2 * self.plan.economy_window_s
+        prefix = f"pcfan{os.getpid()}"
+        nodes: list[Proc] = []
+        with RedisCluster(self.workdir / "redis-cluster", masters=3, persist=False) as cluster:
+            try:
+                with ThreadPoolExecutor(3) as pool:
+                    futures = []
+                    for i in range(3):
+                        doc = gateway_doc(self.sim_url, self.plan, self.workdir / f"fan{i}.db", 5.0)
+                        doc["backend"] = {"kind": "redis", "url": cluster.url, "prefix": prefix}
+                        futures.append(
+                            pool.submit(start_gateway, doc, self.workdir, self.pin, f"gw-fan{i}")
+                        )
+                    for future in futures:
+                        with contextlib.suppress(Exception):
+                            nodes.append(future.result())
+                if len(nodes) < 3:
+                    raise RuntimeError("a cluster node did not start (see gw-fan*.log)")
+                ids = [self.fresh_id("fan") for _ in range(n_tasks)]
+                steps = [{"at": 0, "state": "running", "progress": 0}, *vp_steps(1, 0.5, 400, "f")]
+                self.create_tasks("videoproc", [(task_id, steps) for task_id in ids])
+                shares = [ids[i::3] for i in range(3)]
+                for node, share in zip(nodes, shares, strict=True):
+                    paths = [f"/v1/tasks/econ/{task_id}/events" for task_id in share]
+                    self.open(self.pollcast_target(node), paths, len(paths))
+                time.sleep(self.plan.settle_s + 1.0)
+                received0 = [_received(node) for node in nodes]
+                seq0 = {t: _seq(nodes[0], t) for t in ids}
+                time.sleep(window_s)
+                received1 = [_received(node) for node in nodes]
+                seq1 = {t: _seq(nodes[0], t) for t in ids}
+                self.loadgen.call(op="close", timeout=60)
+            finally:
+                for node in nodes:
+                    node.stop()
+        committed = {t: seq1[t] - seq0[t] for t in ids}
+        total = sum(committed.values())
+        rows = []
+        for i, share in enumerate(shares):
+            got = received1[i] - received0[i]
+            own = sum(committed[t] for t in share)
+            rows.append(
+                {
+                    "node": i,
+                    "tasks": len(share),
+                    "received": got,
+                    "share_committed": own,
+                    "all_committed": total,
+                    "received_per_share": got / own if own else None,
+                    "received_of_all": got / total if total else None,
+                }
+            )
+            self.log(
+                f"  node {i}: {len(share)}/{n_tasks} tasks, received {got:.0f} events; "
+                f"its share committed {own}, all nodes' tasks {total}"
+            )
+        return {"tasks": n_tasks, "window_s": window_s, "masters": 3, "nodes": rows}
 
     # -- 2-4. fan-out, latency, memory on one task -------------------------------
 

@@ -1,4 +1,5 @@
-"""Cluster mode: real gateway processes sharing a real redis-server.
+"""Cluster mode: real gateway processes sharing a real redis-server, or a real
+3-master Redis Cluster (the tests marked ``ON_BOTH``).
 
 One upstream poll per task per round across the nodes; a subscriber of any
 node gets every transition; a killed node's tasks and subscribers move on;
@@ -10,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,30 @@ import redis
 from gateway.poller.redis_schedule import schedule_key
 from tests.integration.conftest import create_sim_task, sim_stats
 from tests.integration.gateway_server import GatewayProcess, sim_config
+from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 (a fixture)
 from tests.redis_server import RedisServer
 
 INTERVAL_S = 0.3
 LEASE_S = 3.0
+
+
+@dataclass
+class Store:
+    """Where the nodes keep their state: a redis-server of the test's own, or a
+    Redis Cluster (the session's, under a prefix of the test's own)."""
+
+    url: str
+    prefix: str = "pc"
+
+    def raw(self) -> redis.Redis | redis.RedisCluster:
+        """A client on the same store; cluster-aware on a cluster."""
+        if self.url.startswith("redis+cluster://"):
+            return redis.RedisCluster.from_url(self.url.replace("+cluster", "", 1))
+        return redis.Redis.from_url(self.url)
+
+
+# The most telling tests also run on a real 3-master Redis Cluster.
+ON_BOTH = pytest.mark.parametrize("store", ["redis", "redis-cluster"], indirect=True)
 
 
 @pytest.fixture
@@ -33,7 +56,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-def cluster_doc(sim: str, redis_url: str) -> dict[str, Any]:
+@pytest.fixture
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if getattr(request, "param", "redis") == "redis-cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        yield Store(cluster.url, prefix=f"pc-{uuid.uuid4().hex[:8]}")
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    yield Store(server.url)
+
+
+def cluster_doc(sim: str, redis_url: str, prefix: str = "pc") -> dict[str, Any]:
     fixed = {
         "interval_s": INTERVAL_S,
         "max_interval_s": INTERVAL_S,
@@ -43,13 +76,13 @@ def cluster_doc(sim: str, redis_url: str) -> dict[str, Any]:
     return sim_config(
         sim,
         providers={k: fixed for k in ("ailab", "aholo", "tryon", "genpic", "videoproc")},
-        backend={"kind": "redis", "url": redis_url, "prefix": "pc", "lease_s": LEASE_S},
+        backend={"kind": "redis", "url": redis_url, "prefix": prefix, "lease_s": LEASE_S},
     )
 
 
 @pytest.fixture
-def nodes(sim: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
-    doc = cluster_doc(sim, redis_server.url)
+def nodes(sim: str, store: Store, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
+    doc = cluster_doc(sim, store.url, store.prefix)
     started = [GatewayProcess(doc, tmp_path).start() for _ in range(3)]
     try:
         yield started
@@ -107,6 +140,7 @@ def story(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 MIX = ["ailab", "aholo", "tryon", "genpic", "videoproc"]
 
 
+@ON_BOTH
 async def test_three_nodes_poll_each_task_once_per_round(
     sim: str, nodes: list[GatewayProcess], client: httpx.AsyncClient
 ) -> None:
@@ -154,6 +188,7 @@ async def test_three_nodes_poll_each_task_once_per_round(
     assert low <= seen <= high
 
 
+@ON_BOTH
 async def test_subscribers_on_every_node_see_the_same_sequence(
     sim: str, nodes: list[GatewayProcess], client: httpx.AsyncClient
 ) -> None:
@@ -182,8 +217,9 @@ async def test_subscribers_on_every_node_see_the_same_sequence(
             assert got[-1] == history[-1]
 
 
+@ON_BOTH
 async def test_killing_the_lease_holder_moves_the_task_and_its_subscribers(
-    sim: str, nodes: list[GatewayProcess], client: httpx.AsyncClient, redis_server: RedisServer
+    sim: str, nodes: list[GatewayProcess], client: httpx.AsyncClient, store: Store
 ) -> None:
     timeline = [
         {"at": 0, "state": "running", "progress": 10},
@@ -199,8 +235,8 @@ async def test_killing_the_lease_holder_moves_the_task_and_its_subscribers(
     )
     urls = [n.url for n in nodes]
     readers = [asyncio.create_task(follow(client, urls, task, first=j % 3)) for j in range(9)]
-    owner_key = schedule_key("pc", "videoproc", task, "owner")
-    r = redis.Redis.from_url(redis_server.url)
+    owner_key = schedule_key(store.prefix, "videoproc", task, "owner")
+    r = store.raw()
     holder = None
     for _ in range(100):
         holder = r.hget(owner_key, task)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis
 
@@ -26,6 +27,7 @@ from gateway.hub.queue import SubscriberQueue
 from gateway.hub.redis import INCARNATION_CHECK_S, RedisHub, connect
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import Entry
+from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 (a fixture)
 from tests.redis_server import RedisServer
 
 HubFactory = Callable[[Path, int], Awaitable[Hub]]
@@ -60,8 +62,32 @@ async def _redis(tmp: Path, history: int, clock: Clock) -> Hub:
     return RedisHub(connect(_server[0].url), prefix=prefix, history_limit=history)
 
 
-BACKENDS = {"local-memory": _local_memory, "local-file": _local_file, "redis": _redis}
-DURABLE = {"local-file": _local_file, "redis": _redis}
+_cluster: list[RedisCluster] = []  # the session's Redis Cluster, once a test asked for it
+
+
+async def _redis_cluster(tmp: Path, history: int, clock: Clock) -> Hub:
+    """A RedisHub on the session's 3-master Redis Cluster, under a prefix per test."""
+    prefix = f"{_RUN}:{tmp.name}"
+    return RedisHub(connect(_cluster[0].url), prefix=prefix, history_limit=history)
+
+
+BACKENDS = {
+    "local-memory": _local_memory,
+    "local-file": _local_file,
+    "redis": _redis,
+    "redis-cluster": _redis_cluster,
+}
+DURABLE = {"local-file": _local_file, "redis": _redis, "redis-cluster": _redis_cluster}
+REDIS = ["redis", "redis-cluster"]
+
+
+@pytest.fixture(autouse=True)
+def _cluster_when_asked(request: pytest.FixtureRequest) -> None:
+    """Start the session's Redis Cluster for the tests that run on it, and only then."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and "redis-cluster" in callspec.params.values():
+        cluster = request.getfixturevalue("redis_cluster")
+        _cluster[:] = [cluster]
 
 
 def ev(task: str, seq: int, state: State = State.RUNNING, progress: int | None = None) -> Event:
@@ -140,8 +166,11 @@ async def test_commit_rejects_a_seq_that_does_not_follow(hub: Hub) -> None:
 async def test_fan_out_reaches_attached_queues_only(hub: Hub) -> None:
     q1, q2, other = SubscriberQueue(), SubscriberQueue(), SubscriberQueue()
     hub.attach(q1, ["ailab:a"])
+    await hub.attached(["ailab:a"])
     hub.attach(q2, ["ailab:a"])
+    await hub.attached(["ailab:a"])
     hub.attach(other, ["ailab:b"])
+    await hub.attached(["ailab:b"])
     assert hub.subscriber_count("ailab:a") == 2
     await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
     got1 = await q1.get_batch(max_wait_s=2)
@@ -160,6 +189,7 @@ async def test_fan_out_shares_one_encoding(hub: Hub) -> None:
     queues = [SubscriberQueue() for _ in range(5)]
     for q in queues:
         hub.attach(q, ["ailab:a"])
+        await hub.attached(["ailab:a"])
     await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
     items = [(await q.get_batch(max_wait_s=2))[0] for q in queues]
     assert all(isinstance(i, Encoded) for i in items)
@@ -169,11 +199,13 @@ async def test_fan_out_shares_one_encoding(hub: Hub) -> None:
 async def test_notices_fan_out_but_are_not_stored(hub: Hub, clock: Clock) -> None:
     seen = SubscriberQueue()
     hub.attach(seen, ["ailab:a"])
+    await hub.attached(["ailab:a"])
     await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
     # Fanned out (Redis: through pub/sub, later) before q attaches: q gets only the notice.
     assert [e.event.seq for e in await seen.get_batch(max_wait_s=2)] == [1]
     q = SubscriberQueue()
     hub.attach(q, ["ailab:a"])
+    await hub.attached(["ailab:a"])
     current = await hub.snapshot("ailab:a")
     n = notice(current, task="ailab:a", code="upstream_server", message="500", now=clock())
     await hub.announce(n)
@@ -364,10 +396,14 @@ async def _collect(q: SubscriberQueue, n: int, within_s: float = 5.0) -> list[En
     return got
 
 
-async def _redis_pair(tmp: Path) -> tuple[RedisHub, redis.Redis]:
-    hub = await _redis(tmp, 256, Clock())
+async def _redis_pair(tmp: Path, kind: str) -> tuple[RedisHub, redis.Redis | redis.RedisCluster]:
+    """A started RedisHub and a raw client on the same store (cluster-aware on a cluster)."""
+    hub = await BACKENDS[kind](tmp, 256, Clock())
     assert isinstance(hub, RedisHub)
     await hub.start()
+    if kind == "redis-cluster":
+        seed = _cluster[0].url.replace("+cluster", "", 1)
+        return hub, redis.RedisCluster.from_url(seed)
     return hub, redis.Redis.from_url(_server[0].url)
 
 
@@ -375,13 +411,15 @@ def _schedule(hub: RedisHub, node: str, clock: Clock, lease_s: float = 10.0) -> 
     return RedisSchedule(hub.redis, prefix=hub.prefix, lease_s=lease_s, node_id=node, clock=clock)
 
 
+@pytest.mark.parametrize("kind", REDIS)
 async def test_redis_commit_is_refused_unless_the_lease_key_holds_the_token(
-    tmp_path: Path,
+    tmp_path: Path, kind: str
 ) -> None:
-    hub, raw = await _redis_pair(tmp_path)
+    hub, raw = await _redis_pair(tmp_path, kind)
     lease = f"{hub.prefix}:{{ailab:a}}:lease"
     q = SubscriberQueue()
     hub.attach(q, ["ailab:a"])
+    await hub.attached(["ailab:a"])
     try:
         raw.set(lease, "a:1")
         stored = await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60, leases={"ailab:a": "a:1"})
@@ -410,8 +448,9 @@ async def test_redis_commit_is_refused_unless_the_lease_key_holds_the_token(
         await hub.close()
 
 
-async def test_redis_claims_are_fenced_in_the_tasks_slot(tmp_path: Path) -> None:
-    hub, raw = await _redis_pair(tmp_path)
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_claims_are_fenced_in_the_tasks_slot(tmp_path: Path, kind: str) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
     clock = Clock()
     a, b = _schedule(hub, "a", clock), _schedule(hub, "b", clock)
     task = "videoproc:t1"
@@ -454,8 +493,11 @@ async def test_redis_claims_are_fenced_in_the_tasks_slot(tmp_path: Path) -> None
         await hub.close()
 
 
-async def test_redis_claim_paused_before_its_fence_is_handed_back(tmp_path: Path) -> None:
-    hub, raw = await _redis_pair(tmp_path)
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_claim_paused_before_its_fence_is_handed_back(
+    tmp_path: Path, kind: str
+) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
     clock = Clock()
     a = _schedule(hub, "a", clock, lease_s=5.0)
     task = "videoproc:t2"
@@ -473,10 +515,12 @@ async def test_redis_claim_paused_before_its_fence_is_handed_back(tmp_path: Path
         await hub.close()
 
 
-async def test_redis_store_losing_a_task_starts_a_new_epoch(tmp_path: Path) -> None:
-    hub, raw = await _redis_pair(tmp_path)
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_store_losing_a_task_starts_a_new_epoch(tmp_path: Path, kind: str) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
     q = SubscriberQueue()
     hub.attach(q, ["ailab:a"])
+    await hub.attached(["ailab:a"])
     try:
         await hub.commit([ev("ailab:a", 1), ev("ailab:a", 2, progress=50)], terminal_ttl_s=60)
         got = await _collect(q, 2)
@@ -495,8 +539,11 @@ async def test_redis_store_losing_a_task_starts_a_new_epoch(tmp_path: Path) -> N
         await hub.close()
 
 
-async def test_redis_store_losing_everything_resyncs_and_restores(tmp_path: Path) -> None:
-    hub, raw = await _redis_pair(tmp_path)
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_store_losing_everything_resyncs_and_restores(
+    tmp_path: Path, kind: str
+) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
     restored = asyncio.Event()
 
     async def restore() -> None:
@@ -505,10 +552,14 @@ async def test_redis_store_losing_everything_resyncs_and_restores(tmp_path: Path
     hub.on_reconnect = restore
     q = SubscriberQueue()
     hub.attach(q, ["ailab:a"])
+    await hub.attached(["ailab:a"])
     try:
         await hub.commit([ev("ailab:a", 1), ev("ailab:a", 2)], terminal_ttl_s=60)
         got = await _collect(q, 2)
-        keys = raw.keys(f"{hub.prefix}:*")
+        if isinstance(raw, redis.RedisCluster):  # every master's keys
+            keys = raw.keys(f"{hub.prefix}:*", target_nodes=redis.RedisCluster.PRIMARIES)
+        else:
+            keys = raw.keys(f"{hub.prefix}:*")
         assert f"{hub.prefix}:incarnation".encode() in keys
         raw.delete(*keys)  # FLUSHALL, or a restart without persistence
         # No event comes: the listener notices the new incarnation by itself.
@@ -523,8 +574,11 @@ async def test_redis_store_losing_everything_resyncs_and_restores(tmp_path: Path
         await hub.close()
 
 
-async def test_redis_claim_waits_for_another_nodes_unexpired_fence(tmp_path: Path) -> None:
-    hub, raw = await _redis_pair(tmp_path)
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_claim_waits_for_another_nodes_unexpired_fence(
+    tmp_path: Path, kind: str
+) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
     clock = Clock()
     a = _schedule(hub, "a", clock, lease_s=5.0)
     task = "videoproc:t3"
@@ -546,7 +600,157 @@ async def test_redis_claim_waits_for_another_nodes_unexpired_fence(tmp_path: Pat
         await hub.close()
 
 
-# -- history pages ------------------------------------------------------------
+# -- Redis only: fan-out in proportion to what a node serves ------------------------
+
+
+def _subscribers(raw: redis.Redis | redis.RedisCluster, channel: str, sharded: bool) -> int:
+    """How many connections Redis counts on ``channel`` (classic or sharded)."""
+    if sharded:
+        node = raw.get_node_from_key(channel)  # type: ignore[union-attr]
+        reply = raw.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=node)
+    else:
+        reply = raw.execute_command("PUBSUB NUMSUB", channel)
+    pair = reply[0] if reply and isinstance(reply[0], tuple | list) else reply
+    return int(pair[1])
+
+
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_a_node_receives_only_the_events_of_tasks_it_serves(
+    tmp_path: Path, kind: str
+) -> None:
+    mine, theirs = "ailab:mine", "ailab:theirs"
+    serving, _ = await _redis_pair(tmp_path, kind)
+    writer, raw = await _redis_pair(tmp_path, kind)
+    q = SubscriberQueue()
+    serving.attach(q, [mine])
+    await serving.attached([mine])
+    try:
+        for seq in range(1, 6):
+            await writer.commit([ev(theirs, seq, progress=seq)], terminal_ttl_s=60)
+        await writer.commit([ev(mine, 1), ev(mine, 2, State.SUCCEEDED)], terminal_ttl_s=60)
+        got = await _collect(q, 2)
+        assert [e.event.seq for e in got] == [1, 2]
+        # The five events of a task nobody follows here never reached this node.
+        assert serving.received == 2
+        assert writer.received == 0
+    finally:
+        raw.close()
+        await serving.close()
+        await writer.close()
+
+
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_subscriptions_follow_local_subscribers_with_a_linger(
+    tmp_path: Path, kind: str
+) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
+    hub.channels.linger_s = 0.3
+    channel = hub.channels.channel("ailab:a")
+    sharded = kind == "redis-cluster"
+    first, second = SubscriberQueue(), SubscriberQueue()
+    try:
+        assert _subscribers(raw, channel, sharded) == 0
+        hub.attach(first, ["ailab:a"])
+        hub.attach(second, ["ailab:a"])
+        await hub.attached(["ailab:a"])
+        assert _subscribers(raw, channel, sharded) == 1  # two subscribers, one subscription
+        hub.detach(first, ["ailab:a"])
+        hub.detach(second, ["ailab:a"])
+        hub.attach(first, ["ailab:a"])  # back within the linger: nothing was sent
+        await hub.attached(["ailab:a"])
+        hub.detach(first, ["ailab:a"])
+        await asyncio.sleep(0.1)
+        assert _subscribers(raw, channel, sharded) == 1
+        await asyncio.sleep(0.6)  # the linger ran out
+        assert _subscribers(raw, channel, sharded) == 0
+        assert hub.channels.subscribed() == 0
+        hub.attach(second, ["ailab:a"])
+        await hub.attached(["ailab:a"])
+        assert _subscribers(raw, channel, sharded) == 1
+        await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+        assert [e.event.seq for e in await _collect(second, 1)] == [1]
+    finally:
+        raw.close()
+        await hub.close()
+
+
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_many_tasks_subscribe_in_batches(tmp_path: Path, kind: str) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
+    tasks = [f"ailab:t{i}" for i in range(3000)]
+    q = SubscriberQueue()
+    try:
+        started = asyncio.get_running_loop().time()
+        hub.attach(q, tasks)
+        await hub.attached(tasks)
+        # One write per link, confirmations streamed back: well under a round
+        # trip per task even on this shared machine.
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert hub.channels.subscribed() == len(tasks)
+        await hub.commit([ev(tasks[-1], 1)], terminal_ttl_s=60)
+        assert [e.event.task for e in await _collect(q, 1)] == [tasks[-1]]
+    finally:
+        raw.close()
+        await hub.close()
+
+
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_watches_live_in_their_tasks_slots(tmp_path: Path, kind: str) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
+    try:
+        for i in range(40):
+            await hub.put_watch(Watch(task=f"ailab:w{i}", created_at=float(i)))
+        assert raw.get(f"{hub.prefix}:{{ailab:w7}}:watch") is not None
+        assert not raw.exists(f"{hub.prefix}:watches")  # no single key holds them all
+        assert sorted(w.created_at for w in await hub.watches()) == [float(i) for i in range(40)]
+        assert await hub.drop_watch("ailab:w7") is True
+        assert raw.get(f"{hub.prefix}:{{ailab:w7}}:watch") is None
+        assert len(await hub.watches()) == 39
+    finally:
+        raw.close()
+        await hub.close()
+
+
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_watches_kept_in_the_old_single_hash_are_still_listed(
+    tmp_path: Path, kind: str
+) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
+    try:
+        old = Watch(task="ailab:old", created_at=1.0, deadline_at=5.0)
+        raw.hset(f"{hub.prefix}:watches", "ailab:old", msgspec.json.encode(old))
+        await hub.put_watch(Watch(task="ailab:new", created_at=2.0))
+        assert sorted(w.task for w in await hub.watches()) == ["ailab:new", "ailab:old"]
+        assert await hub.drop_watch("ailab:old") is True
+        assert [w.task for w in await hub.watches()] == ["ailab:new"]
+    finally:
+        raw.close()
+        await hub.close()
+
+
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_a_subscriber_back_while_the_unsubscribe_is_in_flight_gets_its_events(
+    tmp_path: Path, kind: str
+) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
+    hub.channels.linger_s = 0.0  # every last detach unsubscribes at once
+    q = SubscriberQueue()
+    try:
+        for seq in range(1, 16):
+            hub.attach(q, ["ailab:a"])
+            await hub.attached(["ailab:a"])
+            await hub.commit([ev("ailab:a", seq)], terminal_ttl_s=60)
+            assert [e.event.seq for e in await _collect(q, 1)] == [seq]
+            hub.detach(q, ["ailab:a"])
+            # Back after 0 to a few ms: before, while or after the unsubscribe goes out.
+            await asyncio.sleep((seq % 4) * 0.002)
+        assert _subscribers(raw, hub.channels.channel("ailab:a"), kind == "redis-cluster") <= 1
+    finally:
+        raw.close()
+        await hub.close()
+
+
+# -- history pages and watcher counts ---------------------------------------------
 
 
 def _seqs(page: HistoryPage) -> list[int]:
@@ -609,9 +813,6 @@ async def test_history_page_of_an_unknown_task(hub: Hub) -> None:
     assert (await hub.history_page("ailab:a", 0, 10)).known
 
 
-# -- watcher counts -----------------------------------------------------------
-
-
 async def test_watcher_counts_follow_attached_queues(hub: Hub) -> None:
     a, b = SubscriberQueue(), SubscriberQueue()
     hub.attach(a, ["ailab:a", "ailab:b"])
@@ -627,7 +828,7 @@ async def test_watcher_counts_follow_attached_queues(hub: Hub) -> None:
 
 
 async def test_redis_watcher_counts_are_summed_over_the_nodes(tmp_path: Path) -> None:
-    hub, raw = await _redis_pair(tmp_path)
+    hub, raw = await _redis_pair(tmp_path, "redis")
     local = SubscriberQueue()
     hub.attach(local, ["ailab:a"])
     try:
@@ -650,7 +851,7 @@ async def test_redis_watcher_counts_are_summed_over_the_nodes(tmp_path: Path) ->
 async def test_redis_watcher_counts_of_a_node_that_stopped_reporting_expire(
     tmp_path: Path,
 ) -> None:
-    hub, raw = await _redis_pair(tmp_path)
+    hub, raw = await _redis_pair(tmp_path, "redis")
     try:
         await hub.publish_watchers("node-2", {"ailab:a": 2}, 30)
         key = f"{hub.prefix}:{{ailab:a}}:watchers"

@@ -21,16 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from gateway.hub.redis import connect
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
-from tests.redis_cluster import (
-    RedisCluster,
-    redis_cluster,  # noqa: F401 (a fixture)
-)
+from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 (a fixture)
 from tests.redis_server import RedisServer
 
 P = "aholo"
@@ -83,11 +79,9 @@ async def _redis(tmp: Path) -> Backend:
 async def _redis_cluster(tmp: Path, cluster: RedisCluster) -> Backend:
     """A real 3-master Redis Cluster: the shards' hash tags land on different masters."""
     prefix = f"{_RUN}:{tmp.name}"
-    host, port = cluster.startup_nodes[0]
 
     async def node() -> Schedule:
-        client = aioredis.RedisCluster(host=host, port=port)
-        schedule = RedisSchedule(client, prefix=prefix, lease_s=LEASE_S)
+        schedule = RedisSchedule(connect(cluster.url), prefix=prefix, lease_s=LEASE_S)
         await schedule.start()
         return schedule
 

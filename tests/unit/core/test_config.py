@@ -77,6 +77,12 @@ def test_sections_are_read() -> None:
     assert (config.polling.grace_s, config.polling.deadline_s) == (5.0, 60.0)
 
 
+def test_backend_cluster_is_read() -> None:
+    doc = {"backend": {"kind": "redis", "url": "redis://r:6379/0", "cluster": True}}
+    assert parse_config(doc, NO_ENV).backend.cluster is True
+    assert parse_config({}, NO_ENV).backend.cluster is False
+
+
 # --- error paths -----------------------------------------------------------
 
 
@@ -111,6 +117,7 @@ def test_section_that_is_not_a_table() -> None:
         ("server", "log_format", "xml"),
         ("polling", "grace_s", "soon"),
         ("auth", "api_keys", "k1"),
+        ("backend", "cluster", "yes please"),
     ],
 )
 def test_invalid_values_in_sections_name_the_key(section: str, key: str, value: object) -> None:

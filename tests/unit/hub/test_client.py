@@ -1,0 +1,55 @@
+"""Which client ``connect`` makes: one Redis, or a Redis Cluster (no server needed)."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, MovedError, SlotNotCoveredError
+
+from gateway.exceptions import BackendError
+from gateway.hub.client import connect, translated
+
+
+async def test_a_redis_url_gives_a_plain_client_on_a_blocking_pool() -> None:
+    client = connect("redis://127.0.0.1:1/0", max_connections=7)
+    try:
+        assert isinstance(client, aioredis.Redis)
+        assert isinstance(client.connection_pool, aioredis.BlockingConnectionPool)
+        assert client.connection_pool.max_connections == 7
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "cluster"),
+    [("redis+cluster://127.0.0.1:7000/0", False), ("redis://127.0.0.1:7000/0", True)],
+)
+async def test_a_cluster_url_or_the_cluster_setting_gives_a_cluster_client(
+    url: str, cluster: bool
+) -> None:
+    client = connect(url, max_connections=9, cluster=cluster)
+    try:
+        assert isinstance(client, RedisCluster)
+        # Seeded from the URL's node; a pool of max_connections per node.
+        assert [(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()] == [
+            ("127.0.0.1", 7000)
+        ]
+        assert client.nodes_manager.connection_kwargs["max_connections"] == 9
+        assert client.load_balancing_strategy is None  # reads go to each slot's master
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ClusterDownError("CLUSTERDOWN The cluster is down"),
+        MovedError("3999 127.0.0.1:6381"),
+        SlotNotCoveredError("slot 12 is not covered"),
+    ],
+)
+async def test_cluster_client_errors_become_backend_errors(error: Exception) -> None:
+    with pytest.raises(BackendError, match=r"^redis: commit failed \(\w+\)$"):
+        async with translated("commit"):
+            raise error
