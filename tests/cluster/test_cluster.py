@@ -285,8 +285,12 @@ async def test_redis_restart_is_waited_out(
     await asyncio.sleep(1.0)
     redis_server.start()
     results = await asyncio.wait_for(asyncio.gather(*readers), 60)
-    await asyncio.sleep(1.0)
-    ready = [(await client.get(f"{u}/readyz")).status_code for u in urls]
+    # Every node is ready again once its loops have had a turn on the new Redis.
+    for _ in range(100):
+        ready = [(await client.get(f"{u}/readyz")).status_code for u in urls]
+        if ready == [200, 200, 200]:
+            break
+        await asyncio.sleep(0.1)
 
     assert not_ready == [503, 503, 503]
     assert ready == [200, 200, 200]
