@@ -159,6 +159,21 @@ def gateway_doc(sim_url: str, plan: Plan, db_path: Path, grace_s: float) -> dict
     }
 
 
+def _cluster_commands(cluster: Any) -> int:
+    """Commands processed so far by the cluster's live masters (``INFO stats``)."""
+    total = 0
+    for node in cluster.nodes:
+        if not node.alive:
+            continue
+        client = node.client()
+        try:
+            if client.execute_command("ROLE")[0] in (b"master", "master"):
+                total += int(client.info("stats")["total_commands_processed"])
+        finally:
+            client.close()
+    return total
+
+
 def _received(node: Proc) -> float:
     """The node's ``pollcast_events_received_total``."""
     text = httpx.get(f"{node.extra['url']}/metrics", timeout=30).text
@@ -599,7 +614,13 @@ class Bench:
                 time.sleep(self.plan.settle_s + 1.0)
                 received0 = [_received(node) for node in nodes]
                 seq0 = {t: _seq(nodes[0], t) for t in ids}
+                asked0 = self.sim_stats()["tasks"]
+                ops0 = _cluster_commands(cluster)
+                started = time.monotonic()
                 time.sleep(window_s)
+                ops1 = _cluster_commands(cluster)
+                asked1 = self.sim_stats()["tasks"]
+                elapsed = time.monotonic() - started
                 received1 = [_received(node) for node in nodes]
                 seq1 = {t: _seq(nodes[0], t) for t in ids}
                 self.loadgen.call(op="close", timeout=60)
@@ -627,7 +648,22 @@ class Bench:
                 f"  node {i}: {len(share)}/{n_tasks} tasks, received {got:.0f} events; "
                 f"its share committed {own}, all nodes' tasks {total}"
             )
-        return {"tasks": n_tasks, "window_s": window_s, "masters": 3, "nodes": rows}
+        # One upstream request per task per round, whichever node polls it.
+        asked = sum(asked1.get(t, 0) - asked0.get(t, 0) for t in ids)
+        per_round = asked / (n_tasks * elapsed / ECON_INTERVAL_S)
+        ops_per_s = (ops1 - ops0) / elapsed
+        self.log(
+            f"  upstream requests per task per round {per_round:.2f}; "
+            f"Redis commands {ops_per_s:,.0f}/s over the 3 masters"
+        )
+        return {
+            "tasks": n_tasks,
+            "window_s": window_s,
+            "masters": 3,
+            "nodes": rows,
+            "requests_per_task_per_round": per_round,
+            "redis_commands_per_s": ops_per_s,
+        }
 
     # -- 2-4. fan-out, latency, memory on one task -------------------------------
 
