@@ -21,14 +21,23 @@ The replies are ``application/problem+json`` like every other error. It also
 swaps uvicorn's per-connection objects for the smaller ones of
 gateway/web/lean.py and leaves each request's cycle in the scope for
 :class:`DirectWriter`.
+
+:class:`GuardedWebSocketProtocol` is the fast path's WebSocket protocol:
+uvicorn's sans-I/O ``websockets`` protocol (ping/pong, the close handshake and
+``ws_max_size`` are its own; the head was metered by the HTTP protocol above
+before the upgrade), with a lean inbound queue and itself in the scope for
+:class:`WebSocketDirectWriter`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+from websockets.protocol import State
 
 from gateway.config import ServerConfig
 from gateway.web.fastpaths import DIRECT_WRITE
@@ -40,10 +49,16 @@ from gateway.web.guard import (
     refuse,
     too_busy,
 )
-from gateway.web.lean import LeanFlowControl, Pipeline, Signal
+from gateway.web.lean import Inbox, LeanFlowControl, Pipeline, Signal
 from gateway.web.limits import AddressConnections
 
-__all__ = ["DirectWriter", "GuardedHttpProtocol", "guarded_http_protocol"]
+__all__ = [
+    "DirectWriter",
+    "GuardedHttpProtocol",
+    "GuardedWebSocketProtocol",
+    "WebSocketDirectWriter",
+    "guarded_http_protocol",
+]
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -217,3 +232,59 @@ class DirectWriter:
     def abort(self) -> None:
         """Drop the connection: a write failed, so the chunked body may be cut mid-chunk."""
         self.cycle.transport.abort()
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol with lean per-connection objects.
+
+    uvicorn's ``asyncio.Queue`` (three deques and an event) and ``writable``
+    event become an :class:`~gateway.web.lean.Inbox` and a
+    :class:`~gateway.web.lean.Signal`; an accepted connection leaves itself
+    in the scope for :class:`WebSocketDirectWriter`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = Inbox()  # type: ignore[assignment]  # put_nowait, get, empty
+        self.writable = Signal(True)
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:  # the scope exists, its ASGI task has not run
+            self.scope[DIRECT_WRITE] = self  # type: ignore[literal-required]
+
+
+class WebSocketDirectWriter:
+    """Whole text frames written to an open WebSocket without going through ``send``.
+
+    Each write is one complete frame (``Encoded.ws_frame``), so it never
+    splits a frame of the protocol's own (pongs, pings, close): those are
+    written whole, synchronously, too. ``ready`` holds what the protocol's
+    ``send`` checks; when it is false the caller uses ``send``.
+    """
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self.protocol = protocol
+
+    @property
+    def ready(self) -> bool:
+        protocol = self.protocol
+        return bool(
+            protocol.handshake_complete
+            and protocol.initial_response is None
+            and not protocol.close_sent
+            and not protocol.disconnected
+            and protocol.writable.is_set()
+            and protocol.conn.state is State.OPEN
+            and not protocol.transport.is_closing()
+        )
+
+    def write(self, frame: bytes) -> None:
+        """One complete frame; only when :attr:`ready`."""
+        self.protocol.transport.write(frame)
+
+    def abort(self) -> None:
+        """Drop the connection: a write failed, so the last frame may be cut short."""
+        self.protocol.transport.abort()

@@ -4,6 +4,12 @@ A raw handler, not ``@websocket_listener``, so that every bad frame gets an
 error frame and the connection stays open. One task reads frames, one
 writes events; a lock keeps a subscription's catch-up ahead of its live
 events on the wire.
+
+On the fast path (gateway/web/fastpaths.py) a live event for an idle
+connection — nothing queued, nothing being written under the lock, the
+socket open and not backed up — is written by the fan-out itself, as the
+event's shared text frame (``Encoded.ws_frame``); otherwise it is queued and
+sent by the connection's writer task through ``send``, as on the plain path.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from gateway.web.auth import (
     authorize_read,
     check_socket_origin,
 )
+from gateway.web.fastpaths import DirectWrite, direct_writer
 from gateway.web.limits import RefundingBucket
 from gateway.web.routes import gateway_of
 
@@ -51,6 +58,8 @@ CREDENTIALS_BASE = 4000
 
 
 class Connection:
+    __slots__ = ("direct", "feed", "frames", "gw", "lock", "principal", "socket")
+
     def __init__(self, socket: WebSocket[Any, Any, Any], gw: Gateway, principal: Principal) -> None:
         self.socket = socket
         self.gw = gw
@@ -61,6 +70,25 @@ class Connection:
         self.lock = asyncio.Lock()
         server = gw.config.server
         self.frames = RefundingBucket(server.ws_frames_per_s, burst=server.ws_frames_per_s * 2)
+        self.direct: DirectWrite | None = direct_writer(socket.scope)
+        if self.direct is not None:
+            self.feed.queue.direct = self.deliver_now
+
+    def deliver_now(self, enc: Encoded) -> bool:
+        """A live event for an idle connection, written at once (``SubscriberQueue.direct``).
+
+        ``False`` when it cannot go now (a catch-up, an error frame or a batch is
+        being written under the lock, or the socket is backed up or closing):
+        the event is queued. If the write raises, the queue closes with
+        ``WRITE_FAILED``.
+        """
+        writer = self.direct
+        if writer is None or self.lock.locked() or not writer.ready:
+            return False
+        if self.feed.accept(enc):
+            writer.write(enc.ws_frame)
+            self.forget_if_done(enc)
+        return True
 
     async def send(self, data: str | bytes) -> None:
         text = data if isinstance(data, str) else data.decode()
@@ -143,6 +171,12 @@ class Connection:
             try:
                 batch = await feed.queue.get_batch()
             except QueueClosed as closed:
+                if closed.reason is CloseReason.WRITE_FAILED:
+                    # A frame may be cut short: nothing more can go on this
+                    # connection, not even a close frame. The client resumes by seq.
+                    if self.direct is not None:
+                        self.direct.abort()
+                    return
                 data = feed.closing_notice(closed.reason)
                 async with self.lock:
                     if data is not None:
@@ -194,6 +228,7 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any], state: State) -> None:
             if exc is not None and not _is_disconnect(exc):
                 raise exc
     finally:
+        conn.feed.queue.direct = None
         conn.feed.close()
 
 
