@@ -171,10 +171,11 @@ def expectations() -> list[tuple[str, Probe]]:
         ("on_headers_complete", ()),
         ("on_message_complete", ()),
         ("on_response_complete", ()),
+        ("handle_websocket_upgrade", ()),
     ):
         found.append((f"HttpToolsProtocol.{method}", _method(protocol, method, params)))
     # Attributes the subclass reads or replaces (set by uvicorn in these methods).
-    for attr in ("loop", "transport", "flow", "pipeline", "client", "scope", "cycle"):
+    for attr in ("loop", "transport", "flow", "pipeline", "client", "scope", "cycle", "parser"):
         found.append((f"HttpToolsProtocol.{attr}", _assigns(protocol, attr)))
     # Replaced by lean stand-ins that have only these methods.
     found.append(
@@ -215,6 +216,7 @@ def _websocket_expectations() -> list[tuple[str, Probe]]:
             _method(ws, "__init__", ("config", "server_state", "app_state", "_loop")),
         ),
         ("WebSocketsSansIOProtocol.handle_connect", _method(ws, "handle_connect", ("event",))),
+        ("WebSocketsSansIOProtocol.send", _method(ws, "send", ("message",))),
     ]
     # Replaced by lean stand-ins (queue, writable); read by the direct writer (the rest).
     for attr in (
@@ -222,6 +224,7 @@ def _websocket_expectations() -> list[tuple[str, Probe]]:
         "writable",
         "scope",
         "response",
+        "request",
         "transport",
         "conn",
         "handshake_complete",

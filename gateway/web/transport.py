@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
@@ -118,6 +119,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self._idle():
             self._arm()  # the next head on this kept-alive connection has its own deadline
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        super().handle_websocket_upgrade()
+        # The WebSocket protocol owns the transport now and this object is done
+        # with, but its parser refers back to it: a cycle that only the (rarely
+        # run, see gateway/server.py: tune_gc) collector would free, with the
+        # request's head in it, per open WebSocket. uvicorn's connection_lost
+        # lets go of its parser the same way.
+        self.parser = None  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -252,6 +263,14 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         if self.response.status_code == 101:  # the scope exists, its ASGI task has not run
             self.scope[DIRECT_WRITE] = self  # type: ignore[literal-required]
+        # The parsed request: its headers are in the scope already, and nothing reads it again.
+        self.request = None  # type: ignore[assignment]
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if self.handshake_complete and self.response is not None:
+            # Sent (or refused): the handshake's response and its headers are not read again.
+            self.response = None  # type: ignore[assignment]
 
 
 class WebSocketDirectWriter:

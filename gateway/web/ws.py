@@ -165,9 +165,10 @@ class Connection:
                     await self.send(enc.text)
             accepted.append(name)
 
-    async def write(self) -> None:
+    async def write(self, reader: asyncio.Task[None]) -> None:
+        """Events until the queue closes or ``reader`` ends (it wakes the queue then)."""
         feed = self.feed
-        while True:
+        while not reader.done():
             try:
                 batch = await feed.queue.get_batch()
             except QueueClosed as closed:
@@ -214,20 +215,25 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any], state: State) -> None:
         return
     await socket.accept()
     conn = Connection(socket, gw, principal)
+    # The handler's own task writes; one more reads (two tasks per socket, not three:
+    # every open WebSocket keeps them).
+    reader = asyncio.create_task(conn.read())
+    reader.add_done_callback(lambda _: conn.feed.queue.wake())
     try:
-        reader = asyncio.create_task(conn.read())
-        writer = asyncio.create_task(conn.write())
-        done, pending = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for task in done:
-            exc = task.exception()
-            if exc is not None and not _is_disconnect(exc):
-                raise exc
+        try:
+            await conn.write(reader)
+        except Exception as exc:
+            if not _is_disconnect(exc):
+                raise
+        if reader.done() and not reader.cancelled():
+            failed = reader.exception()
+            if failed is not None and not _is_disconnect(failed):
+                raise failed
     finally:
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
         conn.feed.queue.direct = None
         conn.feed.close()
 
