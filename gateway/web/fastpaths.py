@@ -228,7 +228,6 @@ def _websocket_expectations() -> list[tuple[str, Probe]]:
         "transport",
         "conn",
         "handshake_complete",
-        "initial_response",
         "close_sent",
         "disconnected",
     ):
@@ -247,7 +246,6 @@ def _websocket_expectations() -> list[tuple[str, Probe]]:
     )
     # Its own frames go out whole and synchronously, so a direct frame never splits one.
     found.append(("WebSocketsSansIOProtocol writes", _whole_writes))
-    found.append(("websockets ServerProtocol.state", _websockets_state))
     return found
 
 
@@ -259,16 +257,6 @@ def _whole_writes(modules: Callable[[str], ModuleType]) -> str | None:
     odd = sorted({w for w in writes if w not in whole})
     if not writes or odd or len(writes) != source.count("transport.write("):
         return f"{WS_SANSIO_IMPL} writes something else than whole frames to its transport"
-    return None
-
-
-def _websockets_state(modules: Callable[[str], ModuleType]) -> str | None:
-    state = getattr(modules("websockets.protocol"), "State", None)
-    server = getattr(modules("websockets.server"), "ServerProtocol", None)
-    if state is None or getattr(state, "OPEN", None) is None:
-        return "websockets.protocol.State.OPEN is missing"
-    if server is None or not isinstance(getattr(server, "state", None), property):
-        return "websockets.server.ServerProtocol.state is missing"
     return None
 
 

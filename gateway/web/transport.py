@@ -38,7 +38,6 @@ from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
-from websockets.protocol import State
 
 from gateway.config import ServerConfig
 from gateway.web.fastpaths import DIRECT_WRITE
@@ -263,7 +262,9 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         if self.response.status_code == 101:  # the scope exists, its ASGI task has not run
             self.scope[DIRECT_WRITE] = self  # type: ignore[literal-required]
-        # The parsed request: its headers are in the scope already, and nothing reads it again.
+        # The parsed request: its headers are in the scope already, and nothing reads
+        # it again (websockets' parser keeps the object itself, so empty it too).
+        event.headers.clear()
         self.request = None  # type: ignore[assignment]
 
     async def send(self, message: ASGISendEvent) -> None:
@@ -289,14 +290,16 @@ class WebSocketDirectWriter:
 
     @property
     def ready(self) -> bool:
+        # Cheapest first: this runs for every subscriber of every event. Every
+        # way a connection stops being open either sets ``close_sent`` (our
+        # close, a refused handshake, a protocol error, a keepalive timeout) or
+        # closes the transport (the peer's close, a lost connection).
         protocol = self.protocol
         return bool(
             protocol.handshake_complete
-            and protocol.initial_response is None
             and not protocol.close_sent
             and not protocol.disconnected
             and protocol.writable.is_set()
-            and protocol.conn.state is State.OPEN
             and not protocol.transport.is_closing()
         )
 

@@ -215,6 +215,7 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any], state: State) -> None:
         return
     await socket.accept()
     conn = Connection(socket, gw, principal)
+    _forget_headers(socket)
     # The handler's own task writes; one more reads (two tasks per socket, not three:
     # every open WebSocket keeps them).
     reader = asyncio.create_task(conn.read())
@@ -236,6 +237,20 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any], state: State) -> None:
                 await reader
         conn.feed.queue.direct = None
         conn.feed.close()
+
+
+def _forget_headers(socket: WebSocket[Any, Any, Any]) -> None:
+    """An accepted socket's handshake headers are read (credentials, origin) and
+    not needed again; an open WebSocket need not keep them, raw and parsed
+    (about 2 KB each, times every open socket)."""
+    socket.scope["headers"] = []
+    with contextlib.suppress(Exception):  # Litestar's parsed copy, if it keeps one there
+        from litestar.types import Empty
+        from litestar.utils.scope.state import ScopeState
+
+        state = ScopeState.from_scope(socket.scope)
+        if state.headers is not Empty:
+            state.headers = Empty
 
 
 async def _refuse(socket: WebSocket[Any, Any, Any], refused: InputError) -> None:
