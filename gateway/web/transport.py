@@ -253,6 +253,33 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     in the scope for :class:`WebSocketDirectWriter`.
     """
 
+    # uvicorn's own state, in slots: set by its code all the same (a slot on the
+    # subclass wins over the instance dict), and the ~16 attributes left keep the
+    # dict a compact shared-key one (CPython: at most 30 keys); uvicorn sets 37.
+    __slots__ = (
+        "close_sent",
+        "close_timeout",
+        "close_timer",
+        "conn",
+        "curr_msg_data_type",
+        "disconnected",
+        "frames",
+        "handshake_complete",
+        "handshake_initiated",
+        "initial_response",
+        "last_ping_rtt",
+        "pending_ping_payload",
+        "ping_sent_at",
+        "ping_timer",
+        "pong_timer",
+        "queue",
+        "read_paused",
+        "request",
+        "response",
+        "scope",
+        "writable",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]  # put_nowait, get, empty
