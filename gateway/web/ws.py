@@ -21,6 +21,7 @@ from typing import Any
 
 from litestar import WebSocket, websocket
 from litestar.datastructures import State
+from litestar.types import ReceiveMessage
 
 from gateway.core.protocol import (
     ErrorFrame,
@@ -99,30 +100,35 @@ class Connection:
             await self.send(encode_frame(ErrorFrame(code=code, message=message, task=task)))
 
     async def read(self) -> None:
-        limit = self.gw.config.server.max_frame_bytes
         while True:
             message = await self.socket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            text, raw = message.get("text"), message.get("bytes")
-            data: str | bytes = (
-                text if isinstance(text, str) else raw if isinstance(raw, bytes) else b""
+            await self.on_frame(message)
+            # Not kept while the socket idles (every open socket would hold its last frame).
+            del message
+
+    async def on_frame(self, message: ReceiveMessage) -> None:
+        limit = self.gw.config.server.max_frame_bytes
+        text, raw = message.get("text"), message.get("bytes")
+        data: str | bytes = (
+            text if isinstance(text, str) else raw if isinstance(raw, bytes) else b""
+        )
+        if len(data) > limit:
+            await self.error("frame_too_large", f"frame of {len(data)} bytes; limit {limit}")
+            return
+        if self.frames.try_take(time.monotonic()) > 0:
+            await self.error("rate_limited", "too many frames per second; frame ignored")
+            return
+        try:
+            await self.handle(decode_client_message(data))
+        except InputError as exc:
+            await self.error(exc.code, exc.message)
+        except BackendError:
+            # The frame may be sent again as it is; the connection stays open.
+            await self.error(
+                "backend_unavailable", "the state backend is unavailable; try again shortly"
             )
-            if len(data) > limit:
-                await self.error("frame_too_large", f"frame of {len(data)} bytes; limit {limit}")
-                continue
-            if self.frames.try_take(time.monotonic()) > 0:
-                await self.error("rate_limited", "too many frames per second; frame ignored")
-                continue
-            try:
-                await self.handle(decode_client_message(data))
-            except InputError as exc:
-                await self.error(exc.code, exc.message)
-            except BackendError:
-                # The frame may be sent again as it is; the connection stays open.
-                await self.error(
-                    "backend_unavailable", "the state backend is unavailable; try again shortly"
-                )
 
     async def handle(self, msg: Subscribe | Unsubscribe | Ping) -> None:
         match msg:

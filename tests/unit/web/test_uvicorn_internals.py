@@ -213,6 +213,9 @@ async def test_an_upgrade_hands_the_socket_to_the_lean_websocket_protocol_and_le
         # The handshake's request and response are let go once it is done.
         assert ws.request is None and ws.response is None
         assert ws.scope[DIRECT_WRITE] is ws  # type: ignore[literal-required]
+        # Few enough attributes left in its dict for CPython's compact shared-key
+        # form (at most 30 keys); the rest of uvicorn's are in the subclass's slots.
+        assert len(vars(ws)) <= 30, sorted(vars(ws))
         writer = direct_writer(ws.scope)
         assert isinstance(writer, WebSocketDirectWriter) and writer.ready
         start = len(transport.written)
