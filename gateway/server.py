@@ -34,7 +34,14 @@ from gateway.web.auth import REDACT_TOKENS
 from gateway.web.fastpaths import FastPaths, check
 from gateway.web.guard import HeadLimits, fit_websockets_limits, plain_head_guard
 
-__all__ = ["DrainingServer", "http_protocol", "is_loopback", "serve", "uvicorn_config"]
+__all__ = [
+    "DrainingServer",
+    "http_protocol",
+    "is_loopback",
+    "serve",
+    "uvicorn_config",
+    "ws_protocol",
+]
 
 log = logging.getLogger("pollcast")
 
@@ -59,6 +66,15 @@ class DrainingServer(uvicorn.Server):
         captured = getattr(self, "_captured_signals", None)
         if isinstance(captured, list):
             captured.clear()
+
+
+def ws_protocol(fast: FastPaths) -> type | str:
+    """uvicorn's ``ws=``: the fast path's lean sans-I/O protocol, else uvicorn's default."""
+    if fast.active:
+        from gateway.web.transport import GuardedWebSocketProtocol
+
+        return GuardedWebSocketProtocol
+    return "auto"
 
 
 def http_protocol(config: Config, env: Mapping[str, str]) -> tuple[FastPaths, type | str]:
@@ -111,6 +127,7 @@ def uvicorn_config(
         loop="auto",
         # A guard on every path: head deadline (slowloris), head size, per-address cap.
         http=http,
+        ws=ws_protocol(fast),
         lifespan="on",
         access_log=False,
         log_config=None,

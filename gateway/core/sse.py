@@ -25,6 +25,7 @@ __all__ = [
     "parse_last_event_id",
     "retry_frame",
     "sse_message",
+    "ws_text_frame",
 ]
 
 _encoder = msgspec.json.Encoder()
@@ -53,9 +54,10 @@ class Encoded:
 
     ``sse`` carries ``id: <seq>`` (omitted for notices); ``sse_tail`` is the
     same message without the ``id`` line, for streams whose id is a cursor.
+    ``ws_frame`` is the JSON as one WebSocket text frame, built on first use.
     """
 
-    __slots__ = ("_text", "event", "json", "line", "sse", "sse_tail")
+    __slots__ = ("_text", "_ws_frame", "event", "json", "line", "sse", "sse_tail")
 
     def __init__(self, event: Event) -> None:
         self.event = event
@@ -67,6 +69,21 @@ class Encoded:
         else:
             self.sse = b"id: %d\n" % event.seq + self.sse_tail
         self._text: str | None = None
+        self._ws_frame: bytes | None = None
+
+    @property
+    def ws_frame(self) -> bytes:
+        """The JSON as one unfragmented WebSocket text frame from a server (built once).
+
+        A server's frames are not masked (RFC 6455 §5.1), so the same bytes are
+        valid on every connection: no per-connection state goes into them.
+        Sent without compression, which permessage-deflate allows per message
+        (RFC 7692 §6: RSV1 clear = not compressed).
+        """
+        frame = self._ws_frame
+        if frame is None:
+            frame = self._ws_frame = ws_text_frame(self.json)
+        return frame
 
     @property
     def text(self) -> str:
@@ -83,6 +100,18 @@ class Encoded:
     def counts_for_resume(self) -> bool:
         """Notices are not part of the seq history and are never replayed."""
         return self.event.event is not EventKind.NOTICE
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame carrying ``payload`` (UTF-8), RFC 6455 §5.2."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 1 << 16:
+        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return head + payload
 
 
 def encode(event: Event) -> Encoded:

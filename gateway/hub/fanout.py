@@ -31,6 +31,10 @@ class FanOut:
     def subscriber_count(self, task: str) -> int:
         return len(self._subscribers.get(task, ()))
 
+    def queues(self, task: str) -> tuple[SubscriberQueue, ...]:
+        """The local queues attached to ``task`` (a copy)."""
+        return tuple(self._subscribers.get(task, ()))
+
     def tasks(self) -> list[str]:
         """Tasks with at least one local subscriber."""
         return list(self._subscribers)

@@ -43,10 +43,11 @@ class QueueClosed(Exception):
 class QueueStats:
     """Counters shared by every queue of one gateway (plain ints: the hot path)."""
 
-    __slots__ = ("coalesced", "delivered", "direct_failures", "overflows")
+    __slots__ = ("coalesced", "delivered", "direct", "direct_failures", "overflows")
 
     def __init__(self) -> None:
         self.delivered = 0
+        self.direct = 0  # of ``delivered``: written by the consumer's direct writer
         self.coalesced = 0
         self.overflows = 0
         self.direct_failures = 0
@@ -106,7 +107,9 @@ class SubscriberQueue:
                 self._direct_failed()
                 return
             if took:
-                self.stats.delivered += 1
+                stats = self.stats
+                stats.delivered += 1
+                stats.direct += 1
                 return
         items = self._items
         if len(items) >= self.maxsize:

@@ -50,6 +50,7 @@ DIRECT_WRITE = "pollcast.cycle"
 
 HTTPTOOLS_IMPL = "uvicorn.protocols.http.httptools_impl"
 FLOW_CONTROL = "uvicorn.protocols.http.flow_control"
+WS_SANSIO_IMPL = "uvicorn.protocols.websockets.websockets_sansio_impl"
 
 
 class DirectWrite(Protocol):
@@ -64,14 +65,20 @@ class DirectWrite(Protocol):
 
 
 def direct_writer(scope: Mapping[str, Any]) -> DirectWrite | None:
-    """The direct writer of a request the fast path serves, else ``None`` (write via ``send``)."""
-    cycle = scope.get(DIRECT_WRITE)
-    if cycle is None:
-        return None
-    # Only the fast path's protocol sets the key, so its module is loaded already.
-    from gateway.web.transport import DirectWriter
+    """The direct writer of a request or WebSocket the fast path serves, else ``None``.
 
-    return DirectWriter(cycle)
+    ``None``: write through ASGI ``send``. On a WebSocket, ``write`` takes a
+    whole frame (``Encoded.ws_frame``); on an HTTP stream, a chunk's body.
+    """
+    ours = scope.get(DIRECT_WRITE)
+    if ours is None:
+        return None
+    # Only the fast path's protocols set the key, so their module is loaded already.
+    from gateway.web.transport import DirectWriter, WebSocketDirectWriter
+
+    if scope.get("type") == "websocket":
+        return WebSocketDirectWriter(ours)
+    return DirectWriter(ours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +171,11 @@ def expectations() -> list[tuple[str, Probe]]:
         ("on_headers_complete", ()),
         ("on_message_complete", ()),
         ("on_response_complete", ()),
+        ("handle_websocket_upgrade", ()),
     ):
         found.append((f"HttpToolsProtocol.{method}", _method(protocol, method, params)))
     # Attributes the subclass reads or replaces (set by uvicorn in these methods).
-    for attr in ("loop", "transport", "flow", "pipeline", "client", "scope", "cycle"):
+    for attr in ("loop", "transport", "flow", "pipeline", "client", "scope", "cycle", "parser"):
         found.append((f"HttpToolsProtocol.{attr}", _assigns(protocol, attr)))
     # Replaced by lean stand-ins that have only these methods.
     found.append(
@@ -192,10 +200,64 @@ def expectations() -> list[tuple[str, Probe]]:
         found.append((f"FlowControl.{attr}", _assigns(flow, attr)))
     found.append(("FlowControl._is_writable_event use", _uses(flow, "_is_writable_event", events)))
     found.append(("asyncio.Event methods", _event_methods))
+    found.extend(_websocket_expectations())
     # DrainingServer: a completed drain exits 0 instead of re-raising the signal.
     found.append(("Server.handle_exit", _method(server, "handle_exit", ("sig", "frame"))))
     found.append(("Server._captured_signals", _assigns(server, "_captured_signals")))
     return found
+
+
+def _websocket_expectations() -> list[tuple[str, Probe]]:
+    """GuardedWebSocketProtocol and WebSocketDirectWriter (gateway/web/transport.py)."""
+    ws = (WS_SANSIO_IMPL, "WebSocketsSansIOProtocol")
+    found: list[tuple[str, Probe]] = [
+        (
+            "WebSocketsSansIOProtocol.__init__",
+            _method(ws, "__init__", ("config", "server_state", "app_state", "_loop")),
+        ),
+        ("WebSocketsSansIOProtocol.handle_connect", _method(ws, "handle_connect", ("event",))),
+        ("WebSocketsSansIOProtocol.send", _method(ws, "send", ("message",))),
+    ]
+    # Replaced by lean stand-ins (queue, writable); read by the direct writer (the rest).
+    for attr in (
+        "queue",
+        "writable",
+        "scope",
+        "response",
+        "request",
+        "transport",
+        "conn",
+        "handshake_complete",
+        "close_sent",
+        "disconnected",
+    ):
+        found.append((f"WebSocketsSansIOProtocol.{attr}", _assigns(ws, attr)))
+    found.append(
+        (
+            "WebSocketsSansIOProtocol.queue use",
+            _uses(ws, "queue", {"put_nowait", "get", "empty"}),
+        )
+    )
+    found.append(
+        (
+            "WebSocketsSansIOProtocol.writable use",
+            _uses(ws, "writable", {"set", "clear", "wait", "is_set"}),
+        )
+    )
+    # Its own frames go out whole and synchronously, so a direct frame never splits one.
+    found.append(("WebSocketsSansIOProtocol writes", _whole_writes))
+    return found
+
+
+def _whole_writes(modules: Callable[[str], ModuleType]) -> str | None:
+    # Each of its writes is all of the sans-I/O connection's pending output at once.
+    source = _source(modules(WS_SANSIO_IMPL))
+    writes = re.findall(r"transport\.write\(([^\n]*)\)\n", source)
+    whole = {'b"".join(output)', 'b"".join(self.conn.data_to_send())'}
+    odd = sorted({w for w in writes if w not in whole})
+    if not writes or odd or len(writes) != source.count("transport.write("):
+        return f"{WS_SANSIO_IMPL} writes something else than whole frames to its transport"
+    return None
 
 
 def _problems(modules: Callable[[str], ModuleType]) -> Iterator[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""Smaller stand-ins for three objects uvicorn makes per connection.
+"""Smaller stand-ins for objects uvicorn makes per connection.
 
 An idle stream costs what its connection's objects cost, times 10,000.
 uvicorn gives every connection two :class:`asyncio.Event` (flow control and
@@ -6,6 +6,8 @@ the request's message event) and a :class:`collections.deque` for pipelined
 requests; each holds a deque, which CPython allocates with a 64-slot block:
 about 760 bytes apiece, measured with tracemalloc, for objects that almost
 never hold anything. These keep the same interface without the block.
+The WebSocket protocol's inbound :class:`asyncio.Queue` is three deques and
+an event; :class:`Inbox` is a list and one waiter.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Literal
 
 from uvicorn.protocols.http.flow_control import FlowControl
 
-__all__ = ["LeanFlowControl", "Pipeline", "Signal"]
+__all__ = ["Inbox", "LeanFlowControl", "Pipeline", "Signal"]
 
 
 class Signal(asyncio.Event):
@@ -74,3 +76,41 @@ class Pipeline(list[Any]):
 
     def appendleft(self, item: Any) -> None:
         self.insert(0, item)
+
+
+class Inbox:
+    """The three :class:`asyncio.Queue` methods uvicorn's WebSocket protocol
+    uses (``put_nowait``, ``get``, ``empty``), unbounded, for one consumer.
+
+    A second concurrent ``get`` is a bug in the caller (the ASGI app has one
+    receive loop) and raises rather than waiting unseen.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            if self._waiter is not None:
+                raise RuntimeError("Inbox.get() is already awaited by another task")
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)

@@ -21,14 +21,23 @@ The replies are ``application/problem+json`` like every other error. It also
 swaps uvicorn's per-connection objects for the smaller ones of
 gateway/web/lean.py and leaves each request's cycle in the scope for
 :class:`DirectWriter`.
+
+:class:`GuardedWebSocketProtocol` is the fast path's WebSocket protocol:
+uvicorn's sans-I/O ``websockets`` protocol (ping/pong, the close handshake and
+``ws_max_size`` are its own; the head was metered by the HTTP protocol above
+before the upgrade), with a lean inbound queue and itself in the scope for
+:class:`WebSocketDirectWriter`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 
 from gateway.config import ServerConfig
 from gateway.web.fastpaths import DIRECT_WRITE
@@ -40,10 +49,16 @@ from gateway.web.guard import (
     refuse,
     too_busy,
 )
-from gateway.web.lean import LeanFlowControl, Pipeline, Signal
+from gateway.web.lean import Inbox, LeanFlowControl, Pipeline, Signal
 from gateway.web.limits import AddressConnections
 
-__all__ = ["DirectWriter", "GuardedHttpProtocol", "guarded_http_protocol"]
+__all__ = [
+    "DirectWriter",
+    "GuardedHttpProtocol",
+    "GuardedWebSocketProtocol",
+    "WebSocketDirectWriter",
+    "guarded_http_protocol",
+]
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -103,6 +118,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self._idle():
             self._arm()  # the next head on this kept-alive connection has its own deadline
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        super().handle_websocket_upgrade()
+        # The WebSocket protocol owns the transport now and this object is done
+        # with, but its parser refers back to it: a cycle that only the (rarely
+        # run, see gateway/server.py: tune_gc) collector would free, with the
+        # request's head in it, per open WebSocket. uvicorn's connection_lost
+        # lets go of its parser the same way.
+        self.parser = None  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -217,3 +242,98 @@ class DirectWriter:
     def abort(self) -> None:
         """Drop the connection: a write failed, so the chunked body may be cut mid-chunk."""
         self.cycle.transport.abort()
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol with lean per-connection objects.
+
+    uvicorn's ``asyncio.Queue`` (three deques and an event) and ``writable``
+    event become an :class:`~gateway.web.lean.Inbox` and a
+    :class:`~gateway.web.lean.Signal`; an accepted connection leaves itself
+    in the scope for :class:`WebSocketDirectWriter`.
+    """
+
+    # uvicorn's own state, in slots: set by its code all the same (a slot on the
+    # subclass wins over the instance dict), and the ~16 attributes left keep the
+    # dict a compact shared-key one (CPython: at most 30 keys); uvicorn sets 37.
+    __slots__ = (
+        "close_sent",
+        "close_timeout",
+        "close_timer",
+        "conn",
+        "curr_msg_data_type",
+        "disconnected",
+        "frames",
+        "handshake_complete",
+        "handshake_initiated",
+        "initial_response",
+        "last_ping_rtt",
+        "pending_ping_payload",
+        "ping_sent_at",
+        "ping_timer",
+        "pong_timer",
+        "queue",
+        "read_paused",
+        "request",
+        "response",
+        "scope",
+        "writable",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = Inbox()  # type: ignore[assignment]  # put_nowait, get, empty
+        self.writable = Signal(True)
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:  # the scope exists, its ASGI task has not run
+            self.scope[DIRECT_WRITE] = self  # type: ignore[literal-required]
+        # The parsed request: its headers are in the scope already, and nothing reads
+        # it again (websockets' parser keeps the object itself, so empty it too).
+        event.headers.clear()
+        self.request = None  # type: ignore[assignment]
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if self.handshake_complete and self.response is not None:
+            # Sent (or refused): the handshake's response and its headers are not read again.
+            self.response = None  # type: ignore[assignment]
+
+
+class WebSocketDirectWriter:
+    """Whole text frames written to an open WebSocket without going through ``send``.
+
+    Each write is one complete frame (``Encoded.ws_frame``), so it never
+    splits a frame of the protocol's own (pongs, pings, close): those are
+    written whole, synchronously, too. ``ready`` holds what the protocol's
+    ``send`` checks; when it is false the caller uses ``send``.
+    """
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self.protocol = protocol
+
+    @property
+    def ready(self) -> bool:
+        # Cheapest first: this runs for every subscriber of every event. Every
+        # way a connection stops being open either sets ``close_sent`` (our
+        # close, a refused handshake, a protocol error, a keepalive timeout) or
+        # closes the transport (the peer's close, a lost connection).
+        protocol = self.protocol
+        return bool(
+            protocol.handshake_complete
+            and not protocol.close_sent
+            and not protocol.disconnected
+            and protocol.writable.is_set()
+            and not protocol.transport.is_closing()
+        )
+
+    def write(self, frame: bytes) -> None:
+        """One complete frame; only when :attr:`ready`."""
+        self.protocol.transport.write(frame)
+
+    def abort(self) -> None:
+        """Drop the connection: a write failed, so the last frame may be cut short."""
+        self.protocol.transport.abort()

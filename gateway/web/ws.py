@@ -4,6 +4,12 @@ A raw handler, not ``@websocket_listener``, so that every bad frame gets an
 error frame and the connection stays open. One task reads frames, one
 writes events; a lock keeps a subscription's catch-up ahead of its live
 events on the wire.
+
+On the fast path (gateway/web/fastpaths.py) a live event for an idle
+connection — nothing queued, nothing being written under the lock, the
+socket open and not backed up — is written by the fan-out itself, as the
+event's shared text frame (``Encoded.ws_frame``); otherwise it is queued and
+sent by the connection's writer task through ``send``, as on the plain path.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 
 from litestar import WebSocket, websocket
 from litestar.datastructures import State
+from litestar.types import ReceiveMessage
 
 from gateway.core.protocol import (
     ErrorFrame,
@@ -39,6 +46,7 @@ from gateway.web.auth import (
     check_socket_origin,
     may_poll,
 )
+from gateway.web.fastpaths import DirectWrite, direct_writer
 from gateway.web.limits import RefundingBucket
 from gateway.web.routes import gateway_of
 
@@ -52,6 +60,8 @@ CREDENTIALS_BASE = 4000
 
 
 class Connection:
+    __slots__ = ("direct", "feed", "frames", "gw", "lock", "principal", "socket")
+
     def __init__(self, socket: WebSocket[Any, Any, Any], gw: Gateway, principal: Principal) -> None:
         self.socket = socket
         self.gw = gw
@@ -62,6 +72,25 @@ class Connection:
         self.lock = asyncio.Lock()
         server = gw.config.server
         self.frames = RefundingBucket(server.ws_frames_per_s, burst=server.ws_frames_per_s * 2)
+        self.direct: DirectWrite | None = direct_writer(socket.scope)
+        if self.direct is not None:
+            self.feed.queue.direct = self.deliver_now
+
+    def deliver_now(self, enc: Encoded) -> bool:
+        """A live event for an idle connection, written at once (``SubscriberQueue.direct``).
+
+        ``False`` when it cannot go now (a catch-up, an error frame or a batch is
+        being written under the lock, or the socket is backed up or closing):
+        the event is queued. If the write raises, the queue closes with
+        ``WRITE_FAILED``.
+        """
+        writer = self.direct
+        if writer is None or self.lock.locked() or not writer.ready:
+            return False
+        if self.feed.accept(enc):
+            writer.write(enc.ws_frame)
+            self.forget_if_done(enc)
+        return True
 
     async def send(self, data: str | bytes) -> None:
         text = data if isinstance(data, str) else data.decode()
@@ -75,30 +104,35 @@ class Connection:
             await self.send(encode_frame(ErrorFrame(code=code, message=message, task=task)))
 
     async def read(self) -> None:
-        limit = self.gw.config.server.max_frame_bytes
         while True:
             message = await self.socket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            text, raw = message.get("text"), message.get("bytes")
-            data: str | bytes = (
-                text if isinstance(text, str) else raw if isinstance(raw, bytes) else b""
+            await self.on_frame(message)
+            # Not kept while the socket idles (every open socket would hold its last frame).
+            del message
+
+    async def on_frame(self, message: ReceiveMessage) -> None:
+        limit = self.gw.config.server.max_frame_bytes
+        text, raw = message.get("text"), message.get("bytes")
+        data: str | bytes = (
+            text if isinstance(text, str) else raw if isinstance(raw, bytes) else b""
+        )
+        if len(data) > limit:
+            await self.error("frame_too_large", f"frame of {len(data)} bytes; limit {limit}")
+            return
+        if self.frames.try_take(time.monotonic()) > 0:
+            await self.error("rate_limited", "too many frames per second; frame ignored")
+            return
+        try:
+            await self.handle(decode_client_message(data))
+        except InputError as exc:
+            await self.error(exc.code, exc.message)
+        except BackendError:
+            # The frame may be sent again as it is; the connection stays open.
+            await self.error(
+                "backend_unavailable", "the state backend is unavailable; try again shortly"
             )
-            if len(data) > limit:
-                await self.error("frame_too_large", f"frame of {len(data)} bytes; limit {limit}")
-                continue
-            if self.frames.try_take(time.monotonic()) > 0:
-                await self.error("rate_limited", "too many frames per second; frame ignored")
-                continue
-            try:
-                await self.handle(decode_client_message(data))
-            except InputError as exc:
-                await self.error(exc.code, exc.message)
-            except BackendError:
-                # The frame may be sent again as it is; the connection stays open.
-                await self.error(
-                    "backend_unavailable", "the state backend is unavailable; try again shortly"
-                )
 
     async def handle(self, msg: Subscribe | Unsubscribe | Ping) -> None:
         match msg:
@@ -141,12 +175,19 @@ class Connection:
                     await self.send(enc.text)
             accepted.append(name)
 
-    async def write(self) -> None:
+    async def write(self, reader: asyncio.Task[None]) -> None:
+        """Events until the queue closes or ``reader`` ends (it wakes the queue then)."""
         feed = self.feed
-        while True:
+        while not reader.done():
             try:
                 batch = await feed.queue.get_batch()
             except QueueClosed as closed:
+                if closed.reason is CloseReason.WRITE_FAILED:
+                    # A frame may be cut short: nothing more can go on this
+                    # connection, not even a close frame. The client resumes by seq.
+                    if self.direct is not None:
+                        self.direct.abort()
+                    return
                 data = feed.closing_notice(closed.reason)
                 async with self.lock:
                     if data is not None:
@@ -184,21 +225,42 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any], state: State) -> None:
         return
     await socket.accept()
     conn = Connection(socket, gw, principal)
+    _forget_headers(socket)
+    # The handler's own task writes; one more reads (two tasks per socket, not three:
+    # every open WebSocket keeps them).
+    reader = asyncio.create_task(conn.read())
+    reader.add_done_callback(lambda _: conn.feed.queue.wake())
     try:
-        reader = asyncio.create_task(conn.read())
-        writer = asyncio.create_task(conn.write())
-        done, pending = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for task in done:
-            exc = task.exception()
-            if exc is not None and not _is_disconnect(exc):
-                raise exc
+        try:
+            await conn.write(reader)
+        except Exception as exc:
+            if not _is_disconnect(exc):
+                raise
+        if reader.done() and not reader.cancelled():
+            failed = reader.exception()
+            if failed is not None and not _is_disconnect(failed):
+                raise failed
     finally:
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        conn.feed.queue.direct = None
         conn.feed.close()
+
+
+def _forget_headers(socket: WebSocket[Any, Any, Any]) -> None:
+    """An accepted socket's handshake headers are read (credentials, origin) and
+    not needed again; an open WebSocket need not keep them, raw and parsed
+    (about 2 KB each, times every open socket)."""
+    socket.scope["headers"] = []
+    with contextlib.suppress(Exception):  # Litestar's parsed copy, if it keeps one there
+        from litestar.types import Empty
+        from litestar.utils.scope.state import ScopeState
+
+        state = ScopeState.from_scope(socket.scope)
+        if state.headers is not Empty:
+            state.headers = Empty
 
 
 async def _refuse(socket: WebSocket[Any, Any, Any], refused: InputError) -> None:

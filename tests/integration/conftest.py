@@ -49,6 +49,7 @@ BOTH_PATHS = frozenset(
         "tests.integration.test_fanout",
         "tests.integration.test_resume",
         "tests.integration.test_streams",
+        "tests.integration.test_ws_fast_path",
         # The Python client's live tests (tests/clients/python/conftest.py imports these hooks).
         "tests.clients.python.test_watch",
         "tests.clients.python.test_ws_client",

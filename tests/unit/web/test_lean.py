@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.web.lean import LeanFlowControl, Pipeline, Signal
+import pytest
+
+from gateway.web.lean import Inbox, LeanFlowControl, Pipeline, Signal
 
 
 async def test_a_signal_wakes_every_waiter_and_stays_set_until_cleared() -> None:
@@ -70,3 +72,39 @@ def test_the_pipeline_is_first_in_first_out_like_the_deque() -> None:
         pipeline.appendleft(request)
     assert [pipeline.pop() for _ in range(3)] == ["first", "second", "third"]
     assert not pipeline
+
+
+async def test_the_inbox_hands_over_messages_in_order_and_wakes_its_reader() -> None:
+    inbox = Inbox()
+    assert inbox.empty()
+    inbox.put_nowait("a")
+    inbox.put_nowait("b")
+    assert not inbox.empty() and inbox.qsize() == 2
+    assert await inbox.get() == "a" and await inbox.get() == "b"
+    assert inbox.empty()
+    reading = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    assert not reading.done()  # nothing yet: it waits
+    inbox.put_nowait("c")
+    assert await asyncio.wait_for(reading, 1) == "c"
+
+
+async def test_a_second_concurrent_reader_of_the_inbox_is_refused() -> None:
+    inbox = Inbox()
+    first = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        await inbox.get()
+    inbox.put_nowait("x")
+    assert await asyncio.wait_for(first, 1) == "x"
+
+
+async def test_a_cancelled_inbox_reader_leaves_the_inbox_usable() -> None:
+    inbox = Inbox()
+    reading = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    inbox.put_nowait("y")
+    assert await asyncio.wait_for(inbox.get(), 1) == "y"

@@ -7,20 +7,29 @@ An upgrade that moves, renames or reshapes any of them fails here by name
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import signal
+import weakref
 from typing import Any
 
 import pytest
 import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
 from gateway.config import ServerConfig
+from gateway.core.sse import ws_text_frame
 from gateway.web.fastpaths import DIRECT_WRITE, TESTED_UVICORN, check, direct_writer, expectations
-from gateway.web.lean import LeanFlowControl, Pipeline, Signal
-from gateway.web.transport import DirectWriter, guarded_http_protocol
+from gateway.web.lean import Inbox, LeanFlowControl, Pipeline, Signal
+from gateway.web.transport import (
+    DirectWriter,
+    GuardedWebSocketProtocol,
+    WebSocketDirectWriter,
+    guarded_http_protocol,
+)
 
 
 @pytest.mark.parametrize("name", [name for name, _ in expectations()])
@@ -152,3 +161,89 @@ def test_the_server_keeps_the_signals_it_will_re_raise_in_a_list() -> None:
     assert server._captured_signals == []
     server.handle_exit(signal.SIGTERM, None)
     assert server._captured_signals == [signal.SIGTERM] and server.should_exit
+
+
+UPGRADE_HEAD = (
+    b"GET /v1/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+
+
+async def accepting_app(scope: Any, receive: Any, send: Any) -> None:
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    await asyncio.Event().wait()  # the test drives the socket itself
+
+
+def ws_config(application: Any) -> uvicorn.Config:
+    config = uvicorn.Config(
+        application,
+        log_config=None,
+        lifespan="off",
+        proxy_headers=False,
+        ws=GuardedWebSocketProtocol,
+        ws_ping_interval=None,
+    )
+    config.load()
+    return config
+
+
+async def test_an_upgrade_hands_the_socket_to_the_lean_websocket_protocol_and_lets_go() -> None:
+    config = ws_config(accepting_app)
+    state = ServerState()
+    http = guarded_http_protocol(ServerConfig())(config=config, server_state=state, app_state={})
+    transport = Transport()
+    transport.protocol = http
+    http.connection_made(transport)  # type: ignore[arg-type]
+    try:
+        http.data_received(UPGRADE_HEAD)
+        ws = transport.protocol
+        assert isinstance(ws, GuardedWebSocketProtocol)
+        # The HTTP protocol is garbage now, freed without the cyclic collector.
+        gone = weakref.ref(http)
+        del http
+        gc.disable()
+        try:
+            assert gone() is None
+        finally:
+            gc.enable()
+        await asyncio.sleep(0.01)  # the app accepts
+        assert transport.written.startswith(b"HTTP/1.1 101 ")
+        assert isinstance(ws.queue, Inbox) and isinstance(ws.writable, Signal)
+        # The handshake's request and response are let go once it is done.
+        assert ws.request is None and ws.response is None
+        assert ws.scope[DIRECT_WRITE] is ws  # type: ignore[literal-required]
+        # Few enough attributes left in its dict for CPython's compact shared-key
+        # form (at most 30 keys); the rest of uvicorn's are in the subclass's slots.
+        assert len(vars(ws)) <= 30, sorted(vars(ws))
+        writer = direct_writer(ws.scope)
+        assert isinstance(writer, WebSocketDirectWriter) and writer.ready
+        start = len(transport.written)
+        writer.write(ws_text_frame(b'{"a":1}'))
+        assert bytes(transport.written[start:]) == b'\x81\x07{"a":1}'
+        ws.pause_writing()
+        assert not writer.ready
+        ws.resume_writing()
+        assert writer.ready
+        ws.connection_lost(None)
+        assert not writer.ready
+    finally:
+        for task in state.tasks:
+            task.cancel()
+        await asyncio.gather(*state.tasks, return_exceptions=True)
+
+
+def test_the_websocket_signatures_the_subclass_overrides() -> None:
+    def params(func: Any) -> list[str]:
+        return list(inspect.signature(func).parameters)
+
+    assert params(WebSocketsSansIOProtocol.__init__) == [
+        "self",
+        "config",
+        "server_state",
+        "app_state",
+        "_loop",
+    ]
+    assert params(WebSocketsSansIOProtocol.handle_connect) == ["self", "event"]
+    assert params(WebSocketsSansIOProtocol.send) == ["self", "message"]
+    assert params(HttpToolsProtocol.handle_websocket_upgrade) == ["self"]
