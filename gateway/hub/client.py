@@ -39,6 +39,7 @@ from gateway.exceptions import BackendError
 
 __all__ = [
     "POOL_WAIT_S",
+    "TOKEN_REFILL_LUA",
     "Client",
     "Script",
     "connect",
@@ -190,3 +191,18 @@ async def run_script(
     client: Client, script: Script, keys: Sequence[str], args: Sequence[Any]
 ) -> Any:
     return (await run_scripts(client, [(script, keys, args)]))[0]
+
+
+# A token bucket in a hash (``t`` tokens, ``s`` stamp) at KEYS[1]; ARGV[1] now,
+# ARGV[2] rate, ARGV[3] burst; ``now`` is a Lua local the script defines first.
+# Refills ``tokens`` up to ``now`` (the caller stores them back).
+TOKEN_REFILL_LUA = """
+local rate = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local tokens = tonumber(redis.call('HGET', KEYS[1], 't') or ARGV[3])
+local stamp = tonumber(redis.call('HGET', KEYS[1], 's') or ARGV[1])
+if now > stamp then
+  tokens = math.min(burst, tokens + (now - stamp) * rate)
+  stamp = now
+end
+"""

@@ -42,6 +42,7 @@ from typing import Any, Literal, Protocol
 import redis.asyncio as aioredis
 
 from gateway.core.policy import CostBudget, TokenBucket
+from gateway.hub.client import TOKEN_REFILL_LUA
 from gateway.hub.redis import translated
 from gateway.metrics import Metrics
 from gateway.poller.provider import ProviderRuntime
@@ -129,7 +130,8 @@ class LocalLimits:
 
 # KEYS: rate, budget   ARGV: now, rate, burst, max_calls (-1: none), window_s, call id, max_wait
 # → {ok (1/0), seconds (string), why ("budget"/"rate"/"")}
-_ADMIT = """
+_ADMIT = (
+    """
 local now = tonumber(ARGV[1])
 local max_calls = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
@@ -142,15 +144,9 @@ if max_calls >= 0 then
     return {0, tostring(left), 'budget'}
   end
 end
-local rate = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local tokens = tonumber(redis.call('HGET', KEYS[1], 't') or ARGV[3])
-local stamp = tonumber(redis.call('HGET', KEYS[1], 's') or ARGV[1])
-if now > stamp then
-  tokens = math.min(burst, tokens + (now - stamp) * rate)
-  stamp = now
-end
-local wait = 0
+"""
+    + TOKEN_REFILL_LUA
+    + """local wait = 0
 if tokens < 1 then
   wait = (1 - tokens) / rate
   if wait > tonumber(ARGV[7]) then
@@ -165,6 +161,7 @@ if max_calls >= 0 then
 end
 return {1, tostring(wait), ''}
 """
+)
 
 # KEYS: permits   ARGV: now, limit, token, until → 1 taken, 0 all in use
 _ACQUIRE = """

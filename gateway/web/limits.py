@@ -37,6 +37,7 @@ from litestar.datastructures import State
 from gateway.config import Config
 from gateway.core.policy import TokenBucket
 from gateway.exceptions import LimitExceeded
+from gateway.hub.client import TOKEN_REFILL_LUA
 from gateway.hub.redis import translated
 
 __all__ = [
@@ -165,23 +166,19 @@ def _who(who: str) -> str:
 
 
 # KEYS: bucket   ARGV: now, rate, burst → "0" taken, else seconds until a token
-_TAKE = """
+_TAKE = (
+    """
 local now = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local tokens = tonumber(redis.call('HGET', KEYS[1], 't') or ARGV[3])
-local stamp = tonumber(redis.call('HGET', KEYS[1], 's') or ARGV[1])
-if now > stamp then
-  tokens = math.min(burst, tokens + (now - stamp) * rate)
-  stamp = now
-end
-if tokens < 1 then
+"""
+    + TOKEN_REFILL_LUA
+    + """if tokens < 1 then
   return tostring((1 - tokens) / rate)
 end
 redis.call('HSET', KEYS[1], 't', tostring(tokens - 1), 's', tostring(stamp))
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst / rate + 1) * 1000))
 return '0'
 """
+)
 
 # KEYS: held, owners   ARGV: limit, task, who → 1 admitted, 0 over the quota
 _ADMIT = """
