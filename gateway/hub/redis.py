@@ -60,6 +60,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from gateway.aio import cancel_and_wait, raise_if_cancelled
 from gateway.core import tracker
 from gateway.core.model import Event, EventKind
+from gateway.core.policy import RetryDelay
 from gateway.core.sse import Encoded
 from gateway.exceptions import BackendError, SeqConflict
 from gateway.hub.base import HistoryPage, Hub, Watch, page_of
@@ -87,6 +88,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("pollcast.hub.redis")
+
+# How often a failing restore (after a reconnect or a failover) is tried: ~1 min.
+RESTORE_ATTEMPTS = 32
 
 _WATCHERS_SET = Script(WATCHERS_SET)
 _WATCHERS_SUM = Script(WATCHERS_SUM)
@@ -339,10 +343,19 @@ class RedisHub(Hub):
 
     @staticmethod
     async def _run_restore(restore: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await restore()
-        except BackendError as exc:
-            log.warning("could not schedule again after a reconnect (%s)", exc)
+        """Until it has worked once: right after a failover the cluster may still
+        refuse writes (``CLUSTERDOWN``) for a moment, and a task whose schedule
+        entry was lost would otherwise never be polled again."""
+        delay = RetryDelay(first_s=0.2, cap_s=2.0)
+        for attempt in range(RESTORE_ATTEMPTS):
+            try:
+                await restore()
+                return
+            except BackendError as exc:
+                if attempt == RESTORE_ATTEMPTS - 1:
+                    log.warning("could not schedule again after a reconnect (%s)", exc)
+                    return
+                await asyncio.sleep(delay.next_delay())
 
     async def _receive(self, data: bytes) -> None:
         async with self._order:

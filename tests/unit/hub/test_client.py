@@ -8,6 +8,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, MovedError, SlotNotCoveredError
 
 from gateway.exceptions import BackendError
+from gateway.hub import redis as redis_hub
 from gateway.hub.client import connect, translated
 
 
@@ -53,3 +54,31 @@ async def test_cluster_client_errors_become_backend_errors(error: Exception) -> 
     with pytest.raises(BackendError, match=r"^redis: commit failed \(\w+\)$"):
         async with translated("commit"):
             raise error
+
+
+async def test_a_restore_refused_during_a_failover_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(redis_hub.asyncio, "sleep", no_wait)
+    calls = 0
+
+    async def restore() -> None:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise BackendError("CLUSTERDOWN The cluster is down")
+
+    await redis_hub.RedisHub._run_restore(restore)
+    assert calls == 3 and waits == [0.2, 0.4]
+
+    async def never() -> None:
+        raise BackendError("still down")
+
+    waits.clear()
+    await redis_hub.RedisHub._run_restore(never)  # gives up after about a minute, quietly
+    assert len(waits) == redis_hub.RESTORE_ATTEMPTS - 1 and max(waits) == 2.0
