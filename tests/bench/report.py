@@ -372,11 +372,11 @@ def render(results: dict[str, Any]) -> str:
                 f"{'—' if ratio is None else f'{ratio:.2f}'} |"
             )
         w("")
-        if "requests_per_task_per_round" in fanout:
+        if "upstream_requests" in fanout:
             w(
-                f"Upstream requests per task per round: "
-                f"{fanout['requests_per_task_per_round']:.2f} (one poll per task cluster-wide); "
-                f"Redis: {fanout['redis_commands_per_s']:,.0f} commands/s over the 3 masters.\n"
+                f"Upstream requests for these tasks in the window: {fanout['upstream_requests']:,}"
+                f" (the simulator's count, all nodes together); Redis: "
+                f"{fanout['redis_commands_per_s']:,.0f} commands/s over the 3 masters.\n"
             )
 
     nchan, pushpin = results.get("nchan") or {}, results.get("pushpin") or {}
