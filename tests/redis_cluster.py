@@ -30,6 +30,8 @@ from types import TracebackType
 import pytest
 import redis
 
+from tests.redis_server import wait_until_answering
+
 __all__ = ["ClusterNode", "RedisCluster", "redis_cluster"]
 
 _BUS_OFFSET = 10_000
@@ -102,19 +104,8 @@ class ClusterNode:
             else ["--appendonly", "no"]
         )
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = self.client()
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return self
-                except redis.RedisError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-        finally:
-            client.close()
+        wait_until_answering(self.client(), self.proc)
+        return self
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -26,13 +26,35 @@ from typing import Literal
 import pytest
 import redis
 
-__all__ = ["RedisServer", "redis_server"]
+__all__ = ["RedisServer", "redis_server", "wait_until_answering"]
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_answering(
+    client: redis.Redis, proc: subprocess.Popen[bytes], timeout_s: float = 10.0
+) -> None:
+    """Until ``client`` gets a PONG from the server ``proc`` started (then close it).
+
+    Raises:
+        RedisError: the server exited, or did not answer within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+    finally:
+        client.close()
 
 
 class RedisServer:
@@ -78,19 +100,8 @@ class RedisServer:
         else:
             args += ["--appendonly", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return self
-                except redis.RedisError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-        finally:
-            client.close()
+        wait_until_answering(redis.Redis(port=self.port, socket_connect_timeout=0.2), self.proc)
+        return self
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
