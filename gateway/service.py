@@ -176,7 +176,8 @@ class Gateway:
 
     async def restore(self) -> None:
         """After a reconnect to the store: schedule and watch again, from this node's
-        own memory, every task it has subscribers or watches for.
+        own memory, every task it has subscribers or watches for, and end the
+        backoff of the poller loops that failed while the store was away.
 
         A store restarted without persistence has lost its schedules and
         watches; nothing else would poll these tasks again. Adding is
@@ -203,6 +204,9 @@ class Gateway:
             ):
                 log.info("scheduled %s again after the store lost it", task)
                 lane.wake()
+        # The store answers again: loops that failed while it was away need not
+        # sit out the rest of their backoff.
+        poller.retry_now()
 
     async def ready(self) -> bool:
         return await self.readiness() is None

@@ -23,7 +23,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway import tracing
 from gateway.aio import cancel_and_wait, raise_if_cancelled
@@ -56,6 +56,8 @@ class LoopHealth:
     total_failures: int = 0
     last_error: str | None = None
     task: asyncio.Task[None] | None = None
+    # Set to end the wait after a failure early (the store answers again).
+    retry_now: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def stopped(self) -> bool:
@@ -92,7 +94,8 @@ async def supervise(
 
     A failure is counted (``pollcast_loop_failures_total{loop}``), logged
     once per streak of consecutive failures, and retried after a delay that
-    doubles while the streak lasts and starts again after a success.
+    doubles while the streak lasts and starts again after a success, or at
+    once when ``health.retry_now`` is set (see :meth:`Poller.retry_now`).
     """
     delays = delays or RetryDelay()
     while True:
@@ -116,7 +119,8 @@ async def supervise(
                     delay,
                     exc_info=not isinstance(exc, BackendError),
                 )
-            await sleep(delay)
+            await _wait(sleep(delay), health.retry_now)
+            health.retry_now.clear()
         else:
             if health.failures:
                 log.info(
@@ -125,6 +129,23 @@ async def supervise(
                 health.failures = 0
                 health.last_error = None
             delays.reset()
+
+
+async def _run(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+async def _wait(sleeping: Awaitable[None], nudge: asyncio.Event) -> None:
+    """Until ``sleeping`` is over or ``nudge`` is set, whichever comes first."""
+    if nudge.is_set():
+        return
+    current = asyncio.current_task()
+    name = f"{current.get_name()}-backoff" if current is not None else None
+    tasks = {asyncio.ensure_future(nudge.wait()), asyncio.create_task(_run(sleeping), name=name)}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(*tasks)
 
 
 class ProviderLane:
@@ -469,6 +490,12 @@ class Poller:
         self.loops.clear()
         await cancel_and_wait(*(task for lane in self.lanes.values() for task in lane._inflight))
         await self.schedule.close()
+
+    def retry_now(self) -> None:
+        """End the backoff of every failing loop: the store answers again."""
+        for health in self.loops.values():
+            if health.failing:
+                health.retry_now.set()
 
     def problems(self) -> list[str]:
         """Why polling is not fully working: each loop that stopped or is failing."""

@@ -430,18 +430,24 @@ def test_dashboard_shows_the_eta_the_gateway_computes() -> None:
             errors = watch_errors(page)
             page.goto(f"{base}/?transport=sse&follow=0&tasks={task}")
             card = f'.card[data-task="{task}"]'
+            # The estimate is a progress rate over the polls seen so far: on a busy
+            # machine the first polls come late and the first figure overshoots; it
+            # settles as readings come in, to one that fits the timeline (which
+            # ends 15 s after it starts).
             page.wait_for_function(
-                "(sel) => /^~\\d+ s left$/.test(document.querySelector(sel)?.textContent ?? '')",
+                """(sel) => {
+                    const text = document.querySelector(sel)?.textContent ?? '';
+                    const m = /^~(\\d+) s left$/.exec(text);
+                    return m !== null && Number(m[1]) > 0 && Number(m[1]) <= 16;
+                }""",
                 arg=f"{card} .eta",
                 timeout=WAIT_MS,
             )
             shown = int(page.inner_text(f"{card} .eta").split()[0][1:])
             current = snapshot(client, base, task)
             assert current["eta_s"] is not None and not current["terminal"]
-            # What the page shows is the gateway's figure, and a sensible one: the
-            # timeline ends 15 s after it starts.
+            # What the page shows is the gateway's figure.
             assert abs(shown - current["eta_s"]) <= 3
-            assert 0 < shown <= 16
             page.screenshot(path=str(OUTPUT / "dashboard-eta.png"), full_page=True)
             page.wait_for_selector(f'{card}[data-state="succeeded"]', timeout=WAIT_MS)
             assert page.inner_text(f"{card} .eta") == ""  # terminal: no estimate

@@ -80,6 +80,44 @@ async def test_a_failing_loop_is_reported_while_it_fails() -> None:
     assert health.problem is None
 
 
+async def test_a_nudge_ends_the_backoff_at_once() -> None:
+    """``retry_now`` (the store answers again) cuts a failing loop's wait short; the
+    nudge is used up, so the next failure waits its full backoff again."""
+    health = LoopHealth("lane:aholo")
+    waits: list[float] = []
+    asleep = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # a backoff that never ends on its own
+        waits.append(seconds)
+        asleep.set()
+        await asyncio.Event().wait()
+
+    step = Script([LOCKED, LOCKED])
+    loop = asyncio.create_task(
+        supervise(health, step, metrics=Metrics(), sleep=sleep, delays=RetryDelay(60.0, 60.0))
+    )
+    for expected_calls in (1, 2):
+        await asyncio.wait_for(asleep.wait(), 1)
+        asleep.clear()
+        assert step.calls == expected_calls and health.failing
+        health.retry_now.set()
+    with pytest.raises(asyncio.CancelledError):  # the script's end: the loop is cancelled
+        await asyncio.wait_for(loop, 1)
+    assert step.calls == 3 and waits == [60.0, 60.0]
+    assert not health.retry_now.is_set()
+
+
+async def test_retry_now_nudges_only_the_failing_loops() -> None:
+    def unused(call: Call) -> UpstreamResponse:
+        raise AssertionError("not started: nothing is polled")
+
+    poller = Poller(LocalHub(":memory:"), {"aholo": runtime("aholo")}, FakeUpstream(unused))
+    failing, fine = LoopHealth("lane:aholo", failures=2), LoopHealth("housekeeping")
+    poller.loops = {h.name: h for h in (failing, fine)}
+    poller.retry_now()
+    assert failing.retry_now.is_set() and not fine.retry_now.is_set()
+
+
 class FlakyHub(LocalHub):
     """A local hub whose purge fails the first ``n`` times, and drop_watch the first time."""
 
@@ -172,7 +210,7 @@ async def test_a_lanes_schedule_retry_delay_resets_after_success() -> None:
 
     async def sleep(seconds: float) -> None:
         task = asyncio.current_task()
-        if task is not None and task.get_name() == "pollcast-lane:aholo":
+        if task is not None and task.get_name() == "pollcast-lane:aholo-backoff":
             slept.append(seconds)
         await clock.sleep(seconds)
 
