@@ -89,10 +89,12 @@ async def test_open_streams_and_polling_survive_a_redis_restart(
         {"at": 5.0, "state": "running", "progress": 60},
         {"at": 8.0, "state": "succeeded"},
     ]
-    followed = [await create_sim_task(client, sim, p, timeline) for p in MIX]
-    watched = await create_sim_task(client, sim, "ailab", timeline)
     nodes = [GatewayProcess(cluster_doc(sim, redis_server.url), tmp_path).start() for _ in range(2)]
     try:
+        # The timelines start when the tasks are made: after the nodes are up, which
+        # can take seconds each on a busy machine.
+        followed = [await create_sim_task(client, sim, p, timeline) for p in MIX]
+        watched = await create_sim_task(client, sim, "ailab", timeline)
         provider, _, task_id = watched.partition(":")
         registered = await client.post(
             f"{nodes[0].url}/v1/tasks", json={"provider": provider, "task_id": task_id}
