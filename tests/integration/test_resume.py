@@ -121,10 +121,12 @@ async def test_ws_since_resumes_a_subscription(sim: str, client: httpx.AsyncClie
 async def test_resume_survives_a_gateway_restart(
     sim: str, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    task = await create_sim_task(client, sim, "videoproc", stepped(8, 0.5, start=0.5))
     doc = sim_config(sim, backend={"kind": "local", "path": str(tmp_path / "state.db")})
     gateway = GatewayProcess(doc, tmp_path).start()
     try:
+        # Made once the gateway is up: a slow start must not end the timeline
+        # before the restart it is there to straddle.
+        task = await create_sim_task(client, sim, "videoproc", stepped(8, 0.5, start=0.5))
         url = events_url(gateway.url, task)
         mux = f"{gateway.url}/v1/events?tasks={task}"
         before = await read_sse(client, url, stop_after=3)
