@@ -556,8 +556,15 @@ def _predict_row(name: str, row: dict[str, Any]) -> str:
         f"{fixed['delay_p50_s']:.2f} / {fixed['delay_p95_s']:.2f} s | "
         f"{pred['delay_p50_s']:.2f} / {pred['delay_p95_s']:.2f} s "
         f"({pred['delay_p95_s'] / base:.2f}×) | {100 * pred.get('late_share', 0.0):.1f} % | "
-        f"{verdict} |"
+        f"{verdict} | {_seeds(row.get('seeds'))} |"
     )
+
+
+def _seeds(seeds: dict[str, Any] | None) -> str:
+    if not seeds:
+        return "—"
+    (r0, r1), (p0, p1) = seeds["ratio"], seeds["p95_intervals"]
+    return f"{seeds['met']}/{seeds['of']}: {r0:.2f}–{r1:.2f}×, p95 {p0:.2f}–{p1:.2f}×"
 
 
 def _predict_section(predict: dict[str, Any]) -> str:
@@ -573,10 +580,12 @@ def _predict_section(predict: dict[str, Any]) -> str:
         "counted them. *best*: the lowest ratio any schedule reaches on the exact "
         "distribution at that p95 (above 0.5×: the target is out of reach by "
         "construction). *late*: the share of tasks seen more than 1.5 base intervals "
-        "after their end (a p95 within the bound allows 5 %).\n",
+        "after their end (a p95 within the bound allows 5 %). *seeds*: the target met "
+        "in how many of five draws of the durations (the row's own and the next four), "
+        "with the range of the ratio and of the p95 delay in base intervals.\n",
         "| scenario | tasks | base | fixed req/task | predictive req/task | ratio | best | "
-        "fixed delay p50 / p95 | predictive delay p50 / p95 | late | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "fixed delay p50 / p95 | predictive delay p50 / p95 | late | target | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in predict["simulated"]:
         out.append(_predict_row("sim: " + row["scenario"]["name"], row))
