@@ -16,7 +16,7 @@ Detection delay is the time from a task's real end to the gateway's terminal
 observation of it; the target: at most half the requests of a fixed poller
 at the provider's base interval, at a p95 delay of at most 1.5 base intervals.
 
-Each scenario also gets the best ratio any schedule could reach with the exact
+Each scenario also gets the best ratio a schedule could reach with the exact
 duration distribution (:func:`best_ratio`): long gaps up to a switch point,
 then gaps of 1.5 base intervals, the switch point as late as a 5 % share of
 tasks seen late allows. Where that is above 0.5 (a wide spread: the bulk is
