@@ -7,8 +7,12 @@ Two sources, one model:
   durations per queue-position bucket, with the provider's
   ``typical_duration_s`` as the prior until enough tasks have finished). It
   answers "given that a task has run ``e`` seconds, when will it probably
-  end?" as conditional quantiles. The predictive polling policy
-  (``gateway/core/policy.py``) schedules polls from the same answers.
+  end?" as conditional quantiles, and "how soon may a task end at the
+  earliest?" as a low quantile it only gives when the evidence places it
+  (:meth:`DurationModel.earliest_end`). The predictive polling policy
+  (``gateway/core/policy.py``) schedules polls from the same model. A prior
+  that the finished tasks contradict (one ends far sooner than the prior
+  allows) is dropped: the model then says nothing until its own samples do.
 * :func:`estimate` turns the previous event, a new observation and the
   model's expectation into the next event's ``eta_s``: from the progress
   rate between the two observations, from the queue position's movement,
@@ -61,6 +65,10 @@ _STANDARD = NormalDist()
 # typical_duration_s = (low, high) is read as the 10th and 90th percentile of
 # a log-normal distribution.
 _Z90 = _STANDARD.inv_cdf(0.9)
+# The prior is dropped when the shortest of the n tasks that ended while it was
+# in use is so short that n tasks drawn from the prior would have one that
+# short with a probability below this.
+PRIOR_DOUBT = 0.001
 
 
 def position_bucket(position: int | None) -> int:
@@ -104,11 +112,14 @@ class DurationModel:
             self._prior = (mu, sigma)
         self._recent: dict[int, deque[float]] = {}
         self._sorted: dict[int, list[float]] = {}
+        self._tested = 0  # finished tasks held against the prior
+        self._lowest = 1.0  # the prior's CDF at the shortest of them
 
     def record(self, duration_s: float, bucket: int = 0) -> None:
         """One finished task took ``duration_s`` seconds (ignored unless positive, finite)."""
         if not math.isfinite(duration_s) or duration_s <= 0:
             return
+        self._test_prior(duration_s)
         recent = self._recent.setdefault(bucket, deque())
         ordered = self._sorted.setdefault(bucket, [])
         if len(recent) >= self.window:
@@ -117,8 +128,22 @@ class DurationModel:
         recent.append(duration_s)
         bisect.insort(ordered, duration_s)
 
+    def _test_prior(self, duration_s: float) -> None:
+        if self._prior is None:
+            return
+        mu, sigma = self._prior
+        self._tested += 1
+        self._lowest = min(self._lowest, _STANDARD.cdf((math.log(duration_s) - mu) / sigma))
+        if 1.0 - (1.0 - self._lowest) ** self._tested < PRIOR_DOUBT:
+            self._prior = None  # a task ended far sooner than the prior allows
+
     def samples(self, bucket: int = 0) -> int:
         return len(self._recent.get(bucket, ()))
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether the prior is still in use (it is dropped when the data contradict it)."""
+        return self._prior is not None
 
     @property
     def known(self) -> bool:
@@ -147,6 +172,28 @@ class DurationModel:
         if target >= 1.0 - 1e-12:
             return None
         return max(0.0, math.exp(mu + sigma * _STANDARD.inv_cdf(target)) - elapsed_s)
+
+    def earliest_end(self, p: float, bucket: int = 0) -> float | None:
+        """The ``p``-quantile of a task's whole duration, if the model can place it.
+
+        From the bucket's samples (else bucket 0's) once there are enough to
+        put at least one at or below it: the ``⌊p·(n + 1)⌋``-th shortest of
+        ``n``, which a new task undercuts with a probability of at most ``p``
+        on average. Until then from the prior; ``None`` if neither can (a
+        low quantile read off a few samples would be too late: the shortest
+        of ``n`` is undercut ``1/(n + 1)`` of the time).
+        """
+        if not 0 < p < 1:
+            raise ValueError("p must be within (0, 1)")
+        for key in (bucket, 0) if bucket else (0,):
+            ordered = self._sorted.get(key, [])
+            rank = math.floor(p * (len(ordered) + 1))
+            if rank >= 1:
+                return ordered[rank - 1]
+        if self._prior is None:
+            return None
+        mu, sigma = self._prior
+        return math.exp(mu + sigma * _STANDARD.inv_cdf(p))
 
 
 def _empirical_remaining(ordered: list[float], elapsed_s: float, p: float) -> float | None:

@@ -13,8 +13,8 @@ shape for every provider:
 
 :class:`PredictivePolicy` (``polling = "predictive"``) replaces the quiet
 interval with one read from the duration model (``gateway/core/eta.py``):
-rare polls while a task is far from its probable end, the near interval
-around it, always between the base interval and a ceiling.
+rare polls while a task is unlikely to end yet, the near interval from its
+earliest probable end on, always between the base interval and a ceiling.
 """
 
 from __future__ import annotations
@@ -97,15 +97,31 @@ class IntervalPolicy:
 class PredictivePolicy:
     """When to poll a task next, from how long the provider's tasks take.
 
-    The next poll is when the task *may* end at the earliest: the
-    ``early_quantile`` of its remaining time given how long it has run, or,
-    if sooner, the task's own ``eta_s`` less ``eta_margin``; but never sooner
-    than ``near_s`` and never later than ``ceiling_s``. Inside the bulk of
-    the distribution that is ``near_s`` (``near_factor`` times the base
-    interval), so an end is seen within ``near_s``; far from it polls are up
-    to ``ceiling_s`` apart. A task the model cannot place (no prior, too few
-    finished tasks, or it outlived all of them) is polled at the base
-    interval, as a fixed poller would.
+    The aim: as few polls as possible while all but a share ``tail_budget``
+    of tasks are seen ending within ``near_s`` (``near_factor`` base
+    intervals) of their end. A task's end falls uniformly within the gap
+    between the two polls around it, so a gap ``g`` longer than ``near_s``
+    leaves ``1 - near_s / g`` of the ends inside it seen late, and a gap of
+    at most ``near_s`` none: the share seen late is the sum over the gaps of
+    ``P(end in gap) · max(0, 1 - near_s / g)``. Per unit of that share, a
+    long gap saves the most polls where tasks are still running but rarely
+    end (a low hazard: early on, for the spreads task durations have), so
+    the cheapest schedule is long gaps first and ``near_s`` from a switch
+    point on:
+
+    * up to the ``tail_budget``-quantile of the duration
+      (:meth:`DurationModel.earliest_end`), gaps of up to ``ceiling_s``, the
+      last one landing ``near_s`` after that quantile; at most a share
+      ``tail_budget`` of tasks end before it, which bounds the share seen late;
+    * from there on every ``near_s``, so every later end is seen within it.
+
+    Each gap is shortened by the request's own time (``request_s``), so the
+    bound holds from a task's end to the reply that shows it. The task's own
+    ``eta_s`` less ``eta_margin`` brings the next poll sooner when it says the
+    end is nearer. A task the model cannot place (no credible prior, too few
+    finished tasks) is polled every ``near_s``; one that has outlived every
+    finished task at the base interval. Delays are always between the base
+    interval and ``ceiling_s``.
 
     Faults, ``Retry-After``, the rate limit and the budget still apply as
     with the fixed policy: this only replaces the quiet interval.
@@ -113,19 +129,21 @@ class PredictivePolicy:
 
     base_s: float
     ceiling_s: float
-    near_factor: float = 1.45
-    early_quantile: float = 0.04
+    near_factor: float = 1.5
+    tail_budget: float = 0.04
     eta_margin: float = 0.3
 
     def __post_init__(self) -> None:
         if self.base_s <= 0 or self.ceiling_s < self.base_s:
             raise ValueError("need 0 < base_s <= ceiling_s")
-        if self.near_factor < 1 or not 0 < self.early_quantile < 0.5:
-            raise ValueError("need near_factor >= 1 and 0 < early_quantile < 0.5")
+        if self.near_factor < 1 or not 0 < self.tail_budget < 0.5:
+            raise ValueError("need near_factor >= 1 and 0 < tail_budget < 0.5")
+        if not 0 <= self.eta_margin < 1:
+            raise ValueError("need 0 <= eta_margin < 1")
 
     @property
     def near_s(self) -> float:
-        """The interval near a task's probable end: never faster than the base interval."""
+        """The bound on the time from a task's end to its detection, once it may end."""
         return min(self.ceiling_s, self.base_s * self.near_factor)
 
     def delay(
@@ -135,6 +153,7 @@ class PredictivePolicy:
         elapsed_s: float,
         bucket: int = 0,
         eta_s: float | None = None,
+        request_s: float = 0.0,
     ) -> float:
         """Seconds until the next poll.
 
@@ -143,15 +162,20 @@ class PredictivePolicy:
             elapsed_s: how long the gateway has seen the task.
             bucket: the task's queue-position bucket (``eta.position_bucket``).
             eta_s: the task's own estimate of the time left, as of now.
+            request_s: how long the last request took (the next one is
+                expected to take as long).
         """
-        leads = [model.remaining(elapsed_s, self.early_quantile, bucket)]
+        near = min(self.ceiling_s, max(self.base_s, self.near_s - max(0.0, request_s)))
+        earliest = model.earliest_end(self.tail_budget, bucket)
+        if earliest is None:
+            gap = near  # cannot place the task's end: every end within near_s
+        elif elapsed_s >= earliest and model.remaining(elapsed_s, 0.5, bucket) is None:
+            return self.base_s  # outlived every finished task: as a fixed poller would
+        else:
+            gap = earliest + near - elapsed_s  # the last long gap ends near_s past it
         if eta_s is not None:
-            leads.append(max(0.0, eta_s) * (1.0 - self.eta_margin))
-        known = [lead for lead in leads if lead is not None]
-        if not known:
-            return self.base_s  # nothing to go on: poll as a fixed poller would
-        lead = min(known)  # whichever says the task may end sooner
-        return min(self.ceiling_s, max(self.near_s, lead))
+            gap = min(gap, max(0.0, eta_s) * (1.0 - self.eta_margin))
+        return min(self.ceiling_s, max(near, gap))
 
 
 class RetryDelay:

@@ -327,7 +327,7 @@ class LanePlanner:
                     self.durations.record(ended - entry.since, entry.bucket)
             if not obs.state.terminal and entry.since is not None:
                 entry.seen_at = now
-            decision = self._predicted(entry, decision, event or previous, now)
+            decision = self._predicted(entry, decision, event or previous, now, elapsed_s)
             entry.apply(decision.state)
             if event is None or not event.terminal:
                 out.due.append((entry, now + decision.delay_s))
@@ -363,7 +363,12 @@ class LanePlanner:
         return self.durations.remaining(now - entry.since, 0.5, entry.bucket)
 
     def _predicted(
-        self, entry: Entry, decision: Decision, current: Event | None, now: float
+        self,
+        entry: Entry,
+        decision: Decision,
+        current: Event | None,
+        now: float,
+        request_s: float,
     ) -> Decision:
         """The predictive policy's delay instead of the quiet interval, when it has one."""
         predictive = self.rt.predictive
@@ -374,6 +379,7 @@ class LanePlanner:
             elapsed_s=now - entry.since,
             bucket=entry.bucket,
             eta_s=eta_at(current, now),
+            request_s=request_s,
         )
         return Decision(decision.state, delay)
 

@@ -63,13 +63,35 @@ def test_prior_remaining_is_conditional_on_having_run_so_far() -> None:
 
 def test_samples_replace_the_prior_once_there_are_enough() -> None:
     model = DurationModel((30.0, 120.0), min_samples=5)
-    for d in (10.0, 11.0, 12.0, 13.0):
+    for d in (25.0, 27.0, 29.0, 31.0):
         model.record(d)
     assert model.remaining(0.0, 0.5) == pytest.approx(60.0, rel=1e-6)  # still the prior
-    model.record(14.0)
-    assert model.remaining(0.0, 0.5) == 12.0
-    assert model.remaining(12.5, 0.0) == pytest.approx(0.5)  # the next one up: 13
-    assert model.remaining(14.0, 0.5) is None  # outlived every sample
+    model.record(33.0)
+    assert model.remaining(0.0, 0.5) == 29.0
+    assert model.remaining(29.5, 0.0) == pytest.approx(1.5)  # the next one up: 31
+    assert model.remaining(33.0, 0.5) is None  # outlived every sample
+
+
+def test_a_prior_the_samples_contradict_is_dropped() -> None:
+    model = DurationModel((30.0, 120.0), min_samples=5)
+    model.record(25.0)  # short, but the prior allows it (its 5th percentile)
+    assert model.has_prior
+    model.record(8.0)  # two ends drawn from the prior hold one this short 1 time in 5,000
+    assert not model.has_prior and not model.known
+    assert model.remaining(0.0, 0.5) is None and model.earliest_end(0.04) is None
+
+
+def test_earliest_end_needs_enough_samples_to_place_the_quantile() -> None:
+    model = DurationModel(min_samples=5)
+    for d in range(1, 24):
+        model.record(float(d))
+    assert model.earliest_end(0.04) is None  # ⌊0.04 · 24⌋ = 0
+    model.record(24.0)
+    assert model.earliest_end(0.04) == 1.0  # ⌊0.04 · 25⌋ = 1: the shortest
+    for d in range(25, 50):
+        model.record(float(d))
+    assert model.earliest_end(0.04) == 2.0  # ⌊0.04 · 50⌋ = 2
+    assert DurationModel((30.0, 120.0)).earliest_end(0.1) == pytest.approx(30.0)
 
 
 def test_window_is_bounded_and_follows_drift() -> None:
