@@ -14,29 +14,26 @@ import logging
 import uuid
 from collections.abc import Iterable
 
-import redis.asyncio as aioredis
-
 from gateway.aio import cancel_and_wait
+from gateway.backends import build_backends
 from gateway.config import Config
 from gateway.core import tracker
 from gateway.core.model import Event, State, TaskKey
 from gateway.core.sse import Encoded
 from gateway.exceptions import BackendError, InputError, TooManyTasks, UnknownTask
 from gateway.hub.base import HistoryPage, Hub, Watch
-from gateway.hub.local import LocalHub
+from gateway.hub.client import Client
 from gateway.hub.queue import CloseReason, QueueStats, SubscriberQueue
 from gateway.hub.redis import RedisHub
-from gateway.hub.redis import connect as redis_connect
 from gateway.listing import TaskPage, WatcherBoard, list_tasks
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller
-from gateway.poller.limits import Limits, RedisLimits
 from gateway.poller.redis_schedule import RedisSchedule
-from gateway.poller.schedule import FOREVER, Schedule
+from gateway.poller.schedule import FOREVER
 from gateway.poller.upstream import AiohttpTransport
 from gateway.redaction import for_config
 from gateway.webhooks.model import WebhookTarget
-from gateway.webhooks.service import Webhooks, outbox_for
+from gateway.webhooks.service import Webhooks
 
 __all__ = ["Feed", "Gateway", "UnknownTask"]
 
@@ -49,58 +46,20 @@ class Gateway:
     def __init__(self, config: Config, *, hub: Hub | None = None) -> None:
         self.config = config
         self.runtimes = config.runtimes()
-        backend = config.backend
         self.node_id = uuid.uuid4().hex[:12]
         self.metrics = Metrics()
         # Every credential in every form, for what leaves the gateway as text.
         self.redactor = for_config(config)
         self.queue_stats = QueueStats()
-        schedule: Schedule | None = None
-        limits: dict[str, Limits] = {}
-        self.redis: aioredis.Redis | aioredis.RedisCluster | None = None
-        tick_s = 1.0
-        if hub is None and backend.kind == "redis":
-            client = redis_connect(
-                backend.url, max_connections=backend.max_connections, cluster=backend.cluster
-            )
-            self.redis = client
-            hub = RedisHub(client, prefix=backend.prefix, history_limit=backend.history_limit)
-            schedule = RedisSchedule(
-                client,
-                prefix=backend.prefix,
-                lease_s=backend.lease_s,
-                node_id=self.node_id,
-                shards=backend.schedule_shards,
-            )
-            # Rate, budget and concurrency hold for the cluster, not per node.
-            limits = {
-                name: RedisLimits(
-                    client, rt, prefix=backend.prefix, node_id=self.node_id, metrics=self.metrics
-                )
-                for name, rt in self.runtimes.items()
-            }
-            tick_s = 0.25  # other nodes add tasks: look at the shared schedule this often
-        self.hub = hub or LocalHub(
-            backend.path,
-            history_limit=backend.history_limit,
-            snapshot_cache=backend.snapshot_cache,
+        backends = build_backends(
+            config, runtimes=self.runtimes, node_id=self.node_id, metrics=self.metrics, hub=hub
         )
-        # Deliveries live where the hub's state does: the same SQLite file or Redis.
+        schedule = backends.schedule
+        self.redis: Client | None = backends.redis
+        self.hub = backends.hub
         self.webhooks = (
-            Webhooks(
-                config.webhooks,
-                outbox_for(
-                    backend.kind,
-                    path=backend.path,
-                    url=backend.url,
-                    prefix=backend.prefix,
-                    max_connections=backend.max_connections,
-                    cluster=backend.cluster,
-                ),
-                self.hub,
-                metrics=self.metrics,
-            )
-            if config.webhooks.secret
+            Webhooks(config.webhooks, backends.outbox, self.hub, metrics=self.metrics)
+            if backends.outbox is not None
             else None
         )
         # One transport per provider, with as many connections as it may use at once.
@@ -116,9 +75,9 @@ class Gateway:
             metrics=self.metrics,
             grace_s=config.polling.grace_s,
             coalesce_s=config.polling.coalesce_s,
-            tick_s=tick_s,
+            tick_s=backends.tick_s,
             on_commit=self.webhooks.committed if self.webhooks is not None else None,
-            limits=limits,
+            limits=backends.limits,
         )
         self.feeds: set[Feed] = set()
         self._heartbeat: asyncio.Task[None] | None = None
