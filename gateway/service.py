@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from gateway.aio import cancel_and_wait
 from gateway.backends import build_backends
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Config
 from gateway.core import tracker
 from gateway.core.model import Event, State, TaskKey
@@ -43,8 +44,11 @@ log = logging.getLogger("pollcast.gateway")
 class Gateway:
     """Owns the hub, the poller and the set of open feeds."""
 
-    def __init__(self, config: Config, *, hub: Hub | None = None) -> None:
+    def __init__(
+        self, config: Config, *, hub: Hub | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
+        self.clock = clock
         self.runtimes = config.runtimes()
         self.node_id = uuid.uuid4().hex[:12]
         self.metrics = Metrics()
@@ -58,7 +62,13 @@ class Gateway:
         self.redis: Client | None = backends.redis
         self.hub = backends.hub
         self.webhooks = (
-            Webhooks(config.webhooks, backends.outbox, self.hub, metrics=self.metrics)
+            Webhooks(
+                config.webhooks,
+                backends.outbox,
+                self.hub,
+                wall=clock.wall,
+                metrics=self.metrics,
+            )
             if backends.outbox is not None
             else None
         )
@@ -76,6 +86,8 @@ class Gateway:
             grace_s=config.polling.grace_s,
             coalesce_s=config.polling.coalesce_s,
             tick_s=backends.tick_s,
+            monotonic=clock.monotonic,
+            wall=clock.wall,
             on_commit=self.webhooks.committed if self.webhooks is not None else None,
             limits=backends.limits,
         )
@@ -144,7 +156,7 @@ class Gateway:
         """
         self._snapshot_frames.clear()  # a new epoch may reuse seqs
         poller = self.poller
-        wall = poller.wall()
+        wall = self.clock.wall()
         watched = set(poller.watching)
         stored = {watch.task for watch in await self.hub.watches()} if watched else set()
         for task in [*poller.followers, *(watched - set(poller.followers))]:
@@ -241,7 +253,7 @@ class Gateway:
         if may_poll:
             return await self.poller.observe_now(key)
         name = str(key)
-        return await self.hub.snapshot(name) or tracker.initial_snapshot(name, self.poller.wall())
+        return await self.hub.snapshot(name) or tracker.initial_snapshot(name, self.clock.wall())
 
     async def history(self, key: TaskKey, after: int, limit: int) -> HistoryPage:
         """A page of ``key``'s kept events after seq ``after`` (the store only: no poll).
@@ -343,7 +355,7 @@ class Gateway:
 
     def notice(self, current: Event | None, task: str, code: str, message: str) -> Encoded:
         return Encoded(
-            tracker.notice(current, task=task, code=code, message=message, now=self.poller.wall())
+            tracker.notice(current, task=task, code=code, message=message, now=self.clock.wall())
         )
 
 
@@ -431,7 +443,7 @@ class Feed:
 
     async def _catch_up(self, name: str, current: Event | None, since: int | None) -> list[Encoded]:
         gw = self.gateway
-        snapshot = current or tracker.initial_snapshot(name, gw.poller.wall())
+        snapshot = current or tracker.initial_snapshot(name, gw.clock.wall())
         if since is None:
             return [gw.snapshot_frame(snapshot)]
         if since == snapshot.seq:
@@ -513,7 +525,7 @@ class Feed:
         Set from the subscriber token's ``exp``: a stream must not outlive
         the credential that opened it.
         """
-        delay = max(0.0, wall_s - self.gateway.poller.wall())
+        delay = max(0.0, wall_s - self.gateway.clock.wall())
         self._expiry = asyncio.get_running_loop().call_later(
             delay, self.queue.close, CloseReason.TOKEN_EXPIRED
         )
