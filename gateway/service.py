@@ -13,6 +13,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
+from typing import Literal
 
 from gateway.aio import cancel_and_wait
 from gateway.backends import build_backends
@@ -39,6 +40,9 @@ from gateway.webhooks.service import Webhooks
 __all__ = ["Feed", "Gateway", "UnknownTask"]
 
 log = logging.getLogger("pollcast.gateway")
+
+TaskScope = Literal["stream", "token", "connection"]
+"""What :meth:`Gateway.check_task_count` counts the tasks of."""
 
 
 class Gateway:
@@ -216,6 +220,30 @@ class Gateway:
         key = TaskKey.of(provider, task_id)
         self.poller.check(key)
         return key
+
+    def check_task_count(self, count: int, scope: TaskScope) -> None:
+        """The one rule on how many tasks one stream, one subscriber token or one
+        WebSocket connection may name (``server.max_tasks_per_stream``; for a
+        connection, ``server.max_tasks_per_ws``).
+
+        Raises:
+            TooManyTasks: ``count`` is over the scope's limit.
+        """
+        server = self.config.server
+        if scope == "connection":
+            if count > server.max_tasks_per_ws:
+                raise TooManyTasks(
+                    f"this connection already follows {server.max_tasks_per_ws} tasks; "
+                    "unsubscribe first",
+                    field="tasks",
+                )
+            return
+        limit = server.max_tasks_per_stream
+        if count > limit:
+            raise TooManyTasks(
+                f"{count} tasks in one {scope}; the limit is {limit}",
+                field="tasks" if scope == "stream" else None,
+            )
 
     def parse_key(self, text: str) -> TaskKey:
         key = TaskKey.parse(text)
@@ -536,8 +564,3 @@ class Feed:
         if not task:
             return None
         return self.gateway.notice(None, task, reason.value, CLOSING_MESSAGES[reason]).json
-
-
-def check_task_count(n: int, limit: int, what: str) -> None:
-    if n > limit:
-        raise TooManyTasks(f"{n} tasks in one {what}; the limit is {limit}", field="tasks")
