@@ -7,15 +7,11 @@ from typing import Any
 import pytest
 
 from gateway.core.model import State
-from gateway.sim.protocols import (
-    TRYON_DEFAULT_FAILURE,
-    VIDEOPROC_DEFAULT_ERROR,
-    render_aholo,
-    render_ailab,
-    render_genpic,
-    render_tryon,
-    render_videoproc,
-)
+from gateway.sim.protocols.aholo import render_aholo
+from gateway.sim.protocols.ailab import render_ailab
+from gateway.sim.protocols.genpic import render_genpic
+from gateway.sim.protocols.tryon import TRYON_DEFAULT_FAILURE, render_tryon
+from gateway.sim.protocols.videoproc import VIDEOPROC_DEFAULT_ERROR, render_videoproc
 from gateway.sim.timeline import Step, TaskView
 
 BASE = "http://127.0.0.1:8001"
