@@ -26,9 +26,8 @@ from gateway.providers.base import (
     UpstreamResponse,
     fault_for_status,
 )
-from gateway.providers.fieldpath import MISSING, FieldPath
-from gateway.providers.http.compiler import ApiErrorPlan, SignPlan, compile_settings
-from gateway.providers.http.reading import (
+from gateway.providers.declarative.compiler import ApiErrorPlan, SignPlan, compile_settings
+from gateway.providers.declarative.reading import (
     first_of,
     number_of,
     raw_fields,
@@ -36,11 +35,12 @@ from gateway.providers.http.reading import (
     type_name,
     value_key,
 )
-from gateway.providers.http.settings import HttpSettings
-from gateway.providers.http.templates import INT_ID_RE, LONG_MAX, render_json
+from gateway.providers.declarative.settings import DeclarativeSettings
+from gateway.providers.declarative.templates import INT_ID_RE, LONG_MAX, render_json
+from gateway.providers.fieldpath import MISSING, FieldPath
 from gateway.providers.signing import sign, sorted_pairs_text
 
-__all__ = ["HttpAdapter"]
+__all__ = ["DeclarativeAdapter"]
 
 
 def _signature(
@@ -63,24 +63,28 @@ def _signature(
     return sign(plan.algorithm, text, key=key, encoding=plan.encoding)
 
 
-class HttpAdapter(ReplyAdapter):
-    """An upstream described by :class:`HttpSettings` (see the module docstring)."""
+class DeclarativeAdapter(ReplyAdapter):
+    """An upstream described by :class:`DeclarativeSettings` (see the module docstring)."""
 
     kind = "http"
-    Settings = HttpSettings
+    Settings = DeclarativeSettings
     # Without an upstream doc to go by: a moderate pace; every key is overridable.
     defaults = ProviderDefaults(interval_s=5.0, max_interval_s=30.0)
-    settings: HttpSettings
+    settings: DeclarativeSettings
 
     def __init__(
-        self, settings: HttpSettings, *, batch_size: int | None = None, name: str | None = None
+        self,
+        settings: DeclarativeSettings,
+        *,
+        batch_size: int | None = None,
+        name: str | None = None,
     ) -> None:
         self._plan = compile_settings(settings)
         super().__init__(settings, batch_size=batch_size, name=name)
 
     @classmethod
     def defaults_for(cls, settings: Any) -> ProviderDefaults:
-        assert isinstance(settings, HttpSettings)
+        assert isinstance(settings, DeclarativeSettings)
         batch = settings.request.batch
         return msgspec.structs.replace(
             cls.defaults,
@@ -90,7 +94,7 @@ class HttpAdapter(ReplyAdapter):
 
     @classmethod
     def check_settings(cls, settings: Any) -> None:
-        assert isinstance(settings, HttpSettings)
+        assert isinstance(settings, DeclarativeSettings)
         compile_settings(settings)
 
     def check_task_id(self, task_id: str) -> None:

@@ -12,10 +12,10 @@ from gateway.providers.signing import SignSettings
 __all__ = [
     "ApiErrorMapping",
     "BatchSettings",
+    "DeclarativeSettings",
     "ErrorLiteral",
     "ErrorMapping",
     "FieldMapping",
-    "HttpSettings",
     "PathSpec",
     "ReplySettings",
     "RequestSettings",
@@ -108,7 +108,7 @@ class ApiErrorMapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     upstream: dict[str, PathSpec] = msgspec.field(default_factory=dict)
 
 
-class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class DeclarativeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     base_url: BaseUrl
     request: RequestSettings
     map: FieldMapping

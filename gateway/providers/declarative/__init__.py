@@ -79,12 +79,12 @@ values of ``Content-Type``, ``Accept``, ``Accept-Encoding``,
 ``Accept-Language``, ``Cache-Control`` and ``User-Agent``.
 """
 
-from gateway.providers.http.adapter import HttpAdapter
-from gateway.providers.http.settings import (
+from gateway.providers.declarative.adapter import DeclarativeAdapter
+from gateway.providers.declarative.settings import (
     ApiErrorMapping,
     BatchSettings,
+    DeclarativeSettings,
     FieldMapping,
-    HttpSettings,
     ReplySettings,
     RequestSettings,
     ResultMapping,
@@ -94,9 +94,9 @@ from gateway.providers.http.settings import (
 __all__ = [
     "ApiErrorMapping",
     "BatchSettings",
+    "DeclarativeAdapter",
+    "DeclarativeSettings",
     "FieldMapping",
-    "HttpAdapter",
-    "HttpSettings",
     "ReplySettings",
     "RequestSettings",
     "ResultMapping",

@@ -14,17 +14,16 @@ from typing import Any, Literal
 from gateway.core.model import ErrorInfo, State
 from gateway.exceptions import ConfigError
 from gateway.providers.conditions import Condition, ConditionSyntaxError, parse_condition
-from gateway.providers.fieldpath import FieldPath, PathSyntaxError, parse_path
-from gateway.providers.http.reading import Paths, type_name
-from gateway.providers.http.settings import (
+from gateway.providers.declarative.reading import Paths, type_name
+from gateway.providers.declarative.settings import (
     ApiErrorMapping,
     BatchSettings,
+    DeclarativeSettings,
     ErrorLiteral,
-    HttpSettings,
     PathSpec,
     RequestSettings,
 )
-from gateway.providers.http.templates import (
+from gateway.providers.declarative.templates import (
     IDS,
     MIN_SIGNED_LITERAL,
     NOT_CREDENTIAL_HEADERS,
@@ -36,6 +35,7 @@ from gateway.providers.http.templates import (
     parse_template,
     uses_int_id,
 )
+from gateway.providers.fieldpath import FieldPath, PathSyntaxError, parse_path
 from gateway.providers.signing import Algorithm, SignSettings
 
 __all__ = ["ApiErrorPlan", "Plan", "SignPlan", "compile_settings"]
@@ -161,7 +161,7 @@ def _credential_values(rendered: str) -> list[str]:
     return [rendered, *words] if rendered.strip() else []
 
 
-def compile_settings(settings: HttpSettings) -> Plan:
+def compile_settings(settings: DeclarativeSettings) -> Plan:
     """Check and parse everything the ``Struct`` types could not.
 
     Raises:
