@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.poller.engine import Poller
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import FOREVER
-from gateway.poller.upstream import AiohttpTransport
+from gateway.poller.upstream import AiohttpUpstreamClient
 from gateway.redaction import for_config
 from gateway.webhooks.model import WebhookTarget
 from gateway.webhooks.service import Webhooks
@@ -76,9 +76,9 @@ class Gateway:
             if backends.outbox is not None
             else None
         )
-        # One transport per provider, with as many connections as it may use at once.
+        # One upstream client per provider, with as many connections as it may use at once.
         self.http = {
-            name: AiohttpTransport(rt.http, concurrency=rt.concurrency)
+            name: AiohttpUpstreamClient(rt.http, concurrency=rt.concurrency)
             for name, rt in self.runtimes.items()
         }
         self.poller = Poller(
