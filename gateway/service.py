@@ -1,4 +1,4 @@
-"""The gateway as the transports see it: tasks, feeds, draining.
+"""The gateway as the streams see it: tasks, feeds, draining.
 
 A :class:`Feed` is one subscriber's view of some tasks, shared by SSE,
 NDJSON and WebSocket. It attaches to the hub *first*, then reads the
@@ -363,8 +363,8 @@ class Gateway:
         """Every task the cluster watches (the stored watches)."""
         return {watch.task for watch in await self.hub.watches()}
 
-    def open_feed(self, transport: str) -> Feed:
-        feed = Feed(self, self.config.server.queue_size, transport)
+    def open_feed(self, stream_kind: str) -> Feed:
+        feed = Feed(self, self.config.server.queue_size, stream_kind)
         self.feeds.add(feed)
         return feed
 
@@ -409,14 +409,15 @@ class Feed:
         "keys",
         "queue",
         "seqs",
-        "transport",
+        "stream_kind",
     )
 
-    def __init__(self, gateway: Gateway, queue_size: int, transport: str = "sse") -> None:
+    def __init__(self, gateway: Gateway, queue_size: int, stream_kind: str = "sse") -> None:
         self.gateway = gateway
         self.queue = SubscriberQueue(queue_size, stats=gateway.queue_stats)
-        self.transport = transport
-        gateway.metrics.subscribers.labels(transport).inc()
+        # "sse", "sse_multi", "ndjson" or "ws": the subscribers metric's ``transport`` label.
+        self.stream_kind = stream_kind
+        gateway.metrics.subscribers.labels(stream_kind).inc()
         self.seqs: dict[str, int] = {}  # task → last seq delivered
         self.keys: dict[str, TaskKey] = {}
         self.finished: set[str] = set()  # tasks whose terminal event was delivered
@@ -545,7 +546,7 @@ class Feed:
         for name in list(self.keys):
             self._drop(name)
         self.gateway.feeds.discard(self)
-        self.gateway.metrics.subscribers.labels(self.transport).dec()
+        self.gateway.metrics.subscribers.labels(self.stream_kind).dec()
 
     def expire_at(self, wall_s: float) -> None:
         """End the feed at ``wall_s`` (epoch s) with a last ``token_expired`` notice.

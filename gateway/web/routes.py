@@ -126,7 +126,7 @@ async def _open_stream(
     framing: Framing,
     principal: Principal,
 ) -> Response[Any]:
-    feed = gw.open_feed(framing.transport)
+    feed = gw.open_feed(framing.stream_kind)
     if isinstance(principal, SubscriberPrincipal):
         feed.expire_at(principal.expires_at)
     initial = []
