@@ -3,7 +3,7 @@
 Each :class:`Protocol` turns one :class:`Call` (what arrived over HTTP) into
 one :class:`Reply` (what to send back), reading tasks from a
 :class:`~gateway.sim.simulator.Simulator`. The ``render_*`` functions are
-pure: a :class:`~gateway.sim.timeline.TaskView` in, the provider's JSON
+pure: a :class:`~gateway.sim.timeline.TaskMoment` in, the provider's JSON
 object out. Envelopes, error codes and field names follow the upstream docs
 in ``docs/providers/``; each module (one per upstream, as in
 ``gateway/providers/``) cites its doc.

@@ -14,7 +14,7 @@ import msgspec
 from gateway.core.model import State
 from gateway.sim.protocols.base import Call, Protocol, Reply, encode_json, string_list
 from gateway.sim.simulator import Simulator
-from gateway.sim.timeline import TaskView
+from gateway.sim.timeline import TaskMoment
 
 __all__ = ["AholoProtocol", "aholo_sign", "render_aholo"]
 
@@ -40,7 +40,7 @@ def aholo_sign(app_secret: str, app_key: str, appuid: str, timestamp: str) -> st
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
-def render_aholo(view: TaskView, base_url: str) -> dict[str, Any]:
+def render_aholo(view: TaskMoment, base_url: str) -> dict[str, Any]:
     """A Task Object: ``taskId``, ``status`` (0 queued — or 1 waiting with
     ``native`` —, 2 running — or 8 preprocessing —, 3 success, 4 failed,
     5 cancelled, 6 timed out, 7 rejected) and ``result`` (asset URLs on

@@ -13,7 +13,7 @@ from typing import Any, Final
 from gateway.core.model import State
 from gateway.sim.protocols.base import Call, Protocol, Reply, encode_json, json_object
 from gateway.sim.simulator import Simulator
-from gateway.sim.timeline import TaskView
+from gateway.sim.timeline import TaskMoment
 
 __all__ = ["AilabProtocol", "render_ailab"]
 
@@ -21,7 +21,7 @@ _AILAB_STATUS: Final = {State.QUEUED: 0, State.RUNNING: 1, State.SUCCEEDED: 2}
 _AILAB_OK_DETAIL: Final = {"status_code": 200, "code": "", "code_message": "", "message": ""}
 
 
-def render_ailab(view: TaskView, base_url: str) -> dict[str, Any]:
+def render_ailab(view: TaskMoment, base_url: str) -> dict[str, Any]:
     """The fields after the envelope: ``task_status`` (0 queued, 1 running,
     2 done, -1 failed — every other terminal state is a failure too) and, once
     done, ``result``: a list of result URLs."""

@@ -13,7 +13,7 @@ from typing import Any, Final
 from gateway.core.model import State
 from gateway.sim.protocols.base import Call, Protocol, Reply, encode_json, json_object, string_list
 from gateway.sim.simulator import Simulator
-from gateway.sim.timeline import TaskView
+from gateway.sim.timeline import TaskMoment
 
 __all__ = ["GENPIC_FAILURE_CODE", "GenpicProtocol", "genpic_signature", "render_genpic"]
 
@@ -52,7 +52,7 @@ def genpic_signature(params: Mapping[str, Any], private_key: str) -> str:
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
-def render_genpic(view: TaskView, base_url: str) -> dict[str, Any]:
+def render_genpic(view: TaskMoment, base_url: str) -> dict[str, Any]:
     """A TaskDetail: ``TaskStatus`` Queuing / Running / Finished / Error, the
     ``FinalPictureUrls`` once finished, ``TaskErrorMsg``/``TaskErrorCode`` on error."""
     step = view.step

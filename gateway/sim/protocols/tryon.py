@@ -13,7 +13,7 @@ import msgspec
 from gateway.core.model import State
 from gateway.sim.protocols.base import Call, Protocol, Reply, encode_json
 from gateway.sim.simulator import Simulator
-from gateway.sim.timeline import TaskView
+from gateway.sim.timeline import TaskMoment
 
 __all__ = ["TRYON_DEFAULT_FAILURE", "TryonProtocol", "render_tryon"]
 
@@ -53,7 +53,7 @@ def _tryon_data(task_id: int, open_id: str, **fields: Any) -> dict[str, Any]:
     }
 
 
-def render_tryon(view: TaskView, open_id: str) -> dict[str, Any]:
+def render_tryon(view: TaskMoment, open_id: str) -> dict[str, Any]:
     """The ``data`` object: ``state`` 1 while queued (``position`` >= 1) or
     running (``position`` 0), 2 done with ``body_url``/``showUrl`` relative
     to the caller's OSS base, -1 failed with ``infInfo``/``infInfoEn``."""

@@ -11,7 +11,7 @@ from typing import Any, Final
 from gateway.core.model import State
 from gateway.sim.protocols.base import Call, Protocol, Reply, encode_json
 from gateway.sim.simulator import Simulator
-from gateway.sim.timeline import TaskView
+from gateway.sim.timeline import TaskMoment
 
 __all__ = ["VIDEOPROC_DEFAULT_ERROR", "VideoprocProtocol", "render_videoproc"]
 
@@ -30,7 +30,7 @@ def _naive_iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).replace(tzinfo=None).isoformat("T", "seconds")
 
 
-def render_videoproc(view: TaskView) -> dict[str, Any]:
+def render_videoproc(view: TaskMoment) -> dict[str, Any]:
     """A TaskStatusResponse: ``status`` processing (queued or running) /
     completed / error, ``progress``, ``message``, ``created_at``,
     ``completed_at`` once terminal, ``files`` as relative ``/api/download/``
