@@ -155,7 +155,7 @@ class InvalidWebhook(InputError):
 
 
 class UpstreamError(PollcastError):
-    """An upstream request failed at the transport level (timeout, reset, refused)."""
+    """An upstream request failed on the network (timeout, reset, refused)."""
 
 
 class UpstreamTimeout(UpstreamError):
