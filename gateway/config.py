@@ -62,7 +62,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_timeout_s: Positive = 5.0  # SIGTERM: streams get a last notice within this
     ws_ping_s: Positive = 20.0
     log_format: Literal["text", "json"] = "text"
-    # Abuse limits (gateway/web/transport.py, limits.py); in memory, per node.
+    # Abuse limits (gateway/web/connection.py, limits.py); in memory, per node.
     max_connections_per_ip: Count = 1024  # open TCP connections of one client address
     handshake_timeout_s: Positive = 10.0  # a request head must arrive within this (slowloris)
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 65536  # line + headers

@@ -1,6 +1,6 @@
 """pollcast's exception tree. Library errors are translated at the boundary.
 
-::
+Every class below, wherever it is defined::
 
     PollcastError
     ├── ConfigError            a bad configuration (names the key path)
@@ -14,11 +14,32 @@
     │   ├── Unauthorized       no, wrong or expired credentials (401 + WWW-Authenticate)
     │   ├── Forbidden          a valid principal asking for more than it may (403)
     │   ├── LimitExceeded      a rate or quota ran out (429 + Retry-After)
-    │   └── InvalidWebhook     a webhook URL pollcast will not call (422)
+    │   ├── InvalidWebhook     a webhook URL pollcast will not call (422)
+    │   ├── BadFrame           a WebSocket frame that is no client message
+    │   │                      (gateway/core/protocol.py)
+    │   └── TaskExists         the simulator's admin API: that task exists (409,
+    │                          gateway/sim/timeline.py)
     ├── UpstreamError          a request to an upstream API failed
-    │   └── UpstreamTimeout    … because no complete response came in time
+    │   ├── UpstreamTimeout    … because no complete response came in time
+    │   ├── _BodyTooLarge      … because the reply outgrew http.max_body_bytes
+    │   │                      (gateway/poller/upstream.py)
+    │   └── DeliveryFailed     a webhook attempt got no complete answer
+    │       │                  (gateway/webhooks/sender.py)
+    │       └── DeliveryTimeout  … within its deadline
     └── BackendError           the hub's store is unreachable or refused a write
         └── SeqConflict        another writer already committed that seq
+
+Where a library's error can come out (``sqlite3``, redis-py, aiohttp), it
+becomes one of these: ``sqlite3.Error`` in gateway/hub/local.py and
+gateway/webhooks/outbox.py, redis-py's errors through
+:data:`gateway.hub.client.REDIS_ERRORS`, aiohttp's in gateway/poller/upstream.py
+and gateway/webhooks/sender.py.
+
+Outside the tree are signals, each caught by the code that expects it:
+``MalformedReply`` (an adapter's reply becomes a ``malformed`` fault),
+``PathSyntaxError`` and ``ConditionSyntaxError`` (become a ``ConfigError``),
+``QueueClosed`` and ``LinkLost`` (a closed subscriber queue, a lost Redis
+subscription) and the simulator's own request-body and client-gone signals.
 """
 
 from __future__ import annotations
@@ -59,18 +80,18 @@ class UnknownProvider(InputError):
     code = "unknown_provider"
 
 
-class NotWatched(InputError):
-    """``DELETE`` of a task nobody watches (404)."""
-
-    status = 404
-    code = "not_watched"
-
-
 class UnknownTask(InputError):
     """The store holds no such task and nothing polls it (404)."""
 
     status = 404
     code = "unknown_task"
+
+
+class NotWatched(InputError):
+    """``DELETE`` of a task nobody watches (404)."""
+
+    status = 404
+    code = "not_watched"
 
 
 class InvalidCursor(InputError):
@@ -134,7 +155,7 @@ class InvalidWebhook(InputError):
 
 
 class UpstreamError(PollcastError):
-    """An upstream request failed at the transport level (timeout, reset, refused)."""
+    """An upstream request failed on the network (timeout, reset, refused)."""
 
 
 class UpstreamTimeout(UpstreamError):

@@ -25,8 +25,8 @@ import msgspec
 from gateway.config import Config
 from gateway.core.model import Fault, Observation, TaskKey
 from gateway.exceptions import ConfigError, InputError
-from gateway.poller.transport import send
-from gateway.poller.upstream import AiohttpTransport
+from gateway.poller.exchange import send
+from gateway.poller.upstream import AiohttpUpstreamClient
 from gateway.providers.base import UpstreamRequest, fault_observations
 from gateway.redaction import Redactor
 
@@ -91,7 +91,7 @@ async def probe(config: Config, task: str, out: TextIO) -> list[Observation]:
     )
     show(f"request ({runtime.name}, kind {adapter.kind})", _describe_request(request))
     started = time.monotonic()
-    http = AiohttpTransport(runtime.http, concurrency=1)
+    http = AiohttpUpstreamClient(runtime.http, concurrency=1)
     try:
         reply = await send(http, request, name=runtime.name, timeout_s=runtime.timeout_s)
     finally:

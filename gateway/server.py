@@ -71,7 +71,7 @@ class DrainingServer(uvicorn.Server):
 def ws_protocol(fast: FastPaths) -> type | str:
     """uvicorn's ``ws=``: the fast path's lean sans-I/O protocol, else uvicorn's default."""
     if fast.active:
-        from gateway.web.transport import GuardedWebSocketProtocol
+        from gateway.web.connection import GuardedWebSocketProtocol
 
         return GuardedWebSocketProtocol
     return "auto"
@@ -86,7 +86,7 @@ def http_protocol(config: Config, env: Mapping[str, str]) -> tuple[FastPaths, ty
     server = config.server
     fast = check(env, server.fast_paths)
     if fast.active:
-        from gateway.web.transport import guarded_http_protocol
+        from gateway.web.connection import guarded_http_protocol
 
         return fast, guarded_http_protocol(server)
     try:

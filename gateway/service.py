@@ -1,4 +1,4 @@
-"""The gateway as the transports see it: tasks, feeds, draining.
+"""The gateway as the streams see it: tasks, feeds, draining.
 
 A :class:`Feed` is one subscriber's view of some tasks, shared by SSE,
 NDJSON and WebSocket. It attaches to the hub *first*, then reads the
@@ -13,99 +13,72 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
-
-import redis.asyncio as aioredis
+from typing import Literal
 
 from gateway.aio import cancel_and_wait
+from gateway.backends import build_backends
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Config
 from gateway.core import tracker
 from gateway.core.model import Event, State, TaskKey
 from gateway.core.sse import Encoded
 from gateway.exceptions import BackendError, InputError, TooManyTasks, UnknownTask
 from gateway.hub.base import HistoryPage, Hub, Watch
-from gateway.hub.local import LocalHub
+from gateway.hub.client import Client
 from gateway.hub.queue import CloseReason, QueueStats, SubscriberQueue
 from gateway.hub.redis import RedisHub
-from gateway.hub.redis import connect as redis_connect
 from gateway.listing import TaskPage, WatcherBoard, list_tasks
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller
-from gateway.poller.limits import Limits, RedisLimits
 from gateway.poller.redis_schedule import RedisSchedule
-from gateway.poller.schedule import FOREVER, Schedule
-from gateway.poller.upstream import AiohttpTransport
+from gateway.poller.schedule import FOREVER
+from gateway.poller.upstream import AiohttpUpstreamClient
 from gateway.redaction import for_config
 from gateway.webhooks.model import WebhookTarget
-from gateway.webhooks.service import Webhooks, outbox_for
+from gateway.webhooks.service import Webhooks
 
 __all__ = ["Feed", "Gateway", "UnknownTask"]
 
 log = logging.getLogger("pollcast.gateway")
 
+TaskScope = Literal["stream", "token", "connection"]
+"""What :meth:`Gateway.check_task_count` counts the tasks of."""
+
 
 class Gateway:
     """Owns the hub, the poller and the set of open feeds."""
 
-    def __init__(self, config: Config, *, hub: Hub | None = None) -> None:
+    def __init__(
+        self, config: Config, *, hub: Hub | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
+        self.clock = clock
         self.runtimes = config.runtimes()
-        backend = config.backend
         self.node_id = uuid.uuid4().hex[:12]
         self.metrics = Metrics()
         # Every credential in every form, for what leaves the gateway as text.
         self.redactor = for_config(config)
         self.queue_stats = QueueStats()
-        schedule: Schedule | None = None
-        limits: dict[str, Limits] = {}
-        self.redis: aioredis.Redis | aioredis.RedisCluster | None = None
-        tick_s = 1.0
-        if hub is None and backend.kind == "redis":
-            client = redis_connect(
-                backend.url, max_connections=backend.max_connections, cluster=backend.cluster
-            )
-            self.redis = client
-            hub = RedisHub(client, prefix=backend.prefix, history_limit=backend.history_limit)
-            schedule = RedisSchedule(
-                client,
-                prefix=backend.prefix,
-                lease_s=backend.lease_s,
-                node_id=self.node_id,
-                shards=backend.schedule_shards,
-            )
-            # Rate, budget and concurrency hold for the cluster, not per node.
-            limits = {
-                name: RedisLimits(
-                    client, rt, prefix=backend.prefix, node_id=self.node_id, metrics=self.metrics
-                )
-                for name, rt in self.runtimes.items()
-            }
-            tick_s = 0.25  # other nodes add tasks: look at the shared schedule this often
-        self.hub = hub or LocalHub(
-            backend.path,
-            history_limit=backend.history_limit,
-            snapshot_cache=backend.snapshot_cache,
+        backends = build_backends(
+            config, runtimes=self.runtimes, node_id=self.node_id, metrics=self.metrics, hub=hub
         )
-        # Deliveries live where the hub's state does: the same SQLite file or Redis.
+        schedule = backends.schedule
+        self.redis: Client | None = backends.redis
+        self.hub = backends.hub
         self.webhooks = (
             Webhooks(
                 config.webhooks,
-                outbox_for(
-                    backend.kind,
-                    path=backend.path,
-                    url=backend.url,
-                    prefix=backend.prefix,
-                    max_connections=backend.max_connections,
-                    cluster=backend.cluster,
-                ),
+                backends.outbox,
                 self.hub,
+                wall=clock.wall,
                 metrics=self.metrics,
             )
-            if config.webhooks.secret
+            if backends.outbox is not None
             else None
         )
-        # One transport per provider, with as many connections as it may use at once.
+        # One upstream client per provider, with as many connections as it may use at once.
         self.http = {
-            name: AiohttpTransport(rt.http, concurrency=rt.concurrency)
+            name: AiohttpUpstreamClient(rt.http, concurrency=rt.concurrency)
             for name, rt in self.runtimes.items()
         }
         self.poller = Poller(
@@ -116,9 +89,11 @@ class Gateway:
             metrics=self.metrics,
             grace_s=config.polling.grace_s,
             coalesce_s=config.polling.coalesce_s,
-            tick_s=tick_s,
+            tick_s=backends.tick_s,
+            monotonic=clock.monotonic,
+            wall=clock.wall,
             on_commit=self.webhooks.committed if self.webhooks is not None else None,
-            limits=limits,
+            limits=backends.limits,
         )
         self.feeds: set[Feed] = set()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -185,7 +160,7 @@ class Gateway:
         """
         self._snapshot_frames.clear()  # a new epoch may reuse seqs
         poller = self.poller
-        wall = poller.wall()
+        wall = self.clock.wall()
         watched = set(poller.watching)
         stored = {watch.task for watch in await self.hub.watches()} if watched else set()
         for task in [*poller.followers, *(watched - set(poller.followers))]:
@@ -246,6 +221,30 @@ class Gateway:
         self.poller.check(key)
         return key
 
+    def check_task_count(self, count: int, scope: TaskScope) -> None:
+        """The one rule on how many tasks one stream, one subscriber token or one
+        WebSocket connection may name (``server.max_tasks_per_stream``; for a
+        connection, ``server.max_tasks_per_ws``).
+
+        Raises:
+            TooManyTasks: ``count`` is over the scope's limit.
+        """
+        server = self.config.server
+        if scope == "connection":
+            if count > server.max_tasks_per_ws:
+                raise TooManyTasks(
+                    f"this connection already follows {server.max_tasks_per_ws} tasks; "
+                    "unsubscribe first",
+                    field="tasks",
+                )
+            return
+        limit = server.max_tasks_per_stream
+        if count > limit:
+            raise TooManyTasks(
+                f"{count} tasks in one {scope}; the limit is {limit}",
+                field="tasks" if scope == "stream" else None,
+            )
+
     def parse_key(self, text: str) -> TaskKey:
         key = TaskKey.parse(text)
         self.poller.check(key)
@@ -282,7 +281,7 @@ class Gateway:
         if may_poll:
             return await self.poller.observe_now(key)
         name = str(key)
-        return await self.hub.snapshot(name) or tracker.initial_snapshot(name, self.poller.wall())
+        return await self.hub.snapshot(name) or tracker.initial_snapshot(name, self.clock.wall())
 
     async def history(self, key: TaskKey, after: int, limit: int) -> HistoryPage:
         """A page of ``key``'s kept events after seq ``after`` (the store only: no poll).
@@ -364,8 +363,8 @@ class Gateway:
         """Every task the cluster watches (the stored watches)."""
         return {watch.task for watch in await self.hub.watches()}
 
-    def open_feed(self, transport: str) -> Feed:
-        feed = Feed(self, self.config.server.queue_size, transport)
+    def open_feed(self, stream_kind: str) -> Feed:
+        feed = Feed(self, self.config.server.queue_size, stream_kind)
         self.feeds.add(feed)
         return feed
 
@@ -384,7 +383,7 @@ class Gateway:
 
     def notice(self, current: Event | None, task: str, code: str, message: str) -> Encoded:
         return Encoded(
-            tracker.notice(current, task=task, code=code, message=message, now=self.poller.wall())
+            tracker.notice(current, task=task, code=code, message=message, now=self.clock.wall())
         )
 
 
@@ -410,14 +409,15 @@ class Feed:
         "keys",
         "queue",
         "seqs",
-        "transport",
+        "stream_kind",
     )
 
-    def __init__(self, gateway: Gateway, queue_size: int, transport: str = "sse") -> None:
+    def __init__(self, gateway: Gateway, queue_size: int, stream_kind: str = "sse") -> None:
         self.gateway = gateway
         self.queue = SubscriberQueue(queue_size, stats=gateway.queue_stats)
-        self.transport = transport
-        gateway.metrics.subscribers.labels(transport).inc()
+        # "sse", "sse_multi", "ndjson" or "ws": the subscribers metric's ``transport`` label.
+        self.stream_kind = stream_kind
+        gateway.metrics.subscribers.labels(stream_kind).inc()
         self.seqs: dict[str, int] = {}  # task → last seq delivered
         self.keys: dict[str, TaskKey] = {}
         self.finished: set[str] = set()  # tasks whose terminal event was delivered
@@ -472,7 +472,7 @@ class Feed:
 
     async def _catch_up(self, name: str, current: Event | None, since: int | None) -> list[Encoded]:
         gw = self.gateway
-        snapshot = current or tracker.initial_snapshot(name, gw.poller.wall())
+        snapshot = current or tracker.initial_snapshot(name, gw.clock.wall())
         if since is None:
             return [gw.snapshot_frame(snapshot)]
         if since == snapshot.seq:
@@ -546,7 +546,7 @@ class Feed:
         for name in list(self.keys):
             self._drop(name)
         self.gateway.feeds.discard(self)
-        self.gateway.metrics.subscribers.labels(self.transport).dec()
+        self.gateway.metrics.subscribers.labels(self.stream_kind).dec()
 
     def expire_at(self, wall_s: float) -> None:
         """End the feed at ``wall_s`` (epoch s) with a last ``token_expired`` notice.
@@ -554,7 +554,7 @@ class Feed:
         Set from the subscriber token's ``exp``: a stream must not outlive
         the credential that opened it.
         """
-        delay = max(0.0, wall_s - self.gateway.poller.wall())
+        delay = max(0.0, wall_s - self.gateway.clock.wall())
         self._expiry = asyncio.get_running_loop().call_later(
             delay, self.queue.close, CloseReason.TOKEN_EXPIRED
         )
@@ -565,8 +565,3 @@ class Feed:
         if not task:
             return None
         return self.gateway.notice(None, task, reason.value, CLOSING_MESSAGES[reason]).json
-
-
-def check_task_count(n: int, limit: int, what: str) -> None:
-    if n > limit:
-        raise TooManyTasks(f"{n} tasks in one {what}; the limit is {limit}", field="tasks")

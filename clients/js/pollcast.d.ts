@@ -92,7 +92,7 @@ export declare function snapshotUrl(baseUrl: string, task: TaskRef, options?: { 
 export declare function socketUrl(baseUrl: string, options?: { token?: string }): string;
 
 /** What one subscriber has seen of one task; drops what it already has. */
-export declare class TaskView {
+export declare class WatchedTask {
   constructor(task: string, lastSeq?: number | string | null);
   readonly task: string;
   seq: number | null;

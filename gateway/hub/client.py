@@ -39,6 +39,7 @@ from gateway.exceptions import BackendError
 
 __all__ = [
     "POOL_WAIT_S",
+    "REDIS_ERRORS",
     "TOKEN_REFILL_LUA",
     "Client",
     "Script",
@@ -50,6 +51,10 @@ __all__ = [
 ]
 
 Client: TypeAlias = "aioredis.Redis | RedisCluster"
+
+# What redis-py raises when Redis fails: its own errors, the cluster client's
+# (not RedisError subclasses) and the socket's.
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 
 # How long a call waits for a free pooled connection before it fails (503).
 POOL_WAIT_S = 2.0
@@ -123,7 +128,7 @@ async def translated(what: str) -> AsyncIterator[None]:
     a failover under way) become :class:`BackendError` at this boundary."""
     try:
         yield
-    except (RedisError, RedisClusterException, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise BackendError(f"redis: {what} failed ({type(exc).__name__})") from exc
 
 

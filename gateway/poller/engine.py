@@ -33,12 +33,12 @@ from gateway.core.policy import RetryDelay
 from gateway.exceptions import BackendError, SeqConflict, UnknownProvider
 from gateway.hub.base import Hub, Watch
 from gateway.metrics import Metrics
+from gateway.poller.exchange import send
 from gateway.poller.limits import PERMIT_POLL_S, Limits
 from gateway.poller.planner import LanePlanner, Outputs, Request
 from gateway.poller.provider import ProviderRuntime
 from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
-from gateway.poller.transport import send
-from gateway.poller.upstream import UpstreamTransport
+from gateway.poller.upstream import UpstreamClient
 
 __all__ = ["LoopHealth", "Poller", "ProviderLane"]
 
@@ -419,7 +419,7 @@ class Poller:
         self,
         hub: Hub,
         providers: Mapping[str, ProviderRuntime],
-        http: UpstreamTransport | Mapping[str, UpstreamTransport],
+        http: UpstreamClient | Mapping[str, UpstreamClient],
         *,
         schedule: Schedule | None = None,
         metrics: Metrics | None = None,

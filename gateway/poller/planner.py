@@ -5,7 +5,7 @@ never opens a socket, never sleeps and never reads a clock. The async
 driver (:class:`gateway.poller.engine.ProviderLane`) feeds it
 
 * the entries the schedule handed out (:meth:`LanePlanner.plan`),
-* each upstream reply or transport fault (:meth:`LanePlanner.absorb`),
+* each upstream reply or network fault (:meth:`LanePlanner.absorb`),
 * the current snapshot of a task the gateway decides to end
   (:meth:`LanePlanner.conclude`),
 
@@ -272,7 +272,7 @@ class LanePlanner:
         Args:
             request: as planned.
             sent: the upstream request built for it (the adapter parses against it).
-            reply: the response, or the transport fault.
+            reply: the response, or the network fault.
             snapshots: the current snapshot of every task in ``request`` (``None``:
                 never seen); only needed when ``reply`` is a response.
             elapsed_s: how long the upstream took to answer.

@@ -1,11 +1,11 @@
 """How a status poll reaches an upstream: one HTTP request, one bounded response.
 
-The poller depends on :class:`UpstreamTransport` only. In production that is
-:class:`AiohttpTransport` (one ``aiohttp.ClientSession`` per provider); unit
+The poller depends on :class:`UpstreamClient` only. In production that is
+:class:`AiohttpUpstreamClient` (one ``aiohttp.ClientSession`` per provider); unit
 tests give it a :class:`MockUpstream` whose handler answers in memory, the way
 ``httpx.MockTransport(handler)`` does.
 
-What a transport promises, whatever is behind it:
+What a client promises, whatever is behind it:
 
 * header names come back lower-case, repeated headers joined with ``", "``;
 * the request target reaches the wire exactly as :func:`request_target`
@@ -43,12 +43,12 @@ from gateway.exceptions import UpstreamError, UpstreamTimeout
 from gateway.providers.base import UpstreamResponse
 
 __all__ = [
-    "AiohttpTransport",
+    "AiohttpUpstreamClient",
     "HttpSettings",
     "MockUpstream",
     "Target",
     "UpstreamCall",
-    "UpstreamTransport",
+    "UpstreamClient",
     "describe",
     "request_target",
     "ssl_context",
@@ -74,7 +74,7 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 @runtime_checkable
-class UpstreamTransport(Protocol):
+class UpstreamClient(Protocol):
     """What the poller needs to reach an upstream."""
 
     async def request(
@@ -97,7 +97,7 @@ class UpstreamTransport(Protocol):
         ...
 
     async def aclose(self) -> None:
-        """Close every connection; the transport is not used again."""
+        """Close every connection; the client is not used again."""
         ...
 
 
@@ -302,8 +302,8 @@ _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, so
 _COMPRESSED = frozenset(("gzip", "x-gzip", "deflate"))
 
 
-class AiohttpTransport:
-    """An :class:`UpstreamTransport` on one ``aiohttp.ClientSession`` (one provider).
+class AiohttpUpstreamClient:
+    """An :class:`UpstreamClient` on one ``aiohttp.ClientSession`` (one provider).
 
     Connections are kept alive and reused, at most ``concurrency`` at once
     (the provider's own limit); DNS answers are cached; redirects are not
@@ -486,14 +486,14 @@ Handler = Callable[[UpstreamCall], UpstreamResponse | Awaitable[UpstreamResponse
 
 @dataclass
 class MockUpstream:
-    """An in-memory :class:`UpstreamTransport`: ``handler`` answers every request.
+    """An in-memory :class:`UpstreamClient`: ``handler`` answers every request.
 
     Like ``httpx.MockTransport(handler)``: the handler gets the request (an
     :class:`UpstreamCall`) and returns an :class:`UpstreamResponse` (or an
-    awaitable of one), or raises (an ``UpstreamError`` to play a transport
-    failure). The request is encoded and checked as the real transport would,
+    awaitable of one), or raises (an ``UpstreamError`` to play a network
+    failure). The request is encoded and checked as the real client would,
     so a handler can assert on ``call.path_query``. Header names of the reply
-    are lower-cased as the real transport's are.
+    are lower-cased as the real client's are.
     """
 
     handler: Handler
@@ -511,7 +511,7 @@ class MockUpstream:
         timeout_s: float,
     ) -> UpstreamResponse:
         if self.closed:
-            raise UpstreamError("transport is closed")
+            raise UpstreamError("client is closed")
         call = UpstreamCall(method, url, request_target(url, params), headers, body, timeout_s)
         _check_headers(headers)
         self.calls.append(call)

@@ -1,7 +1,7 @@
 """Upstream provider adapters and the registry of built-in kinds.
 
 A provider's ``kind`` in the configuration picks its adapter class here;
-``kind = "http"`` is the declarative one (:mod:`gateway.providers.http`).
+``kind = "http"`` is the declarative one (:mod:`gateway.providers.declarative`).
 Installed distributions add kinds through the ``pollcast.providers``
 entry-point group (:mod:`gateway.providers.plugins`).
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 from gateway.providers.aholo import AholoAdapter
 from gateway.providers.ailab import AilabAdapter
 from gateway.providers.base import Adapter
+from gateway.providers.declarative import DeclarativeAdapter
 from gateway.providers.genpic import GenpicAdapter
-from gateway.providers.http import HttpAdapter
 from gateway.providers.plugins import KindRegistry, Plugin
 from gateway.providers.tryon import TryonAdapter
 from gateway.providers.videoproc import VideoprocAdapter
@@ -27,7 +27,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         TryonAdapter,
         GenpicAdapter,
         VideoprocAdapter,
-        HttpAdapter,
+        DeclarativeAdapter,
     )
 }
 

@@ -16,7 +16,7 @@ never code from the configuration:
   header (``into = { query = "sign" }``).
 
 This module holds the settings and the pure computations; the templates are
-compiled with the rest of the provider in :mod:`gateway.providers.http`.
+compiled with the rest of the provider in :mod:`gateway.providers.declarative`.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from gateway.sim.timeline import (
     PROVIDERS,
     SimTask,
     TaskExists,
+    TaskMoment,
     TaskSpec,
-    TaskView,
     Timeline,
     check_task_id,
     new_task_id,
@@ -111,7 +111,7 @@ class Simulator:
         self._tasks[(spec.provider, task_id)] = task
         return task
 
-    def view(self, provider: str, task_id: str) -> TaskView | None:
+    def view(self, provider: str, task_id: str) -> TaskMoment | None:
         """The task as the upstream shows it now; ``None`` if unknown or not yet visible."""
         task = self._tasks.get((provider, task_id))
         return None if task is None else task.view(self.clock())

@@ -34,8 +34,8 @@ __all__ = [
     "SimTask",
     "Step",
     "TaskExists",
+    "TaskMoment",
     "TaskSpec",
-    "TaskView",
     "Timeline",
     "new_task_id",
 ]
@@ -178,13 +178,13 @@ class SimTask(msgspec.Struct, frozen=True):
     def key(self) -> str:
         return f"{self.provider}:{self.task_id}"
 
-    def view(self, now_mono: float) -> TaskView | None:
+    def view(self, now_mono: float) -> TaskMoment | None:
         """What the upstream shows at ``now_mono``; ``None`` while not yet visible."""
         elapsed = now_mono - self.created_mono
         if elapsed < self.visible_after_s:
             return None
         step = self.timeline.step_at(elapsed)
-        return TaskView(
+        return TaskMoment(
             task_id=self.task_id,
             step=step,
             created_wall=self.created_wall,
@@ -192,7 +192,7 @@ class SimTask(msgspec.Struct, frozen=True):
         )
 
 
-class TaskView(msgspec.Struct, frozen=True):
+class TaskMoment(msgspec.Struct, frozen=True):
     """The input of every protocol renderer: one task at one moment.
 
     ``step_wall`` is the Unix time the current step began (a terminal step's

@@ -1,6 +1,6 @@
 """Which HTTP path the gateway runs on, decided once at start-up.
 
-The fast paths — :class:`~gateway.web.transport.GuardedHttpProtocol` (a
+The fast paths — :class:`~gateway.web.connection.GuardedHttpProtocol` (a
 subclass of uvicorn's httptools protocol), the smaller per-connection
 objects of gateway/web/lean.py and the direct writer of live stream events —
 use uvicorn internals that no release promises to keep. :func:`check` looks
@@ -54,7 +54,7 @@ WS_SANSIO_IMPL = "uvicorn.protocols.websockets.websockets_sansio_impl"
 
 
 class DirectWrite(Protocol):
-    """What a stream needs of the direct writer (gateway/web/transport.py)."""
+    """What a stream needs of the direct writer (gateway/web/connection.py)."""
 
     @property
     def ready(self) -> bool: ...
@@ -74,7 +74,7 @@ def direct_writer(scope: Mapping[str, Any]) -> DirectWrite | None:
     if ours is None:
         return None
     # Only the fast path's protocols set the key, so their module is loaded already.
-    from gateway.web.transport import DirectWriter, WebSocketDirectWriter
+    from gateway.web.connection import DirectWriter, WebSocketDirectWriter
 
     if scope.get("type") == "websocket":
         return WebSocketDirectWriter(ours)
@@ -208,7 +208,7 @@ def expectations() -> list[tuple[str, Probe]]:
 
 
 def _websocket_expectations() -> list[tuple[str, Probe]]:
-    """GuardedWebSocketProtocol and WebSocketDirectWriter (gateway/web/transport.py)."""
+    """GuardedWebSocketProtocol and WebSocketDirectWriter (gateway/web/connection.py)."""
     ws = (WS_SANSIO_IMPL, "WebSocketsSansIOProtocol")
     found: list[tuple[str, Probe]] = [
         (

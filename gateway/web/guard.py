@@ -13,7 +13,7 @@ does not finish, so the limits sit under uvicorn's protocol:
 * :class:`PlainHeadGuard` puts the meter, the head deadline and the
   per-address cap in front of uvicorn's stock HTTP protocol, using only the
   :class:`asyncio.Protocol` interface. It is what runs when the fast paths
-  (gateway/web/transport.py) are off; it guards the first head of each
+  (gateway/web/connection.py) are off; it guards the first head of each
   connection, which is also the only head of a WebSocket upgrade.
 
 A WebSocket upgrade's head is read twice: by the HTTP protocol, then again by

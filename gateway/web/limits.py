@@ -6,7 +6,7 @@
 * :class:`WatchQuota` — tasks a principal has registered and that are still
   being watched (each one costs upstream calls until it ends).
 * :class:`AddressConnections` — open TCP connections per client address,
-  counted by the HTTP protocol guard (gateway/web/transport.py).
+  counted by the HTTP protocol guard (gateway/web/connection.py).
 
 With ``backend.kind = "local"`` these are in memory, for the one node.
 With the Redis backend the registration rate and the watch quota hold for

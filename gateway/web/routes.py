@@ -15,9 +15,9 @@ from gateway.core.model import Event, TaskKey, format_timestamp
 from gateway.core.model import State as TaskState
 from gateway.core.sse import MAX_SEQ, decode_cursor, parse_last_event_id
 from gateway.core.tracker import as_snapshot
-from gateway.exceptions import InputError, NotWatched, TooManyTasks
+from gateway.exceptions import InputError, NotWatched
 from gateway.listing import TaskPage
-from gateway.service import Gateway, check_task_count
+from gateway.service import Gateway
 from gateway.web.auth import (
     Authenticated,
     Principal,
@@ -104,7 +104,7 @@ async def many_events(
     names = list(dict.fromkeys(t for t in tasks.split(",") if t))
     if not names:
         raise InputError("tasks must list at least one 'provider:task_id'", field="tasks")
-    check_task_count(len(names), gw.config.server.max_tasks_per_stream, "stream")
+    gw.check_task_count(len(names), "stream")
     keys = [gw.parse_key(name) for name in names]
     order = [str(k) for k in keys]
     raw = request.headers.get("last-event-id") or cursor
@@ -126,7 +126,7 @@ async def _open_stream(
     framing: Framing,
     principal: Principal,
 ) -> Response[Any]:
-    feed = gw.open_feed(framing.transport)
+    feed = gw.open_feed(framing.stream_kind)
     if isinstance(principal, SubscriberPrincipal):
         feed.expire_at(principal.expires_at)
     initial = []
@@ -218,9 +218,7 @@ async def mint_token(state: State, data: JSONBody[TokenRequest], principal: Auth
         )
     if not data.tasks:
         raise InputError("tasks must name at least one 'provider:task_id'", field="tasks")
-    limit = gw.config.server.max_tasks_per_stream
-    if len(data.tasks) > limit:
-        raise TooManyTasks(f"{len(data.tasks)} tasks in one token; the limit is {limit}")
+    gw.check_task_count(len(data.tasks), "token")
     if data.ttl_s is not None and data.ttl_s > auth.config.max_token_ttl_s:
         raise InputError(
             f"ttl_s may be at most {auth.config.max_token_ttl_s:g} seconds", field="ttl_s"

@@ -40,7 +40,7 @@ NDJSON_HEADERS = _headers(b"application/x-ndjson")
 
 @dataclass(frozen=True, slots=True)
 class Framing:
-    transport: str  # metrics label
+    stream_kind: str  # metrics label
     headers: Headers
     head: bytes
     ping: bytes
@@ -56,7 +56,7 @@ def _notice(data: bytes) -> bytes:
 def single_sse(retry_ms: int) -> Framing:
     """One task's stream (shared by every such stream: it keeps no state)."""
     return Framing(
-        transport="sse",
+        stream_kind="sse",
         headers=SSE_HEADERS,
         head=retry_frame(retry_ms),
         ping=PING,
@@ -82,7 +82,7 @@ def mux_sse(retry_ms: int, order: list[str], start: list[int]) -> Framing:
         return b"id: " + cursor.encode() + b"\n" + enc.sse_tail
 
     return Framing(
-        transport="sse_multi",
+        stream_kind="sse_multi",
         headers=SSE_HEADERS,
         head=retry_frame(retry_ms),
         ping=PING,
@@ -95,7 +95,7 @@ def mux_sse(retry_ms: int, order: list[str], start: list[int]) -> Framing:
 def ndjson() -> Framing:
     # jq and most NDJSON readers skip blank lines, so a bare LF is the heartbeat.
     return Framing(
-        transport="ndjson",
+        stream_kind="ndjson",
         headers=NDJSON_HEADERS,
         head=b"",
         ping=b"\n",

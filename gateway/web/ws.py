@@ -35,7 +35,7 @@ from gateway.core.protocol import (
     encode_frame,
 )
 from gateway.core.sse import MAX_SEQ, Encoded
-from gateway.exceptions import BackendError, Forbidden, InputError, Unauthorized
+from gateway.exceptions import BackendError, Forbidden, InputError, TooManyTasks, Unauthorized
 from gateway.hub.queue import CloseReason, QueueClosed
 from gateway.service import Feed, Gateway
 from gateway.web.auth import (
@@ -147,7 +147,6 @@ class Connection:
                     await self.send(encode_frame(Unsubscribed(tasks=removed)))
 
     async def subscribe(self, tasks: list[str], since: dict[str, int]) -> None:
-        limit = self.gw.config.server.max_tasks_per_ws
         accepted: list[str] = []
         for text in tasks:
             try:
@@ -157,13 +156,12 @@ class Connection:
                 await self.error(exc.code, exc.message, task=text[:300])
                 continue
             name = str(key)
-            if name not in self.feed.keys and len(self.feed) >= limit:
-                await self.error(
-                    "too_many_tasks",
-                    f"this connection already follows {limit} tasks; unsubscribe first",
-                    task=name,
-                )
-                continue
+            if name not in self.feed.keys:
+                try:
+                    self.gw.check_task_count(len(self.feed) + 1, "connection")
+                except TooManyTasks as exc:
+                    await self.error(exc.code, exc.message, task=name)
+                    continue
             last = since.get(text, since.get(name))
             if last is not None and not 0 <= last <= MAX_SEQ:
                 await self.error("invalid_cursor", "since must be a seq (0 … 2^53)", task=name)

@@ -45,7 +45,7 @@ from gateway.exceptions import BackendError, InvalidWebhook
 from gateway.webhooks.model import Delivery
 from gateway.webhooks.outbox import Outbox
 from gateway.webhooks.retry import Backoff, RetrySchedule
-from gateway.webhooks.sender import AiohttpTransport, Attempt, DeliveryFailed, WebhookTransport
+from gateway.webhooks.sender import AiohttpWebhookSender, Attempt, DeliveryFailed, WebhookSender
 from gateway.webhooks.signing import signature_headers
 from gateway.webhooks.targets import (
     HostUnresolved,
@@ -81,7 +81,7 @@ class Dispatcher:
         timeout_s: float,
         poll_s: float,
         concurrency: int,
-        transport: WebhookTransport | None = None,
+        sender: WebhookSender | None = None,
         resolver: Resolver = system_resolver,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -95,7 +95,7 @@ class Dispatcher:
         self.schedule = schedule
         self.timeout_s = timeout_s
         self.poll_s = poll_s
-        self.transport: WebhookTransport = transport or AiohttpTransport(timeout_s=timeout_s)
+        self.sender: WebhookSender = sender or AiohttpWebhookSender(timeout_s=timeout_s)
         self.resolver = resolver
         self.wall = wall
         self.rng = rng or random.Random()
@@ -301,7 +301,7 @@ class Dispatcher:
             **signature_headers(self.key, delivery.id, int(self.wall()), body),
         }
         try:
-            status = await self.transport.post(Attempt(target, addresses, body, headers))
+            status = await self.sender.post(Attempt(target, addresses, body, headers))
         except DeliveryFailed as exc:
             return exc.message
         if 200 <= status < 300:

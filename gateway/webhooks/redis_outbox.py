@@ -31,10 +31,9 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.exceptions import BackendError
-from gateway.hub.redis import connect
+from gateway.hub.client import REDIS_ERRORS, connect
 from gateway.webhooks.model import Delivery, Registration, WebhookTarget
 from gateway.webhooks.outbox import Outbox
 
@@ -141,7 +140,7 @@ class RedisOutbox(Outbox):
         )
         try:
             await client.ping()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             await client.aclose()
             raise BackendError(
                 f"cannot reach Redis for the webhook outbox ({type(exc).__name__})"
@@ -165,7 +164,7 @@ class RedisOutbox(Outbox):
     async def epoch(self) -> str:
         try:
             value = await self.redis.get(self.incarnation_key)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError(f"webhook outbox epoch read failed: {exc}") from exc
         return "" if value is None else _text(value)
 
@@ -179,7 +178,7 @@ class RedisOutbox(Outbox):
         self.redis  # noqa: B018 (raises if not started)
         try:
             return await self._scripts[script](keys=keys, args=args)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError(f"webhook outbox {script} failed: {exc}") from exc
 
     async def register(self, task: str, target: WebhookTarget, mark: int) -> None:
@@ -188,7 +187,7 @@ class RedisOutbox(Outbox):
                 pipe.hset(self.targets_key, task, _encode(target))
                 pipe.hset(self.marks_key, task, mark)
                 await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError(f"webhook registration failed: {exc}") from exc
 
     async def unregister(self, task: str) -> bool:
@@ -197,7 +196,7 @@ class RedisOutbox(Outbox):
                 pipe.hdel(self.targets_key, task)
                 pipe.hdel(self.marks_key, task)
                 removed, _ = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError(f"webhook unregistration failed: {exc}") from exc
         return bool(removed)
 
@@ -217,7 +216,7 @@ class RedisOutbox(Outbox):
                     pipe.hmget(self.marks_key, list(tasks))
                     bodies, marks = await pipe.execute()
                 pairs = list(zip(tasks, bodies, marks, strict=True))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError(f"webhook lookup failed: {exc}") from exc
         return {
             task: Registration(_target_decoder.decode(body), int(mark or 0))
@@ -257,5 +256,5 @@ class RedisOutbox(Outbox):
     async def pending(self) -> int:
         try:
             return int(await self.redis.zcard(self.due_key))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError(f"webhook outbox count failed: {exc}") from exc

@@ -1,6 +1,6 @@
 """One webhook POST over aiohttp, to the address that passed the SSRF check.
 
-:class:`AiohttpTransport` is the production :class:`WebhookTransport`; tests
+:class:`AiohttpWebhookSender` is the production :class:`WebhookSender`; tests
 of the delivery loop may inject another. Its guarantees:
 
 * **The checked address, and only it.** Each attempt gets its own
@@ -48,12 +48,12 @@ from gateway.webhooks.targets import WebhookUrl
 
 __all__ = [
     "MAX_REPLY_BYTES",
-    "AiohttpTransport",
+    "AiohttpWebhookSender",
     "Attempt",
     "DeliveryFailed",
     "DeliveryTimeout",
     "PinnedResolver",
-    "WebhookTransport",
+    "WebhookSender",
 ]
 
 MAX_REPLY_BYTES = 64 * 1024  # a receiver's reply body is read up to this, then dropped
@@ -81,7 +81,7 @@ class Attempt:
     headers: Mapping[str, str]
 
 
-class WebhookTransport(Protocol):
+class WebhookSender(Protocol):
     async def post(self, attempt: Attempt) -> int:
         """Send ``attempt``; the HTTP status of the answer.
 
@@ -123,7 +123,7 @@ class PinnedResolver(AbstractResolver):
         pass
 
 
-class AiohttpTransport:
+class AiohttpWebhookSender:
     """The gateway's webhook sender (see the module docstring for its guarantees)."""
 
     def __init__(

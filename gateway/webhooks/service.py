@@ -26,7 +26,7 @@ from gateway.webhooks.dispatcher import Dispatcher, Sleep
 from gateway.webhooks.model import Registration, WebhookTarget, deliveries_for
 from gateway.webhooks.outbox import Outbox, SqliteOutbox
 from gateway.webhooks.retry import RetrySchedule
-from gateway.webhooks.sender import AiohttpTransport, WebhookTransport
+from gateway.webhooks.sender import AiohttpWebhookSender, WebhookSender
 from gateway.webhooks.settings import WebhooksConfig
 from gateway.webhooks.signing import decode_secret
 from gateway.webhooks.targets import (
@@ -70,7 +70,7 @@ class Webhooks:
         hub: Hub,
         *,
         resolver: Resolver = system_resolver,
-        transport: WebhookTransport | None = None,
+        sender: WebhookSender | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
@@ -85,7 +85,7 @@ class Webhooks:
         self.resolver = resolver
         self.wall = wall
         # aiohttp, like the gateway's other outbound HTTP; a connection per attempt.
-        self.transport = transport or AiohttpTransport(timeout_s=config.timeout_s)
+        self.sender = sender or AiohttpWebhookSender(timeout_s=config.timeout_s)
         self.dispatcher = Dispatcher(
             outbox,
             key=decode_secret(config.secret),
@@ -94,7 +94,7 @@ class Webhooks:
             timeout_s=config.timeout_s,
             poll_s=config.poll_s,
             concurrency=config.concurrency,
-            transport=self.transport,
+            sender=self.sender,
             resolver=resolver,
             wall=wall,
             rng=rng,

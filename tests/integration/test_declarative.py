@@ -34,7 +34,7 @@ from gateway.config import _interpolate, load_config
 from gateway.core import tracker
 from gateway.core.model import Event, FaultKind, Observation, State
 from gateway.providers.base import Adapter, UpstreamResponse
-from gateway.providers.http import HttpAdapter
+from gateway.providers.declarative import DeclarativeAdapter
 from gateway.sim import SIM_CREDENTIALS, Simulator
 from tests.integration import test_roundtrip as roundtrip
 from tests.integration.conftest import create_sim_task, events_url
@@ -73,7 +73,7 @@ def declarative(kind: str, sim_url: str, **wrong: str) -> Adapter:
     """The provider of ``deploy/examples/{kind}.toml``, loaded as a user would, on the sim."""
     config = load_config(EXAMPLES / f"{kind}.toml", env=example_env(sim_url) | wrong)
     adapter = config.runtimes()[kind].adapter
-    assert isinstance(adapter, HttpAdapter)
+    assert isinstance(adapter, DeclarativeAdapter)
     return adapter
 
 

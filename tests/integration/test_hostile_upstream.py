@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from gateway.exceptions import UpstreamError, UpstreamTimeout
-from gateway.poller.upstream import AiohttpTransport, HttpSettings
+from gateway.poller.upstream import AiohttpUpstreamClient, HttpSettings
 from tests.integration.conftest import events_url
 from tests.integration.gateway_server import GatewayProcess
 from tests.scripted_upstream import listening, read_request, reset
@@ -146,7 +146,7 @@ async def _healthz_latencies(url: str, n: int, gap_s: float) -> list[float]:
 
 
 async def test_a_flood_of_header_lines_is_refused_within_a_second() -> None:
-    client = AiohttpTransport()
+    client = AiohttpUpstreamClient()
     async with listening(flood_headers) as port:
         started = time.monotonic()
         with pytest.raises(UpstreamError, match="more than 128 header lines"):
@@ -163,7 +163,7 @@ async def test_an_endless_header_line_is_refused_at_the_limit() -> None:
         await writer.drain()
         await asyncio.sleep(5)
 
-    client = AiohttpTransport(HttpSettings(max_header_bytes=4096))
+    client = AiohttpUpstreamClient(HttpSettings(max_header_bytes=4096))
     async with listening(long_line) as port:
         with pytest.raises(UpstreamError, match="line longer than 4096 bytes"):
             await client.request("GET", status_url(port), timeout_s=3.0)
@@ -173,7 +173,7 @@ async def test_an_endless_header_line_is_refused_at_the_limit() -> None:
 async def test_a_gzip_bomb_is_refused_at_the_decoded_limit_without_inflating_it() -> None:
     import tracemalloc
 
-    client = AiohttpTransport(HttpSettings(max_body_bytes=1024 * 1024))
+    client = AiohttpUpstreamClient(HttpSettings(max_body_bytes=1024 * 1024))
     async with listening(gzip_bomb([])) as port:
         tracemalloc.start()
         try:
@@ -188,7 +188,7 @@ async def test_a_gzip_bomb_is_refused_at_the_decoded_limit_without_inflating_it(
 
 
 async def test_a_slow_drip_ends_at_the_request_timeout() -> None:
-    client = AiohttpTransport()
+    client = AiohttpUpstreamClient()
     async with listening(drip) as port:
         started = time.monotonic()
         with pytest.raises(UpstreamTimeout, match=r"no response within 0\.5 s"):
@@ -229,7 +229,7 @@ CUT_SHORT = {
 @pytest.mark.parametrize("case", sorted(CUT_SHORT))
 async def test_a_body_cut_short_is_a_failure_never_a_reply(case: str) -> None:
     reply, rst = CUT_SHORT[case]
-    client = AiohttpTransport()
+    client = AiohttpUpstreamClient()
     async with listening(cut_off(reply, rst=rst)) as port:
         with pytest.raises(UpstreamError, match=r"before (a|the response was) complete"):
             await client.request("GET", status_url(port), timeout_s=3.0)
@@ -237,7 +237,7 @@ async def test_a_body_cut_short_is_a_failure_never_a_reply(case: str) -> None:
 
 
 async def test_a_body_ended_by_a_clean_close_is_complete() -> None:
-    client = AiohttpTransport()
+    client = AiohttpUpstreamClient()
     async with listening(cut_off(b"HTTP/1.1 200 OK\r\n\r\n" + RUNNING, rst=False)) as port:
         reply = await client.request("GET", status_url(port), timeout_s=3.0)
     await client.aclose()

@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from gateway.exceptions import UpstreamError
-from gateway.poller.upstream import AiohttpTransport, HttpSettings
+from gateway.poller.upstream import AiohttpUpstreamClient, HttpSettings
 from tests.scripted_upstream import listening, ok, read_request
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ async def tls_upstream(cert: trustme.LeafCert) -> AsyncIterator[int]:
         yield port
 
 
-async def get(transport: AiohttpTransport, port: int, host: str = "127.0.0.1") -> bytes:
+async def get(transport: AiohttpUpstreamClient, port: int, host: str = "127.0.0.1") -> bytes:
     try:
         url = f"https://{host}:{port}/api/status/t1"
         return (await transport.request("GET", url, timeout_s=5.0)).body
@@ -62,18 +62,18 @@ async def get(transport: AiohttpTransport, port: int, host: str = "127.0.0.1") -
 
 async def test_a_custom_ca_bundle_is_trusted_besides_certifis(ca: trustme.CA, ca_file: str) -> None:
     async with tls_upstream(ca.issue_cert("127.0.0.1")) as port:
-        assert await get(AiohttpTransport(HttpSettings(ca_file=ca_file)), port) == (
+        assert await get(AiohttpUpstreamClient(HttpSettings(ca_file=ca_file)), port) == (
             b'{"status":"processing"}'
         )
         # Without the bundle the same upstream is not trusted: certifi's roots alone.
         with pytest.raises(UpstreamError, match="TLS certificate not accepted"):
-            await get(AiohttpTransport(), port)
+            await get(AiohttpUpstreamClient(), port)
 
 
 async def test_a_certificate_for_another_host_is_refused(ca: trustme.CA, ca_file: str) -> None:
     async with tls_upstream(ca.issue_cert("upstream.example")) as port:
         with pytest.raises(UpstreamError, match=r"TLS certificate not accepted \(.*mismatch"):
-            await get(AiohttpTransport(HttpSettings(ca_file=ca_file)), port)
+            await get(AiohttpUpstreamClient(HttpSettings(ca_file=ca_file)), port)
 
 
 async def test_an_expired_certificate_is_refused(ca: trustme.CA, ca_file: str) -> None:
@@ -85,7 +85,7 @@ async def test_an_expired_certificate_is_refused(ca: trustme.CA, ca_file: str) -
     )
     async with tls_upstream(expired) as port:
         with pytest.raises(UpstreamError, match=r"TLS certificate not accepted \(.*expired"):
-            await get(AiohttpTransport(HttpSettings(ca_file=ca_file)), port)
+            await get(AiohttpUpstreamClient(HttpSettings(ca_file=ca_file)), port)
 
 
 # -- CONNECT proxies ----------------------------------------------------------------
@@ -136,7 +136,7 @@ async def test_a_request_goes_through_a_connect_proxy_with_its_credentials(
 ) -> None:
     async with tls_upstream(ca.issue_cert("127.0.0.1")) as port, connect_proxy() as proxy:
         settings = HttpSettings(proxy=f"http://user:p%40ss@127.0.0.1:{proxy.port}", ca_file=ca_file)
-        assert await get(AiohttpTransport(settings), port) == b'{"status":"processing"}'
+        assert await get(AiohttpUpstreamClient(settings), port) == b'{"status":"processing"}'
     (head,) = proxy.heads
     lines = head.split(b"\r\n")
     assert lines[0] == f"CONNECT 127.0.0.1:{port} HTTP/1.1".encode()
@@ -155,13 +155,13 @@ async def test_trust_env_takes_the_proxy_from_the_environment_and_honours_no_pro
     ):
         monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
         monkeypatch.setenv("NO_PROXY", "localhost")
-        ignoring = AiohttpTransport(HttpSettings(ca_file=ca_file))
+        ignoring = AiohttpUpstreamClient(HttpSettings(ca_file=ca_file))
         assert await get(ignoring, port) == b'{"status":"processing"}'
         assert proxy.heads == []  # trust_env off: the environment is not read
-        trusting = AiohttpTransport(HttpSettings(ca_file=ca_file, trust_env=True))
+        trusting = AiohttpUpstreamClient(HttpSettings(ca_file=ca_file, trust_env=True))
         assert await get(trusting, port) == b'{"status":"processing"}'
         assert len(proxy.heads) == 1 and proxy.heads[0].startswith(b"CONNECT 127.0.0.1:")
-        bypassing = AiohttpTransport(HttpSettings(ca_file=ca_file, trust_env=True))
+        bypassing = AiohttpUpstreamClient(HttpSettings(ca_file=ca_file, trust_env=True))
         assert await get(bypassing, port, host="localhost") == b'{"status":"processing"}'
         assert len(proxy.heads) == 1  # NO_PROXY: straight to the upstream
 
@@ -177,4 +177,4 @@ async def test_a_proxy_that_refuses_the_tunnel_is_a_plain_failure(
     async with listening(refuse) as proxy_port:
         settings = HttpSettings(proxy=f"http://127.0.0.1:{proxy_port}", ca_file=ca_file)
         with pytest.raises(UpstreamError, match=r"the proxy refused the tunnel \(HTTP 403\)"):
-            await get(AiohttpTransport(settings), 9)
+            await get(AiohttpUpstreamClient(settings), 9)

@@ -40,7 +40,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNSUCCESSFUL",
     "EtaCountdown",
-    "TaskView",
+    "WatchedTask",
     "add_arguments",
     "columns",
     "exit_code",
@@ -112,7 +112,7 @@ class EtaCountdown:
 
 
 @dataclass
-class TaskView:
+class WatchedTask:
     """What the watcher knows about one task."""
 
     task: str
@@ -153,7 +153,7 @@ class TaskView:
         return (self.ended_s if self.ended_s is not None else now_s) - self.started_s
 
 
-def exit_code(views: Sequence[TaskView]) -> int:
+def exit_code(views: Sequence[WatchedTask]) -> int:
     if any(view.error is not None for view in views):
         return EXIT_ERROR
     if all(view.state is State.SUCCEEDED for view in views):
@@ -208,7 +208,7 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _bar(view: TaskView, unicode: bool) -> str:
+def _bar(view: WatchedTask, unicode: bool) -> str:
     event = view.event
     full, empty = ("█", "░") if unicode else ("#", "-")
     if event is None or event.progress is None:
@@ -219,14 +219,14 @@ def _bar(view: TaskView, unicode: bool) -> str:
     return "[" + full * cells + empty * (BAR_CELLS - cells) + "]"
 
 
-def _percent(view: TaskView) -> str:
+def _percent(view: WatchedTask) -> str:
     event = view.event
     if event is not None and event.progress is not None:
         return f"{event.progress:3d}%"
     return "100%" if view.state is State.SUCCEEDED else "  --"
 
 
-def _details(view: TaskView, now_s: float) -> list[str]:
+def _details(view: WatchedTask, now_s: float) -> list[str]:
     parts: list[str] = []
     event = view.event
     if event is not None and event.position is not None and not event.terminal:
@@ -248,7 +248,7 @@ def _details(view: TaskView, now_s: float) -> list[str]:
 
 
 def render_line(
-    view: TaskView, now_s: float, *, task_width: int, width: int, color: bool, unicode: bool
+    view: WatchedTask, now_s: float, *, task_width: int, width: int, color: bool, unicode: bool
 ) -> str:
     """One task's status line, at most ``width`` characters wide when printed."""
     state = view.state
@@ -263,7 +263,7 @@ def render_line(
     return _paint(_fit(segments, width), color)
 
 
-def render_event(view: TaskView, event: AnyEvent, now_s: float) -> str:
+def render_event(view: WatchedTask, event: AnyEvent, now_s: float) -> str:
     """One plain line per event, for logs and pipes."""
     stamp = format_duration(view.elapsed_s(now_s))
     if isinstance(event, Notice):
@@ -284,7 +284,7 @@ def render_event(view: TaskView, event: AnyEvent, now_s: float) -> str:
     return printable(" ".join(parts))
 
 
-def render_results(views: Sequence[TaskView], color: bool) -> list[str]:
+def render_results(views: Sequence[WatchedTask], color: bool) -> list[str]:
     """The closing summary: each task's outcome, then its named files and other URLs."""
     lines: list[str] = []
     for view in views:
@@ -315,11 +315,11 @@ def render_results(views: Sequence[TaskView], color: bool) -> list[str]:
 class Display(Protocol):
     tick_s: float | None
 
-    def start(self, views: Sequence[TaskView]) -> None: ...
-    def event(self, views: Sequence[TaskView], view: TaskView, event: AnyEvent) -> None: ...
-    def changed(self, views: Sequence[TaskView], view: TaskView) -> None: ...
-    def tick(self, views: Sequence[TaskView]) -> None: ...
-    def finish(self, views: Sequence[TaskView]) -> None: ...
+    def start(self, views: Sequence[WatchedTask]) -> None: ...
+    def event(self, views: Sequence[WatchedTask], view: WatchedTask, event: AnyEvent) -> None: ...
+    def changed(self, views: Sequence[WatchedTask], view: WatchedTask) -> None: ...
+    def tick(self, views: Sequence[WatchedTask]) -> None: ...
+    def finish(self, views: Sequence[WatchedTask]) -> None: ...
 
 
 class LiveScreen:
@@ -334,7 +334,7 @@ class LiveScreen:
         self.unicode = (getattr(out, "encoding", None) or "").lower().replace("-", "") == "utf8"
         self.drawn = 0
 
-    def _draw(self, views: Sequence[TaskView]) -> None:
+    def _draw(self, views: Sequence[WatchedTask]) -> None:
         width = max(20, shutil.get_terminal_size().columns - 1)
         task_width = min(MAX_TASK_COLUMN, max(len(v.task) for v in views))
         now = self.clock()
@@ -353,20 +353,20 @@ class LiveScreen:
         self.out.write("".join(parts))
         self.out.flush()
 
-    def start(self, views: Sequence[TaskView]) -> None:
+    def start(self, views: Sequence[WatchedTask]) -> None:
         self.out.write("\x1b[?25l")  # hide the cursor while redrawing
         self._draw(views)
 
-    def event(self, views: Sequence[TaskView], view: TaskView, event: AnyEvent) -> None:
+    def event(self, views: Sequence[WatchedTask], view: WatchedTask, event: AnyEvent) -> None:
         self._draw(views)
 
-    def changed(self, views: Sequence[TaskView], view: TaskView) -> None:
+    def changed(self, views: Sequence[WatchedTask], view: WatchedTask) -> None:
         self._draw(views)
 
-    def tick(self, views: Sequence[TaskView]) -> None:
+    def tick(self, views: Sequence[WatchedTask]) -> None:
         self._draw(views)
 
-    def finish(self, views: Sequence[TaskView]) -> None:
+    def finish(self, views: Sequence[WatchedTask]) -> None:
         self._draw(views)
         lines = ["", *render_results(views, self.color)]
         self.out.write("\x1b[?25h" + "".join(line + "\n" for line in lines))
@@ -386,22 +386,22 @@ class LineLog:
         self.out.write(line + "\n")
         self.out.flush()
 
-    def start(self, views: Sequence[TaskView]) -> None:
+    def start(self, views: Sequence[WatchedTask]) -> None:
         pass
 
-    def event(self, views: Sequence[TaskView], view: TaskView, event: AnyEvent) -> None:
+    def event(self, views: Sequence[WatchedTask], view: WatchedTask, event: AnyEvent) -> None:
         self._print(render_event(view, event, self.clock()))
 
-    def changed(self, views: Sequence[TaskView], view: TaskView) -> None:
+    def changed(self, views: Sequence[WatchedTask], view: WatchedTask) -> None:
         if view.error is not None:
             self._print(f"{view.task} error: {view.error}")
         elif view.note:
             self._print(f"{view.task} {view.note}")
 
-    def tick(self, views: Sequence[TaskView]) -> None:
+    def tick(self, views: Sequence[WatchedTask]) -> None:
         pass
 
-    def finish(self, views: Sequence[TaskView]) -> None:
+    def finish(self, views: Sequence[WatchedTask]) -> None:
         self._print("")
         for line in render_results(views, color=False):
             self._print(line)
@@ -416,24 +416,24 @@ class JsonLines:
         self.out = out
         self.err = err
 
-    def start(self, views: Sequence[TaskView]) -> None:
+    def start(self, views: Sequence[WatchedTask]) -> None:
         pass
 
-    def event(self, views: Sequence[TaskView], view: TaskView, event: AnyEvent) -> None:
+    def event(self, views: Sequence[WatchedTask], view: WatchedTask, event: AnyEvent) -> None:
         self.out.write(encode(event).decode() + "\n")
         self.out.flush()
 
-    def changed(self, views: Sequence[TaskView], view: TaskView) -> None:
+    def changed(self, views: Sequence[WatchedTask], view: WatchedTask) -> None:
         if view.error is not None:
             self.err.write(f"{view.task}: error: {view.error}\n")
         elif view.note:
             self.err.write(f"{view.task}: {view.note}\n")
         self.err.flush()
 
-    def tick(self, views: Sequence[TaskView]) -> None:
+    def tick(self, views: Sequence[WatchedTask]) -> None:
         pass
 
-    def finish(self, views: Sequence[TaskView]) -> None:
+    def finish(self, views: Sequence[WatchedTask]) -> None:
         pass
 
 
@@ -444,7 +444,7 @@ class _Tick:
     pass
 
 
-_Update = tuple[TaskView, AnyEvent | Reconnecting | BaseException | None] | _Tick
+_Update = tuple[WatchedTask, AnyEvent | Reconnecting | BaseException | None] | _Tick
 
 
 async def watch_tasks(
@@ -459,10 +459,10 @@ async def watch_tasks(
 ) -> int:
     """Follow ``tasks`` until each ended (or failed to be watched); return the exit status."""
     now = clock()
-    views = [TaskView(task, now) for task in dict.fromkeys(tasks)]
+    views = [WatchedTask(task, now) for task in dict.fromkeys(tasks)]
     updates: asyncio.Queue[_Update] = asyncio.Queue()
 
-    async def follow(view: TaskView) -> None:
+    async def follow(view: WatchedTask) -> None:
         def note(info: Reconnecting) -> None:
             updates.put_nowait((view, info))
 

@@ -27,7 +27,7 @@ from pollcast_client.resume import Reconnect, SeqTracker
 from pollcast_client.sse import ServerSentEvent, SSEDecoder
 from pollcast_client.watch_cli import (
     EtaCountdown,
-    TaskView,
+    WatchedTask,
     columns,
     exit_code,
     format_duration,
@@ -184,7 +184,7 @@ def test_eta_is_the_gateways_counted_down_locally() -> None:
 
 
 def test_a_view_shows_the_eta_of_its_latest_event_not_its_own_guess() -> None:
-    view = TaskView("videoproc:1", started_s=0.0)
+    view = WatchedTask("videoproc:1", started_s=0.0)
     observed = datetime(2026, 11, 21, 10, 0, 0, tzinfo=UTC)
     first = event(Snapshot, task="videoproc:1", state=State.RUNNING, progress=20)
     view.apply(replace(first, observed_at=observed), 1.0, observed.timestamp())
@@ -200,7 +200,7 @@ def test_a_view_shows_the_eta_of_its_latest_event_not_its_own_guess() -> None:
 
 
 def test_a_status_line_shows_state_bar_queue_time_and_fits_the_width() -> None:
-    view = TaskView("tryon:42", started_s=0.0)
+    view = WatchedTask("tryon:42", started_s=0.0)
     view.apply(event(Snapshot, task="tryon:42", state=State.QUEUED, position=3), 1.0)
     line = render_line(view, 65.0, task_width=10, width=200, color=False, unicode=False)
     assert line.startswith("tryon:42    queued")
@@ -213,7 +213,7 @@ def test_a_status_line_shows_state_bar_queue_time_and_fits_the_width() -> None:
 
 
 def test_results_and_exit_status() -> None:
-    ok, bad = TaskView("a:1", 0.0), TaskView("b:2", 0.0)
+    ok, bad = WatchedTask("a:1", 0.0), WatchedTask("b:2", 0.0)
     done = {"state": State.SUCCEEDED, "terminal": True, "seq": 2}
     ok.apply(
         event(StateChanged, task="a:1", **done, result=Result(urls=("https://x.test/a.png",))), 3
@@ -228,7 +228,7 @@ def test_results_and_exit_status() -> None:
 
 
 def test_wide_characters_and_control_characters_cannot_break_the_layout() -> None:
-    view = TaskView("videoproc:1", 0.0)
+    view = WatchedTask("videoproc:1", 0.0)
     message = "正在下载视频\n\x1b[2Jdone"  # CJK takes two cells; ESC must not reach the tty
     view.apply(event(ProgressUpdate, task="videoproc:1", progress=10, message=message), 1.0)
     line = render_line(view, 1.0, task_width=11, width=60, color=False, unicode=True)

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from gateway.sim import SIM_CREDENTIALS
-from gateway.sim.protocols import aholo_sign, genpic_signature
+from gateway.sim.protocols.aholo import aholo_sign
+from gateway.sim.protocols.genpic import genpic_signature
 from tests.integration.sim_server import running_sim
 
 pytestmark = pytest.mark.integration

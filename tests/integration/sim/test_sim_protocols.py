@@ -14,7 +14,8 @@ import msgspec
 import pytest
 
 from gateway.sim import SIM_CREDENTIALS
-from gateway.sim.protocols import aholo_sign, genpic_signature
+from gateway.sim.protocols.aholo import aholo_sign
+from gateway.sim.protocols.genpic import genpic_signature
 from tests.integration.sim_server import ManualClock
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The upstream transport: aiohttp against scripted servers on real sockets, and the fake."""
+"""The upstream client: aiohttp against scripted servers on real sockets, and the fake."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import pytest
 from gateway.core.model import FaultKind
 from gateway.exceptions import UpstreamError, UpstreamTimeout
 from gateway.logs import configure_logging
-from gateway.poller.transport import send
+from gateway.poller.exchange import send
 from gateway.poller.upstream import (
-    AiohttpTransport,
+    AiohttpUpstreamClient,
     HttpSettings,
     MockUpstream,
     UpstreamCall,
-    UpstreamTransport,
+    UpstreamClient,
     request_target,
 )
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
@@ -26,13 +26,13 @@ from tests.integration.gateway_server import free_port
 from tests.scripted_upstream import ScriptedServer, ok, serving
 
 
-async def get(client: AiohttpTransport, server: ScriptedServer) -> UpstreamResponse:
+async def get(client: AiohttpUpstreamClient, server: ScriptedServer) -> UpstreamResponse:
     return await client.request("GET", f"{server.url}/status", timeout_s=2.0)
 
 
 async def test_one_connection_serves_request_after_request() -> None:
     async with serving([ok(b"1"), ok(b"2"), ok(b"3")]) as server:
-        client = AiohttpTransport()
+        client = AiohttpUpstreamClient()
         bodies = [(await get(client, server)).body for _ in range(3)]
         await client.aclose()
     assert bodies == [b"1", b"2", b"3"]
@@ -67,7 +67,7 @@ async def test_the_request_target_reaches_the_wire_byte_for_byte(
     path: str, params: tuple[tuple[str, str], ...], target: bytes
 ) -> None:
     async with serving([ok()]) as server:
-        client = AiohttpTransport()
+        client = AiohttpUpstreamClient()
         await client.request("GET", server.url + path, params=params, timeout_s=2.0)
         await client.aclose()
     request_line = server.requests[0].split(b"\r\n")[0]
@@ -77,7 +77,7 @@ async def test_the_request_target_reaches_the_wire_byte_for_byte(
 
 async def test_params_headers_and_body_go_out_as_given() -> None:
     async with serving([ok()]) as server:
-        client = AiohttpTransport()
+        client = AiohttpUpstreamClient()
         await client.request(
             "POST",
             f"{server.url}/v1/query?x=1",
@@ -130,7 +130,7 @@ async def test_chunked_gzip_deflate_and_until_close_bodies_are_read_whole() -> N
 
     script = [chunked, zipped, deflate, wrapped, dribble, until_close]
     async with serving(script) as server:
-        client = AiohttpTransport()
+        client = AiohttpUpstreamClient()
         replies = [await get(client, server) for _ in range(6)]
         await client.aclose()
     assert [r.body for r in replies] == [
@@ -151,7 +151,7 @@ async def test_redirects_are_returned_and_cookies_are_never_sent_back() -> None:
         b"content-length: 0\r\n\r\n"
     )
     async with serving([redirect, ok()]) as server:
-        client = AiohttpTransport()
+        client = AiohttpUpstreamClient()
         first = await get(client, server)
         await get(client, server)
         await client.aclose()
@@ -166,7 +166,7 @@ async def test_a_kept_connection_the_upstream_closed_is_replaced_without_an_erro
         writer.close()  # but the reply said nothing of closing: the client keeps it
 
     async with serving([answer_then_hang_up, ok(b"second")]) as server:
-        client = AiohttpTransport()
+        client = AiohttpUpstreamClient()
         assert (await get(client, server)).body == b"first"
         await asyncio.sleep(0.05)
         assert (await get(client, server)).body == b"second"
@@ -182,7 +182,7 @@ async def test_a_kept_connection_closed_as_the_request_went_out_is_retried_once(
         writer.close()  # the request was read, and nothing answers it
 
     async with serving([ok(b"first"), hang_up, ok(b"second")]) as server:
-        client = AiohttpTransport()
+        client = AiohttpUpstreamClient()
         url = f"{server.url}/v2/query"
         assert (await client.request(method, url, body=b"[]", timeout_s=2.0)).body == b"first"
         assert (await client.request(method, url, body=b"[]", timeout_s=2.0)).body == b"second"
@@ -195,7 +195,7 @@ async def test_an_upstream_that_never_answers_is_asked_twice_at_most() -> None:
         writer.close()
 
     async with serving([hang_up, hang_up, hang_up, ok()]) as server:
-        client = AiohttpTransport()
+        client = AiohttpUpstreamClient()
         with pytest.raises(UpstreamError, match="closed before a complete response"):
             await client.request("POST", f"{server.url}/q", body=b"[]", timeout_s=2.0)
         await client.aclose()
@@ -225,7 +225,7 @@ async def test_broken_replies_fail_plainly_and_the_connection_is_dropped(
         writer.close()
 
     async with serving([send_and_close, ok(b"next")]) as server:
-        client = AiohttpTransport(HttpSettings(max_body_bytes=4096))
+        client = AiohttpUpstreamClient(HttpSettings(max_body_bytes=4096))
         with pytest.raises(UpstreamError, match=message):
             await get(client, server)
         assert (await get(client, server)).body == b"next"
@@ -238,7 +238,7 @@ async def test_no_answer_in_time_is_a_timeout_and_the_connection_is_not_reused()
         await asyncio.sleep(1.0)
 
     async with serving([stall, ok(b"fresh")]) as server:
-        client = AiohttpTransport()
+        client = AiohttpUpstreamClient()
         with pytest.raises(UpstreamTimeout, match=r"no response within 0\.2 s"):
             await client.request("GET", f"{server.url}/s", timeout_s=0.2)
         assert (await get(client, server)).body == b"fresh"
@@ -247,7 +247,7 @@ async def test_no_answer_in_time_is_a_timeout_and_the_connection_is_not_reused()
 
 
 async def test_a_refused_connection_and_bad_requests_say_what_failed() -> None:
-    client = AiohttpTransport()
+    client = AiohttpUpstreamClient()
     with pytest.raises(UpstreamError, match=r"cannot connect \(ConnectionRefusedError\)"):
         await client.request("GET", f"http://127.0.0.1:{free_port()}/", timeout_s=2.0)
     with pytest.raises(UpstreamError, match="line break"):
@@ -264,7 +264,7 @@ async def test_a_refused_connection_and_bad_requests_say_what_failed() -> None:
 
 
 async def test_failures_never_carry_the_url_or_its_signed_query() -> None:
-    client = AiohttpTransport()
+    client = AiohttpUpstreamClient()
     url = f"http://127.0.0.1:{free_port()}/v2/x?sign=SECRET-SIGNATURE"
     with pytest.raises(UpstreamError) as caught:
         await client.request("GET", url, params=(("appkey", "SECRET-KEY"),), timeout_s=2.0)
@@ -282,7 +282,7 @@ REQUEST = UpstreamRequest(
 )
 
 
-async def test_send_turns_transport_failures_into_faults_without_the_url() -> None:
+async def test_send_turns_network_failures_into_faults_without_the_url() -> None:
     def timeout(call: UpstreamCall) -> UpstreamResponse:
         raise UpstreamTimeout("no response within 1 s")
 
@@ -303,7 +303,7 @@ async def test_the_fake_sees_the_request_as_the_wire_would_and_answers_it() -> N
         return UpstreamResponse(200, {"Content-Type": "application/json"}, b"{}")
 
     fake = MockUpstream(handler)
-    assert isinstance(fake, UpstreamTransport)
+    assert isinstance(fake, UpstreamClient)
     reply = await send(fake, REQUEST, name="vp", timeout_s=3.0)
     assert reply == UpstreamResponse(200, {"content-type": "application/json"}, b"{}")
     (call,) = fake.calls

@@ -33,7 +33,7 @@ def test_the_defaults_bound_every_reply_and_use_no_proxy() -> None:
     assert (runtime.http.max_body_bytes, runtime.http.max_headers) == (16 * 1024 * 1024, 128)
 
 
-def test_the_options_reach_the_runtime_and_the_transport(tmp_path: Path) -> None:
+def test_the_options_reach_the_runtime_and_the_client(tmp_path: Path) -> None:
     bundle = tmp_path / "ca.pem"
     trustme.CA().cert_pem.write_to_path(str(bundle))
     config = parse_config(
@@ -56,8 +56,8 @@ def test_the_options_reach_the_runtime_and_the_transport(tmp_path: Path) -> None
     )
     assert config.providers["vp"].http == expected
     assert config.runtimes()["vp"].http == expected
-    transport = Gateway(config).http["vp"]
-    assert (transport.settings, transport.concurrency) == (expected, 7)
+    client = Gateway(config).http["vp"]
+    assert (client.settings, client.concurrency) == (expected, 7)
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ from gateway.providers import ADAPTERS, adapter_class
 from gateway.providers.aholo import AholoAdapter
 from gateway.providers.ailab import AilabAdapter
 from gateway.providers.base import Adapter
+from gateway.providers.declarative import DeclarativeAdapter
 from gateway.providers.genpic import GenpicAdapter
-from gateway.providers.http import HttpAdapter
 from gateway.providers.tryon import TryonAdapter
 from gateway.providers.videoproc import VideoprocAdapter
 from tests.unit.providers.support import CASES, build, fault_of, observe, reply
@@ -45,7 +45,7 @@ def test_registry_maps_each_kind_to_its_adapter() -> None:
         "tryon": TryonAdapter,
         "genpic": GenpicAdapter,
         "videoproc": VideoprocAdapter,
-        "http": HttpAdapter,
+        "http": DeclarativeAdapter,
     } == ADAPTERS
     for kind, cls in ADAPTERS.items():
         assert adapter_class(kind) is cls

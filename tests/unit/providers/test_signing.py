@@ -22,8 +22,8 @@ from gateway.config import load_config, parse_config
 from gateway.exceptions import ConfigError, InvalidTaskKey
 from gateway.providers.aholo import aholo_sign
 from gateway.providers.base import Adapter, UpstreamRequest
+from gateway.providers.declarative import DeclarativeAdapter
 from gateway.providers.genpic import genpic_signature
-from gateway.providers.http import HttpAdapter
 from gateway.providers.signing import flatten_pairs, sign, sorted_pairs_text
 from tests.unit.providers import support
 from tests.unit.providers.support import (
@@ -38,7 +38,7 @@ from tests.unit.providers.support import (
     TRYON_KEY,
     TRYON_OPEN_ID,
 )
-from tests.unit.providers.test_http import provider
+from tests.unit.providers.test_declarative import provider
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "deploy" / "examples"
 ENV = {
@@ -56,9 +56,9 @@ ENV = {
 }
 
 
-def example(kind: str) -> HttpAdapter:
+def example(kind: str) -> DeclarativeAdapter:
     adapter = load_config(EXAMPLES / f"{kind}.toml", env=ENV).runtimes()[kind].adapter
-    assert isinstance(adapter, HttpAdapter)
+    assert isinstance(adapter, DeclarativeAdapter)
     return adapter
 
 
@@ -177,7 +177,7 @@ def test_secrets_are_credentials_and_stay_out_of_messages() -> None:
 # --- other shapes: HMAC in a header, sorted query parameters -------------------------------
 
 
-def signed(**sign_table: Any) -> HttpAdapter:
+def signed(**sign_table: Any) -> DeclarativeAdapter:
     table = provider(
         secrets={"token": "hmac-key-Vb71"},
         request={
@@ -187,7 +187,7 @@ def signed(**sign_table: Any) -> HttpAdapter:
         },
     )
     adapter = parse_config({"providers": {"vp2": table}}, env={}).runtimes()["vp2"].adapter
-    assert isinstance(adapter, HttpAdapter)
+    assert isinstance(adapter, DeclarativeAdapter)
     return adapter
 
 

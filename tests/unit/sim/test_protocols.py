@@ -14,16 +14,12 @@ import pytest
 
 from gateway.core.model import State
 from gateway.sim import SimConfig, Simulator
-from gateway.sim.protocols import (
-    AholoProtocol,
-    AilabProtocol,
-    Call,
-    GenpicProtocol,
-    TryonProtocol,
-    VideoprocProtocol,
-    aholo_sign,
-    genpic_signature,
-)
+from gateway.sim.protocols.aholo import AholoProtocol, aholo_sign
+from gateway.sim.protocols.ailab import AilabProtocol
+from gateway.sim.protocols.base import Call
+from gateway.sim.protocols.genpic import GenpicProtocol, genpic_signature
+from gateway.sim.protocols.tryon import TryonProtocol
+from gateway.sim.protocols.videoproc import VideoprocProtocol
 from gateway.sim.timeline import Step, TaskSpec
 from tests.integration.sim_server import ManualClock
 

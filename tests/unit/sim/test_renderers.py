@@ -1,4 +1,4 @@
-"""Each provider's native rendering of a task at one moment (pure: a TaskView in, JSON out)."""
+"""Each provider's native rendering of a task at one moment (pure: a TaskMoment in, JSON out)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,19 @@ from typing import Any
 import pytest
 
 from gateway.core.model import State
-from gateway.sim.protocols import (
-    TRYON_DEFAULT_FAILURE,
-    VIDEOPROC_DEFAULT_ERROR,
-    render_aholo,
-    render_ailab,
-    render_genpic,
-    render_tryon,
-    render_videoproc,
-)
-from gateway.sim.timeline import Step, TaskView
+from gateway.sim.protocols.aholo import render_aholo
+from gateway.sim.protocols.ailab import render_ailab
+from gateway.sim.protocols.genpic import render_genpic
+from gateway.sim.protocols.tryon import TRYON_DEFAULT_FAILURE, render_tryon
+from gateway.sim.protocols.videoproc import VIDEOPROC_DEFAULT_ERROR, render_videoproc
+from gateway.sim.timeline import Step, TaskMoment
 
 BASE = "http://127.0.0.1:8001"
 CREATED = 1_704_110_400.0  # 2024-01-01T12:00:00Z, the videoproc doc's example time
 
 
-def view(state: str, task_id: str = "T1", at: float = 0.0, **step: Any) -> TaskView:
-    return TaskView(
+def view(state: str, task_id: str = "T1", at: float = 0.0, **step: Any) -> TaskMoment:
+    return TaskMoment(
         task_id=task_id,
         step=Step(at=at, state=State(state), **step),
         created_wall=CREATED,

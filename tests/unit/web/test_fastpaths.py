@@ -18,9 +18,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.config import parse_config
 from gateway.exceptions import ConfigError
 from gateway.server import http_protocol
+from gateway.web.connection import GuardedHttpProtocol
 from gateway.web.fastpaths import FLOW_CONTROL, check
 from gateway.web.guard import PlainHeadGuard
-from gateway.web.transport import GuardedHttpProtocol
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:

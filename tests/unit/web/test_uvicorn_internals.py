@@ -22,14 +22,14 @@ from uvicorn.server import ServerState
 
 from gateway.config import ServerConfig
 from gateway.core.sse import ws_text_frame
-from gateway.web.fastpaths import DIRECT_WRITE, TESTED_UVICORN, check, direct_writer, expectations
-from gateway.web.lean import Inbox, LeanFlowControl, Pipeline, Signal
-from gateway.web.transport import (
+from gateway.web.connection import (
     DirectWriter,
     GuardedWebSocketProtocol,
     WebSocketDirectWriter,
     guarded_http_protocol,
 )
+from gateway.web.fastpaths import DIRECT_WRITE, TESTED_UVICORN, check, direct_writer, expectations
+from gateway.web.lean import Inbox, LeanFlowControl, Pipeline, Signal
 
 
 @pytest.mark.parametrize("name", [name for name, _ in expectations()])

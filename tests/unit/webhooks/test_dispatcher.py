@@ -22,7 +22,7 @@ from gateway.webhooks.model import Delivery, WebhookTarget
 from gateway.webhooks.outbox import Outbox, SqliteOutbox
 from gateway.webhooks.redis_outbox import RedisOutbox
 from gateway.webhooks.retry import RetrySchedule
-from gateway.webhooks.sender import AiohttpTransport, WebhookTransport
+from gateway.webhooks.sender import AiohttpWebhookSender, WebhookSender
 from gateway.webhooks.signing import decode_secret
 from gateway.webhooks.targets import Resolver, UrlPolicy, system_resolver
 from tests.integration.webhook_receiver import Received, Receiver, standard_signature
@@ -61,7 +61,7 @@ async def running(
     timeout_s: float = 2.0,
     max_age_s: float = 30.0,
     concurrency: int = 4,
-    transport: WebhookTransport | None = None,
+    sender: WebhookSender | None = None,
 ) -> AsyncIterator[Dispatcher]:
     dispatcher = Dispatcher(
         outbox,
@@ -71,7 +71,7 @@ async def running(
         timeout_s=timeout_s,
         poll_s=0.05,
         concurrency=concurrency,
-        transport=transport,
+        sender=sender,
         resolver=resolver,
         rng=random.Random(3),
     )
@@ -286,11 +286,11 @@ async def test_a_rebinding_host_is_never_connected_at_its_private_address(
         return socket.socket(addr_info[0], addr_info[1], addr_info[2])
 
     resolver, calls = answers(["93.184.216.34"], ["127.0.0.1"])
-    transport = AiohttpTransport(timeout_s=1.0, socket_factory=recording)
+    sender = AiohttpWebhookSender(timeout_s=1.0, socket_factory=recording)
     with Receiver() as receiver:
         await queue(outbox, [delivery(f"http://rebind.example:{receiver.port}/in")])
         async with running(
-            outbox, policy=UrlPolicy(), resolver=resolver, transport=transport
+            outbox, policy=UrlPolicy(), resolver=resolver, sender=sender
         ) as dispatcher:
             await settle(lambda: dispatcher.abandoned == 1)
         assert receiver.snapshot() == []

@@ -1,4 +1,4 @@
-"""The delivery loop's policies with an injected clock, sleep and transport: fencing, supervision.
+"""The delivery loop's policies with an injected clock, sleep and sender: fencing, supervision.
 
 The outbox is the real :class:`SqliteOutbox` (in memory); only the network
 and the passing of time are stand-ins, so nothing here sleeps for real.
@@ -38,7 +38,7 @@ class Clock:
         return self.now
 
 
-class GatedTransport:
+class GatedSender:
     """Each POST waits until the test answers it; records what was sent."""
 
     def __init__(self) -> None:
@@ -105,7 +105,7 @@ async def running(dispatcher: Dispatcher) -> AsyncIterator[Dispatcher]:
         await dispatcher.close()
 
 
-def dispatcher(outbox: Outbox, clock: Clock, transport: object, **kw: object) -> Dispatcher:
+def dispatcher(outbox: Outbox, clock: Clock, sender: object, **kw: object) -> Dispatcher:
     return Dispatcher(
         outbox,
         key=KEY,
@@ -114,7 +114,7 @@ def dispatcher(outbox: Outbox, clock: Clock, transport: object, **kw: object) ->
         timeout_s=TIMEOUT_S,
         poll_s=0.005,
         concurrency=4,
-        transport=transport,  # type: ignore[arg-type]
+        sender=sender,  # type: ignore[arg-type]
         wall=clock,
         rng=random.Random(11),
         **kw,  # type: ignore[arg-type]
@@ -137,41 +137,41 @@ async def test_a_stale_attempt_cannot_undo_the_claim_that_replaced_it(
     # The old attempt's failure must not reschedule what the new one holds —
     # else the new one's success could not be recorded and the event would
     # go out a third time.
-    clock, transport, metrics = Clock(), GatedTransport(), Metrics()
+    clock, sender, metrics = Clock(), GatedSender(), Metrics()
     await queue(outbox, [delivery()])
-    async with running(dispatcher(outbox, clock, transport, metrics=metrics)) as d:
-        await until(lambda: len(transport.sent) == 1)
+    async with running(dispatcher(outbox, clock, sender, metrics=metrics)) as d:
+        await until(lambda: len(sender.sent) == 1)
         clock.now += 10.0  # past the 7 s lease
         d.wake()
-        await until(lambda: len(transport.sent) == 2)
-        transport.answer(0, 500)  # the stale attempt fails late
+        await until(lambda: len(sender.sent) == 2)
+        sender.answer(0, 500)  # the stale attempt fails late
         await until(lambda: d.lost_claims == 1)
-        transport.answer(1, 204)  # the current one succeeds
+        sender.answer(1, 204)  # the current one succeeds
         await until(lambda: d.delivered == 1)
         await until(lambda: not d._attempts)
         assert await outbox.pending() == 0
         clock.now += 3600.0  # much later: nothing is left to send
         d.wake()
         await asyncio.sleep(0.05)
-    assert len(transport.sent) == 2
-    assert {a.headers["webhook-id"] for a in transport.sent} == {"vp:t1:1"}
+    assert len(sender.sent) == 2
+    assert {a.headers["webhook-id"] for a in sender.sent} == {"vp:t1:1"}
     assert metrics.registry.get_sample_value("pollcast_webhook_claims_lost_total") == 1
 
 
 async def test_a_stale_success_does_not_finish_what_another_attempt_holds(
     outbox: SqliteOutbox,
 ) -> None:
-    clock, transport = Clock(), GatedTransport()
+    clock, sender = Clock(), GatedSender()
     await queue(outbox, [delivery()])
-    async with running(dispatcher(outbox, clock, transport)) as d:
-        await until(lambda: len(transport.sent) == 1)
+    async with running(dispatcher(outbox, clock, sender)) as d:
+        await until(lambda: len(sender.sent) == 1)
         clock.now += 10.0
         d.wake()
-        await until(lambda: len(transport.sent) == 2)
-        transport.answer(0, 204)  # the stale attempt's success is not its to record
+        await until(lambda: len(sender.sent) == 2)
+        sender.answer(0, 204)  # the stale attempt's success is not its to record
         await until(lambda: d.lost_claims == 1)
         assert await outbox.pending() == 1
-        transport.answer(1, 503)  # the current attempt fails: rescheduled by it
+        sender.answer(1, 503)  # the current attempt fails: rescheduled by it
         await until(lambda: not d._attempts)
     [row] = outbox.db.execute("SELECT attempts, last_error, claim FROM webhook_deliveries")
     assert row == (1, "HTTP 503", None)
@@ -179,19 +179,19 @@ async def test_a_stale_success_does_not_finish_what_another_attempt_holds(
 
 async def test_a_claim_found_too_old_to_send_is_not_sent(outbox: SqliteOutbox) -> None:
     # Paused between claiming and sending: the lease no longer covers an attempt.
-    clock, transport = Clock(), GatedTransport()
+    clock, sender = Clock(), GatedSender()
     await queue(outbox, [delivery()])
-    d = dispatcher(outbox, clock, transport)
+    d = dispatcher(outbox, clock, sender)
     [claimed] = await outbox.claim(T0, T0 + d.lease_s, 1, d.claim_token())
     clock.now += d.lease_s - TIMEOUT_S / 2
     await d._deliver(claimed, T0 + d.lease_s)
-    assert transport.sent == []
+    assert sender.sent == []
     assert await outbox.pending() == 1
 
 
 def test_claim_tokens_are_never_reused() -> None:
-    d = dispatcher(SqliteOutbox(":memory:"), Clock(), GatedTransport())
-    other = dispatcher(SqliteOutbox(":memory:"), Clock(), GatedTransport())
+    d = dispatcher(SqliteOutbox(":memory:"), Clock(), GatedSender())
+    other = dispatcher(SqliteOutbox(":memory:"), Clock(), GatedSender())
     tokens = [d.claim_token() for _ in range(100)] + [other.claim_token() for _ in range(100)]
     assert len(set(tokens)) == 200
 
@@ -228,12 +228,12 @@ async def test_the_loop_outlives_a_failing_store_backing_off_and_logging_once(
     try:
         await queue(store, [delivery()])
         store.fail = 6
-        transport = GatedTransport()
+        sender = GatedSender()
         backoff = Backoff(base_s=1.0, max_s=8.0)
-        d = dispatcher(store, clock, transport, sleep=sleeps, backoff=backoff, metrics=metrics)
+        d = dispatcher(store, clock, sender, sleep=sleeps, backoff=backoff, metrics=metrics)
         async with running(d):
-            await until(lambda: len(transport.sent) == 1)
-            transport.answer(0, 204)
+            await until(lambda: len(sender.sent) == 1)
+            sender.answer(0, 204)
             await until(lambda: d.delivered == 1)
         assert await store.pending() == 0
     finally:
@@ -267,16 +267,16 @@ async def test_a_finish_the_store_refuses_is_retried_not_resent(
         return await real_finish(d)
 
     outbox.finish = locked_finish  # type: ignore[method-assign]
-    transport = GatedTransport()
+    sender = GatedSender()
     await queue(outbox, [delivery()])
-    d = dispatcher(outbox, clock, transport, sleep=sleeps, backoff=Backoff(0.5, 2.0))
+    d = dispatcher(outbox, clock, sender, sleep=sleeps, backoff=Backoff(0.5, 2.0))
     async with running(d):
-        await until(lambda: len(transport.sent) == 1)
-        transport.answer(0, 204)
+        await until(lambda: len(sender.sent) == 1)
+        sender.answer(0, 204)
         await until(lambda: not d._attempts and failures == 0)
         await until(lambda: d.store_failures == 3)
     assert await outbox.pending() == 0
-    assert len(transport.sent) == 1
+    assert len(sender.sent) == 1
     assert len(sleeps.delays) == 3 and sum(sleeps.delays) < d.lease_s
     assert len([r for r in caplog.records if "could not mark done" in r.getMessage()]) == 1
 
@@ -291,9 +291,9 @@ async def test_a_finish_refused_past_the_lease_is_left_to_the_next_claim(
         raise BackendError("webhook outbox write failed: database is locked")
 
     outbox.finish = always_locked  # type: ignore[method-assign]
-    transport = GatedTransport()
+    sender = GatedSender()
     await queue(outbox, [delivery()])
-    d = dispatcher(outbox, clock, transport, sleep=sleeps, backoff=Backoff(1.0, 2.0))
+    d = dispatcher(outbox, clock, sender, sleep=sleeps, backoff=Backoff(1.0, 2.0))
     [claimed] = await outbox.claim(T0, T0 + d.lease_s, 1, d.claim_token())
     await d._finish(claimed, T0 + d.lease_s, abandoned=False)
     assert clock.now < T0 + d.lease_s  # gave up before the lease ran out
@@ -304,7 +304,7 @@ async def test_a_failed_attempt_is_rescheduled_by_the_schedule(outbox: SqliteOut
     clock = Clock()
     await queue(outbox, [delivery()])
 
-    class Refusing(GatedTransport):
+    class Refusing(GatedSender):
         async def post(self, attempt: Attempt) -> int:
             self.sent.append(attempt)
             raise DeliveryFailed("connection failed (ClientConnectorError)")

@@ -14,7 +14,7 @@ import pytest
 import trustme
 
 from gateway.webhooks.sender import (
-    AiohttpTransport,
+    AiohttpWebhookSender,
     Attempt,
     DeliveryFailed,
     DeliveryTimeout,
@@ -89,10 +89,10 @@ async def test_one_deadline_covers_the_whole_reply(head: bytes, body: bytes) -> 
             await drip(writer, head, every_s=0.03)
 
     async with serving(slow) as port:
-        transport = AiohttpTransport(timeout_s=0.5)
+        sender = AiohttpWebhookSender(timeout_s=0.5)
         started = time.monotonic()
         with pytest.raises(DeliveryTimeout, match=r"no answer within 0\.5 s"):
-            await transport.post(attempt(f"http://127.0.0.1:{port}/in"))
+            await sender.post(attempt(f"http://127.0.0.1:{port}/in"))
         assert time.monotonic() - started < 0.9
 
 
@@ -114,9 +114,9 @@ async def test_a_huge_reply_body_is_not_read() -> None:
             done.set()
 
     async with serving(flood) as port:
-        transport = AiohttpTransport(timeout_s=5.0)
+        sender = AiohttpWebhookSender(timeout_s=5.0)
         started = time.monotonic()
-        assert await transport.post(attempt(f"http://127.0.0.1:{port}/in")) == 200
+        assert await sender.post(attempt(f"http://127.0.0.1:{port}/in")) == 200
         assert time.monotonic() - started < 2.0
         await asyncio.wait_for(done.wait(), 5)
     # What the kernel's socket buffers took before the sender hung up: megabytes, not 512 MiB.
@@ -140,7 +140,9 @@ async def test_redirects_are_answers_not_followed() -> None:
             await writer.drain()
 
         async with serving(redirect) as port:
-            status = await AiohttpTransport(timeout_s=2).post(attempt(f"http://127.0.0.1:{port}/"))
+            status = await AiohttpWebhookSender(timeout_s=2).post(
+                attempt(f"http://127.0.0.1:{port}/")
+            )
     assert status == 307
     assert not followed.is_set()
 
@@ -155,7 +157,7 @@ async def test_the_request_goes_to_the_pinned_address_under_the_hosts_name() -> 
 
     async with serving(ok, host="127.0.0.2") as port:
         url = f"http://hooks.example:{port}/in?token=t0p"
-        status = await AiohttpTransport(timeout_s=2).post(attempt(url, ("127.0.0.2",)))
+        status = await AiohttpWebhookSender(timeout_s=2).post(attempt(url, ("127.0.0.2",)))
     assert status == 204
     [head] = seen
     assert head.startswith(b"POST /in?token=t0p HTTP/1.1\r\n")
@@ -172,7 +174,7 @@ async def test_the_url_is_sent_as_registered_not_requoted() -> None:
 
     async with serving(ok) as port:
         url = f"http://127.0.0.1:{port}/a%2Fb/%7Euser?sig=a%2Bb%3D"
-        assert await AiohttpTransport(timeout_s=2).post(attempt(url)) == 204
+        assert await AiohttpWebhookSender(timeout_s=2).post(attempt(url)) == 204
     assert seen[0].startswith(b"POST /a%2Fb/%7Euser?sig=a%2Bb%3D HTTP/1.1\r\n")
 
 
@@ -183,7 +185,7 @@ async def test_errors_name_the_failure_never_the_url(caplog: pytest.LogCaptureFi
         closed = s.getsockname()[1]  # bound, not listening: connection refused
         url = f"http://127.0.0.1:{closed}/in?token=s3cr3t-token"
         with pytest.raises(DeliveryFailed) as info:
-            await AiohttpTransport(timeout_s=2).post(attempt(url))
+            await AiohttpWebhookSender(timeout_s=2).post(attempt(url))
     assert not isinstance(info.value, DeliveryTimeout)
     assert info.value.message.startswith("connection failed (")
     assert "s3cr3t" not in str(info.value)
@@ -196,7 +198,7 @@ async def test_errors_name_the_failure_never_the_url(caplog: pytest.LogCaptureFi
     async with serving(hang_up) as port:
         url = f"http://127.0.0.1:{port}/in?token=s3cr3t-token"
         with pytest.raises(DeliveryFailed, match="connection failed") as info:
-            await AiohttpTransport(timeout_s=2).post(attempt(url))
+            await AiohttpWebhookSender(timeout_s=2).post(attempt(url))
     assert "s3cr3t" not in str(info.value)
 
 
@@ -207,7 +209,7 @@ async def test_https_to_a_plain_http_receiver_is_a_tls_failure() -> None:
 
     async with serving(plain) as port:
         with pytest.raises(DeliveryFailed, match=r"^TLS failed \("):
-            await AiohttpTransport(timeout_s=2).post(attempt(f"https://127.0.0.1:{port}/in"))
+            await AiohttpWebhookSender(timeout_s=2).post(attempt(f"https://127.0.0.1:{port}/in"))
 
 
 async def test_the_pinned_resolver_answers_only_its_host() -> None:
@@ -256,8 +258,8 @@ async def test_tls_goes_to_the_pinned_address_with_the_hosts_name_for_sni_and_ce
     seen: list[str | None] = []
     server, port = await tls_server(ca, "hooks.example", seen)
     try:
-        transport = AiohttpTransport(timeout_s=3, ssl_context=client_ctx)
-        status = await transport.post(attempt(f"https://hooks.example:{port}/in"))
+        sender = AiohttpWebhookSender(timeout_s=3, ssl_context=client_ctx)
+        status = await sender.post(attempt(f"https://hooks.example:{port}/in"))
     finally:
         server.close()
         await server.wait_closed()
@@ -271,11 +273,11 @@ async def test_a_certificate_for_another_name_fails_the_attempt(ca: trustme.CA) 
     seen: list[str | None] = []
     server, port = await tls_server(ca, "other.example", seen)
     try:
-        transport = AiohttpTransport(timeout_s=3, ssl_context=client_ctx)
+        sender = AiohttpWebhookSender(timeout_s=3, ssl_context=client_ctx)
         with pytest.raises(
             DeliveryFailed, match=r"^TLS failed \(ClientConnectorCertificateError\)$"
         ):
-            await transport.post(attempt(f"https://hooks.example:{port}/in"))
+            await sender.post(attempt(f"https://hooks.example:{port}/in"))
     finally:
         server.close()
         await server.wait_closed()
@@ -296,7 +298,7 @@ async def test_endless_reply_headers_fail_the_attempt_at_once() -> None:
     async with serving(flood) as port:
         started = time.monotonic()
         with pytest.raises(DeliveryFailed, match=r"^unreadable reply \("):
-            await AiohttpTransport(timeout_s=5).post(attempt(f"http://127.0.0.1:{port}/in"))
+            await AiohttpWebhookSender(timeout_s=5).post(attempt(f"http://127.0.0.1:{port}/in"))
         assert time.monotonic() - started < 2.0
     assert sent < 64 * 1024 * 1024
 
@@ -311,5 +313,5 @@ async def test_an_international_host_name_is_sent_as_idna_to_the_pinned_address(
 
     async with serving(ok) as port:
         url = f"http://bücher.example:{port}/in"
-        assert await AiohttpTransport(timeout_s=2).post(attempt(url)) == 204
+        assert await AiohttpWebhookSender(timeout_s=2).post(attempt(url)) == 204
     assert f"host: xn--bcher-kva.example:{port}\r\n".encode() in seen[0].lower()

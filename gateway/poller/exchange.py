@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from gateway.core.model import Fault, FaultKind
 from gateway.exceptions import UpstreamError, UpstreamTimeout
-from gateway.poller.upstream import UpstreamTransport
+from gateway.poller.upstream import UpstreamClient
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
 
 __all__ = ["send"]
 
 
 async def send(
-    http: UpstreamTransport, request: UpstreamRequest, *, name: str, timeout_s: float
+    http: UpstreamClient, request: UpstreamRequest, *, name: str, timeout_s: float
 ) -> UpstreamResponse | Fault:
-    """Send ``request``; a transport failure comes back as a :class:`Fault`.
+    """Send ``request``; a network failure comes back as a :class:`Fault`.
 
     The fault names the failure but never the URL: some upstreams sign
     requests in the query string.

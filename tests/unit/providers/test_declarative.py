@@ -14,7 +14,7 @@ from gateway.cli import main
 from gateway.config import parse_config
 from gateway.core.model import ErrorInfo, FaultKind, Observation, Result, State
 from gateway.exceptions import ConfigError, InvalidTaskKey
-from gateway.providers.http import HttpAdapter
+from gateway.providers.declarative import DeclarativeAdapter
 from tests.unit.providers.support import NOW_MS, REQUEST_ID, fault_of, malformed_message, reply
 
 KEY = "key-7Hq2Zx91"
@@ -90,15 +90,15 @@ def replaced(table: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def adapter_of(table: dict[str, Any], name: str = "vp2") -> HttpAdapter:
+def adapter_of(table: dict[str, Any], name: str = "vp2") -> DeclarativeAdapter:
     config = parse_config({"providers": {name: table}}, env={})
     adapter = config.runtimes()[name].adapter
-    assert isinstance(adapter, HttpAdapter)
+    assert isinstance(adapter, DeclarativeAdapter)
     return adapter
 
 
 def observe(
-    adapter: HttpAdapter, task_ids: list[str], body: Any, status: int = 200, **headers: str
+    adapter: DeclarativeAdapter, task_ids: list[str], body: Any, status: int = 200, **headers: str
 ) -> list[Observation]:
     request = adapter.build_request(task_ids, now_ms=NOW_MS, request_id=REQUEST_ID)
     observations = adapter.parse(request, reply(body, status, headers))
