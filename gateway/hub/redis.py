@@ -99,6 +99,9 @@ _event_decoder = msgspec.json.Decoder(Event)
 _watch_decoder = msgspec.json.Decoder(Watch)
 _encoder = msgspec.json.Encoder()
 
+# What a lost or refused link raises (anything else is logged with its traceback).
+_LINK_ERRORS = (RedisError, RedisClusterException, OSError, BackendError, LinkLost)
+
 # How often the listener checks, while idle, that the store is still the one it knew.
 INCARNATION_CHECK_S = 2.0
 # How long a new subscriber waits for its task's subscription to be confirmed.
@@ -277,9 +280,17 @@ class RedisHub(Hub):
             except asyncio.CancelledError:
                 await self.channels.close()
                 raise
-            except (RedisError, RedisClusterException, OSError, BackendError, LinkLost) as exc:
-                if self._listening.is_set():
-                    log.warning("lost the redis event channels (%s); retrying", type(exc).__name__)
+            except Exception as exc:
+                # redis-py may leak a transport's error (``AttributeError``, ``TypeError``)
+                # from a connection torn down under it while the cluster's topology is
+                # read again: whatever it is, this node must go on receiving events.
+                expected = isinstance(exc, _LINK_ERRORS)
+                if self._listening.is_set() or not expected:
+                    log.warning(
+                        "lost the redis event channels (%s); retrying",
+                        type(exc).__name__,
+                        exc_info=not expected,
+                    )
                 self._listening.clear()
                 await self.channels.close()
                 raise_if_cancelled()
@@ -344,16 +355,21 @@ class RedisHub(Hub):
     @staticmethod
     async def _run_restore(restore: Callable[[], Awaitable[None]]) -> None:
         """Until it has worked once: right after a failover the cluster may still
-        refuse writes (``CLUSTERDOWN``) for a moment, and a task whose schedule
-        entry was lost would otherwise never be polled again."""
+        refuse writes (``CLUSTERDOWN``) for a moment, or redis-py leak a torn-down
+        connection's error, and a task whose schedule entry was lost would
+        otherwise never be polled again."""
         delay = RetryDelay(first_s=0.2, cap_s=2.0)
         for attempt in range(RESTORE_ATTEMPTS):
             try:
                 await restore()
                 return
-            except BackendError as exc:
+            except Exception as exc:
                 if attempt == RESTORE_ATTEMPTS - 1:
-                    log.warning("could not schedule again after a reconnect (%s)", exc)
+                    log.warning(
+                        "could not schedule again after a reconnect (%s)",
+                        exc,
+                        exc_info=not isinstance(exc, BackendError),
+                    )
                     return
                 await asyncio.sleep(delay.next_delay())
 

@@ -540,6 +540,39 @@ async def test_redis_store_losing_a_task_starts_a_new_epoch(tmp_path: Path, kind
 
 
 @pytest.mark.parametrize("kind", REDIS)
+async def test_redis_an_unexpected_driver_error_does_not_end_the_listener(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
+    q = SubscriberQueue()
+    hub.attach(q, ["ailab:a"])
+    await hub.attached(["ailab:a"])
+    real_get = hub.redis.get
+    leaked = asyncio.Event()
+
+    async def get(*args: object, **kwargs: object) -> object:
+        if not leaked.is_set():
+            # What redis-py raises when a connection is torn down under a command
+            # (a failover: the cluster's topology read again meanwhile).
+            leaked.set()
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        return await real_get(*args, **kwargs)
+
+    monkeypatch.setattr(hub.redis, "get", get)  # the driver's, read by the listener's tick
+    try:
+        async with asyncio.timeout(3 * INCARNATION_CHECK_S):
+            await leaked.wait()
+        await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+        assert [e.event.seq for e in await _collect(q, 1)] == [1]
+        await hub.commit([ev("ailab:a", 2, progress=10)], terminal_ttl_s=60)
+        assert [e.event.seq for e in await _collect(q, 1)] == [2]
+        assert await hub.ready()
+    finally:
+        raw.close()
+        await hub.close()
+
+
+@pytest.mark.parametrize("kind", REDIS)
 async def test_redis_store_losing_everything_resyncs_and_restores(
     tmp_path: Path, kind: str
 ) -> None:
