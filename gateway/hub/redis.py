@@ -36,8 +36,10 @@ before it had the master's last writes, forgets tasks or their latest
 events while the nodes still remember seqs they delivered; new events then
 start again from a lower seq. The listener notices — the incarnation id
 changed (a single Redis lost everything), or a task's stored snapshot is
-gone or behind what this node delivered (checked per task, so a cluster
-shard that lost its keys affects its own tasks only) — and begins a new
+gone or behind what this node delivered, or the store holds another event
+under the last seq delivered here (the one delivered was lost and the poller
+committed that seq again; checked per task, so a cluster shard that lost its
+keys affects its own tasks only) — and begins a new
 epoch for those tasks: local subscribers get a ``resync`` notice (their
 feeds forget the old seqs) and the stored snapshot, and ``on_reconnect``
 lets the gateway schedule again what its subscribers and watches need.
@@ -52,7 +54,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from redis.exceptions import RedisClusterException, RedisError
@@ -99,6 +101,9 @@ _event_decoder = msgspec.json.Decoder(Event)
 _watch_decoder = msgspec.json.Decoder(Watch)
 _encoder = msgspec.json.Encoder()
 
+# What a lost or refused link raises (anything else is logged with its traceback).
+_LINK_ERRORS = (RedisError, RedisClusterException, OSError, BackendError, LinkLost)
+
 # How often the listener checks, while idle, that the store is still the one it knew.
 INCARNATION_CHECK_S = 2.0
 # How long a new subscriber waits for its task's subscription to be confirmed.
@@ -131,6 +136,31 @@ return -1
 """)
 
 
+class _Head(NamedTuple):
+    """The last event of a task fanned out here: its seq, and a digest of its JSON
+    that tells it from another event stored under the same seq in a new epoch."""
+
+    seq: int
+    digest: int
+
+    @classmethod
+    def of(cls, enc: Encoded) -> _Head:
+        return cls(enc.event.seq, zlib.crc32(enc.json))
+
+
+class _Read(NamedTuple):
+    """What the store holds of a task, from a given seq on."""
+
+    latest: int  # the stored seq (0: the task is not stored)
+    head: int | None  # digest of the stored event at the given seq, if still kept
+    after: list[Encoded] | None  # the events after it (``None``: not all kept)
+
+
+def _diverged(head: _Head | None, stored: _Read) -> bool:
+    """Whether the store holds another event than ``head`` under its seq."""
+    return head is not None and stored.head is not None and stored.head != head.digest
+
+
 def task_key(prefix: str, task: str, what: str) -> str:
     """A key of ``task``: all of them share the task's hash tag, hence one cluster slot."""
     return f"{prefix}:{{{task}}}:{what}"
@@ -154,7 +184,7 @@ class RedisHub(Hub):
         self._restoring: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._order = asyncio.Lock()  # live messages and catch-up take turns
-        self._last: dict[str, int] = {}  # task → last seq fanned out here
+        self._last: dict[str, _Head] = {}  # task → last event fanned out here
         self._incarnation: bytes | str | None = None  # the store's id as this node knows it
         # Called after every reconnect (the store may have lost schedules and watches).
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
@@ -277,9 +307,17 @@ class RedisHub(Hub):
             except asyncio.CancelledError:
                 await self.channels.close()
                 raise
-            except (RedisError, RedisClusterException, OSError, BackendError, LinkLost) as exc:
-                if self._listening.is_set():
-                    log.warning("lost the redis event channels (%s); retrying", type(exc).__name__)
+            except Exception as exc:
+                # redis-py may leak a transport's error (``AttributeError``, ``TypeError``)
+                # from a connection torn down under it while the cluster's topology is
+                # read again: whatever it is, this node must go on receiving events.
+                expected = isinstance(exc, _LINK_ERRORS)
+                if self._listening.is_set() or not expected:
+                    log.warning(
+                        "lost the redis event channels (%s); retrying",
+                        type(exc).__name__,
+                        exc_info=not expected,
+                    )
                 self._listening.clear()
                 await self.channels.close()
                 raise_if_cancelled()
@@ -344,16 +382,21 @@ class RedisHub(Hub):
     @staticmethod
     async def _run_restore(restore: Callable[[], Awaitable[None]]) -> None:
         """Until it has worked once: right after a failover the cluster may still
-        refuse writes (``CLUSTERDOWN``) for a moment, and a task whose schedule
-        entry was lost would otherwise never be polled again."""
+        refuse writes (``CLUSTERDOWN``) for a moment, or redis-py leak a torn-down
+        connection's error, and a task whose schedule entry was lost would
+        otherwise never be polled again."""
         delay = RetryDelay(first_s=0.2, cap_s=2.0)
         for attempt in range(RESTORE_ATTEMPTS):
             try:
                 await restore()
                 return
-            except BackendError as exc:
+            except Exception as exc:
                 if attempt == RESTORE_ATTEMPTS - 1:
-                    log.warning("could not schedule again after a reconnect (%s)", exc)
+                    log.warning(
+                        "could not schedule again after a reconnect (%s)",
+                        exc,
+                        exc_info=not isinstance(exc, BackendError),
+                    )
                     return
                 await asyncio.sleep(delay.next_delay())
 
@@ -366,22 +409,32 @@ class RedisHub(Hub):
         if self.fanout.subscriber_count(task) == 0:
             self._last.pop(task, None)
             return
+        enc = Encoded(event)
         if event.event is EventKind.NOTICE:
-            self.fanout.deliver(Encoded(event))
+            self.fanout.deliver(enc)
             return
         last = self._last.get(task)
-        if last is not None and event.seq <= last:
-            # Old news — or the store forgot this task and its seqs start over.
-            if await self._stored_seq(task) < last:
+        if last is not None and event.seq == last.seq:
+            # The same event again — or another one under its seq: the store lost
+            # the one delivered here and the task's seqs went on from before it.
+            if _Head.of(enc) != last:
                 await self._resync(task)
             return
-        if last is not None and event.seq > last + 1:
-            missed = await self.history(task, last) or []
-            for enc in missed:
-                if enc.event.seq < event.seq:
-                    self.fanout.deliver(enc)
-        self._last[task] = event.seq
-        self.fanout.deliver(Encoded(event))
+        if last is not None and event.seq < last.seq:
+            # Old news — or the store forgot this task and its seqs start over.
+            if await self._stored_seq(task) < last.seq:
+                await self._resync(task)
+            return
+        if last is not None and event.seq > last.seq + 1:
+            read = (await self._read_histories({task: last.seq}))[task]
+            if read.head is not None and read.head != last.digest:
+                await self._resync(task)  # the stored state already includes this event
+                return
+            for missed in read.after or []:
+                if missed.event.seq < event.seq:
+                    self.fanout.deliver(missed)
+        self._last[task] = _Head.of(enc)
+        self.fanout.deliver(enc)
 
     async def _stored_seq(self, task: str) -> int:
         async with translated("snapshot read"):
@@ -410,8 +463,9 @@ class RedisHub(Hub):
         )
         self._last.pop(task, None)
         if current is not None:
-            self._last[task] = current.seq
-            self.fanout.deliver(Encoded(current))
+            enc = Encoded(current)
+            self._last[task] = _Head.of(enc)
+            self.fanout.deliver(enc)
 
     async def _catch_up(self, *, lost: bool = False, tasks: Sequence[str] | None = None) -> None:
         """After a reconnect: deliver what local subscribers may have missed, or
@@ -419,47 +473,53 @@ class RedisHub(Hub):
 
         ``lost`` (a single Redis lost everything) resyncs every task. On a
         cluster the incarnation key is one shard's: there each task is judged
-        by its own snapshot, gone or behind what this node delivered.
+        by its own snapshot and history — gone, behind what this node
+        delivered, or holding another event under the last seq delivered here
+        (the store lost that one, and the poller has committed its seq again
+        before this node was subscribed where the task is served now).
         """
         async with self._order:
             tasks = self.fanout.tasks() if tasks is None else list(tasks)
             blanket = lost and not is_cluster(self.redis)
             for i in range(0, len(tasks), CATCH_UP_BATCH):
                 batch = tasks[i : i + CATCH_UP_BATCH]
-                after = {task: self._last.get(task, 0) for task in batch}
+                heads = {task: self._last.get(task) for task in batch}
+                after = {task: head.seq if head else 0 for task, head in heads.items()}
                 read = {} if blanket else await self._read_histories(after)
                 for task in batch:
                     if not self.fanout.subscriber_count(task):
                         continue
-                    stored, missed = read.get(task, (0, None))
-                    if blanket or stored < after[task]:
+                    head, stored = heads[task], read.get(task, _Read(0, None, None))
+                    if blanket or stored.latest < after[task] or _diverged(head, stored):
                         await self._resync(task)
                         continue
-                    for enc in missed or []:
+                    for enc in stored.after or []:
                         self.fanout.deliver(enc)
-                        self._last[task] = enc.event.seq
+                        self._last[task] = _Head.of(enc)
 
-    async def _read_histories(
-        self, after: Mapping[str, int]
-    ) -> dict[str, tuple[int, list[Encoded] | None]]:
-        """For each task: its stored seq and its events after the given seq, in one pipeline."""
+    async def _read_histories(self, after: Mapping[str, int]) -> dict[str, _Read]:
+        """For each task: its stored seq, the stored event at the given seq and the
+        events after it, in one pipeline."""
         async with translated("history read"), self.redis.pipeline(transaction=False) as pipe:
             for task, seq in after.items():
                 pipe.hget(self._snap(task), "seq")
-                pipe.xrange(self._hist(task), min=f"(0-{seq}", max="+")
+                pipe.xrange(self._hist(task), min=f"0-{seq}", max="+")
             replies: list[Any] = await pipe.execute()
-        read: dict[str, tuple[int, list[Encoded] | None]] = {}
+        read: dict[str, _Read] = {}
         for n, (task, seq) in enumerate(after.items()):
             latest_raw, entries = replies[2 * n], replies[2 * n + 1]
+            events = [Encoded(_event_decoder.decode(fields[b"b"])) for _, fields in entries]
+            head = None
+            if seq > 0 and events and events[0].event.seq == seq:
+                head = _Head.of(events.pop(0)).digest
             latest = int(latest_raw or 0)
-            read[task] = (latest, self._events_after(seq, latest, entries))
+            read[task] = _Read(latest, head, self._events_after(seq, latest, events))
         return read
 
     @staticmethod
-    def _events_after(after_seq: int, latest: int, entries: list[Any]) -> list[Encoded] | None:
+    def _events_after(after_seq: int, latest: int, events: list[Encoded]) -> list[Encoded] | None:
         if after_seq >= latest:
             return []
-        events = [Encoded(_event_decoder.decode(fields[b"b"])) for _, fields in entries]
         if not events or events[0].event.seq > after_seq + 1:
             return None
         return events
@@ -524,7 +584,7 @@ class RedisHub(Hub):
             )
 
     async def history(self, task: str, after_seq: int) -> list[Encoded] | None:
-        return (await self._read_histories({task: after_seq}))[task][1]
+        return (await self._read_histories({task: after_seq}))[task].after
 
     # -- watches ------------------------------------------------------------
 

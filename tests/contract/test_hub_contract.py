@@ -539,6 +539,107 @@ async def test_redis_store_losing_a_task_starts_a_new_epoch(tmp_path: Path, kind
         await hub.close()
 
 
+def _lose_the_last_event(raw: redis.Redis | redis.RedisCluster, hub: RedisHub, kept: Event) -> None:
+    """The store as a promoted replica has it: the commit after ``kept`` (the task's
+    first event) never reached it."""
+    snap, hist = f"{hub.prefix}:{{{kept.task}}}:snap", f"{hub.prefix}:{{{kept.task}}}:hist"
+    raw.hset(snap, mapping={"seq": kept.seq, "body": Encoded(kept).json})
+    raw.delete(hist)  # a stream never given the lost entry takes its id again
+    raw.xadd(hist, {"b": Encoded(kept).json}, id=f"0-{kept.seq}")
+
+
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_a_lost_event_whose_seq_is_committed_again_begins_a_new_epoch(
+    tmp_path: Path, kind: str
+) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
+    q = SubscriberQueue()
+    hub.attach(q, ["ailab:a"])
+    await hub.attached(["ailab:a"])
+    try:
+        first = ev("ailab:a", 1)
+        await hub.commit([first, ev("ailab:a", 2, progress=50)], terminal_ttl_s=60)
+        assert [e.event.seq for e in await _collect(q, 2)] == [1, 2]
+        # Delivered here, then lost with the master (replication is asynchronous):
+        # the poller's next commit, the task's end, takes seq 2 again.
+        _lose_the_last_event(raw, hub, first)
+        await hub.commit([ev("ailab:a", 2, State.SUCCEEDED)], terminal_ttl_s=60)
+        got = await _collect(q, 2)
+        assert (got[0].event.event, got[0].event.code) == (EventKind.NOTICE, "resync")
+        assert (got[1].event.seq, got[1].event.state) == (2, State.SUCCEEDED)
+        assert hub.resyncs == 1
+    finally:
+        raw.close()
+        await hub.close()
+
+
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_catching_up_finds_a_seq_committed_again_while_unsubscribed(
+    tmp_path: Path, kind: str
+) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
+    q = SubscriberQueue()
+    hub.attach(q, ["ailab:a"])
+    await hub.attached(["ailab:a"])
+    try:
+        first = ev("ailab:a", 1)
+        await hub.commit([first, ev("ailab:a", 2, progress=50)], terminal_ttl_s=60)
+        assert [e.event.seq for e in await _collect(q, 2)] == [1, 2]
+        # Seq 2 lost with the master; its replica, promoted, stored another seq 2
+        # before this node was subscribed there (so no message of it came here).
+        _lose_the_last_event(raw, hub, first)
+        end = Encoded(ev("ailab:a", 2, State.SUCCEEDED)).json
+        raw.hset(f"{hub.prefix}:{{ailab:a}}:snap", mapping={"seq": 2, "body": end})
+        raw.xadd(f"{hub.prefix}:{{ailab:a}}:hist", {"b": end}, id="0-2")
+        # The link drops: the node subscribes again and catches up from the stream.
+        channel = hub.channels.channel("ailab:a")
+        if isinstance(raw, redis.RedisCluster):
+            node = raw.get_node_from_key(channel)
+            raw.client_kill_filter(_type="pubsub", target_nodes=node)
+        else:
+            raw.client_kill_filter(_type="pubsub")
+        got = await _collect(q, 2)
+        assert (got[0].event.event, got[0].event.code) == (EventKind.NOTICE, "resync")
+        assert (got[1].event.seq, got[1].event.state) == (2, State.SUCCEEDED)
+        assert hub.resyncs == 1
+    finally:
+        raw.close()
+        await hub.close()
+
+
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_an_unexpected_driver_error_does_not_end_the_listener(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub, raw = await _redis_pair(tmp_path, kind)
+    q = SubscriberQueue()
+    hub.attach(q, ["ailab:a"])
+    await hub.attached(["ailab:a"])
+    real_get = hub.redis.get
+    leaked = asyncio.Event()
+
+    async def get(*args: object, **kwargs: object) -> object:
+        if not leaked.is_set():
+            # What redis-py raises when a connection is torn down under a command
+            # (a failover: the cluster's topology read again meanwhile).
+            leaked.set()
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        return await real_get(*args, **kwargs)
+
+    monkeypatch.setattr(hub.redis, "get", get)  # the driver's, read by the listener's tick
+    try:
+        async with asyncio.timeout(3 * INCARNATION_CHECK_S):
+            await leaked.wait()
+        await hub.commit([ev("ailab:a", 1)], terminal_ttl_s=60)
+        assert [e.event.seq for e in await _collect(q, 1)] == [1]
+        await hub.commit([ev("ailab:a", 2, progress=10)], terminal_ttl_s=60)
+        assert [e.event.seq for e in await _collect(q, 1)] == [2]
+        assert await hub.ready()
+    finally:
+        raw.close()
+        await hub.close()
+
+
 @pytest.mark.parametrize("kind", REDIS)
 async def test_redis_store_losing_everything_resyncs_and_restores(
     tmp_path: Path, kind: str

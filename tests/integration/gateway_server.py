@@ -32,9 +32,18 @@ from gateway.web.app import create_app
 from gateway.web.fastpaths import ENV
 from gateway.web.guard import PlainHeadGuard
 
-__all__ = ["GatewayProcess", "free_port", "running_gateway", "sim_config", "to_toml"]
+__all__ = [
+    "GatewayProcess",
+    "free_port",
+    "logs_on_failure",
+    "running_gateway",
+    "sim_config",
+    "to_toml",
+]
 
-STARTUP_TIMEOUT_S = 15.0
+# Generous: on a loaded machine a node's startup (a cluster's topology, the
+# listener's subscriptions, the poller's first reads) can take more than 15 s.
+STARTUP_TIMEOUT_S = 30.0
 FAST = {"interval_s": 0.2, "max_interval_s": 0.4, "timeout_s": 2.0}
 
 
@@ -198,3 +207,16 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+
+@contextmanager
+def logs_on_failure(nodes: list[GatewayProcess], tail_chars: int = 20_000) -> Iterator[None]:
+    """Print each node's log (its end) if the block fails: pytest shows it with the failure."""
+    try:
+        yield
+    except BaseException:
+        for node in nodes:
+            if node.log_path.exists():
+                print(f"----- {node.log_path} (last {tail_chars} characters)")
+                print(node.log()[-tail_chars:])
+        raise
