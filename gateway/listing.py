@@ -181,9 +181,13 @@ class WatcherBoard:
             await asyncio.sleep(self.every_s)
             try:
                 await self.step()
-            except BackendError as exc:
+            except Exception as exc:  # a failing step must not end the board
                 if not failing:  # once per outage; the next step retries what is due
-                    log.warning("could not publish subscriber counts (%s)", exc)
+                    log.warning(
+                        "could not publish subscriber counts (%s)",
+                        exc,
+                        exc_info=not isinstance(exc, BackendError),
+                    )
                 failing = True
             else:
                 if failing:

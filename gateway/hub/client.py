@@ -45,6 +45,7 @@ __all__ = [
     "Script",
     "connect",
     "is_cluster",
+    "raised_in_driver",
     "run_script",
     "run_scripts",
     "translated",
@@ -128,8 +129,24 @@ async def translated(what: str) -> AsyncIterator[None]:
     a failover under way) become :class:`BackendError` at this boundary."""
     try:
         yield
-    except REDIS_ERRORS as exc:
-        raise BackendError(f"redis: {what} failed ({type(exc).__name__})") from exc
+    except Exception as exc:
+        if isinstance(exc, REDIS_ERRORS) or raised_in_driver(exc):
+            raise BackendError(f"redis: {what} failed ({type(exc).__name__})") from exc
+        raise
+
+
+def raised_in_driver(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from inside redis-py itself: a connection torn down
+    under a command while the cluster's topology is re-read can leak an
+    ``AttributeError`` (``'NoneType' object has no attribute 'writelines'``)
+    instead of a ``ConnectionError``. It is a backend failure like any other."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return isinstance(module, str) and (module == "redis" or module.startswith("redis."))
 
 
 class Script:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from gateway.hub.local import LocalHub
@@ -58,3 +59,32 @@ async def test_changes_go_out_at_once_and_everything_on_each_heartbeat() -> None
 
     await board.withdraw()
     assert hub.sent[-1] == {"x:1": 0} and board.published == {}
+
+
+async def test_a_step_that_fails_unexpectedly_does_not_end_the_board() -> None:
+    """Any failure of a step (a driver may leak an ``AttributeError``) is logged and
+    the next step retries; the board never stops publishing."""
+
+    class FlakyHub(RecordingHub):
+        fail = 1
+
+        async def publish_watchers(
+            self, node: str, counts: Mapping[str, int], ttl_s: float
+        ) -> None:
+            if self.fail:
+                self.fail -= 1
+                raise AttributeError("'NoneType' object has no attribute 'writelines'")
+            await super().publish_watchers(node, counts, ttl_s)
+
+    hub = FlakyHub()
+    board = WatcherBoard(hub, "n1", heartbeat_s=10.0, ttl_s=30.0, every_s=0.001, clock=Clock())
+    hub.attach(SubscriberQueue(), ["x:1"])
+    running = asyncio.create_task(board.run())
+    try:
+        for _ in range(1000):
+            if hub.sent:
+                break
+            await asyncio.sleep(0.001)
+    finally:
+        running.cancel()
+    assert hub.fail == 0 and hub.sent == [{"x:1": 1}]

@@ -82,3 +82,19 @@ async def test_a_restore_refused_during_a_failover_is_tried_again(
     waits.clear()
     await redis_hub.RedisHub._run_restore(never)  # gives up after about a minute, quietly
     assert len(waits) == redis_hub.RESTORE_ATTEMPTS - 1 and max(waits) == 2.0
+
+
+async def test_an_error_leaked_by_the_driver_is_a_backend_failure() -> None:
+    """redis-py can leak an ``AttributeError`` from a connection torn down under a
+    command (its writer is gone); at the boundary that is a backend failure (503),
+    not a bug of ours (500)."""
+    conn = aioredis.Connection(host="127.0.0.1", port=1)  # never connected: no writer
+    with pytest.raises(BackendError, match=r"redis: ping failed \(AttributeError\)"):
+        async with translated("ping"):
+            await conn._send_packed_command([b"PING\r\n"])
+
+
+async def test_an_error_of_our_own_inside_a_redis_call_is_not_hidden() -> None:
+    with pytest.raises(AttributeError):
+        async with translated("ping"):
+            None.writelines  # type: ignore[attr-defined]  # noqa: B018
