@@ -108,7 +108,10 @@ class Metrics:
 
     def task_state(self, task: str, state: str | None) -> None:
         """Track the last state of each task this node committed (``None``: forgotten)."""
-        old = self._states.pop(task, None)
+        old = self._states.get(task)
+        if old is not None and old[1] == state:
+            return  # a progress event: the gauge stays as it is
+        self._states.pop(task, None)
         if old is not None:
             self.tasks.labels(*old).dec()
         if state is not None:

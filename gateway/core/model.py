@@ -11,6 +11,7 @@ The wire shape of :class:`Event` is the contract in ``DESIGN.md``
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -209,10 +210,32 @@ def _clip(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+# The last whole second formatted, and its text (every event of a poll round shares it).
+_last_second: tuple[int, str] = (-1, "")
+
+
 def format_timestamp(epoch_s: float) -> str:
-    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-21T10:00:05.120Z``."""
-    dt = datetime.fromtimestamp(epoch_s, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-21T10:00:05.120Z``.
+
+    The same text as ``datetime.fromtimestamp(epoch_s, UTC)`` formatted (its
+    rounding to microseconds included), with the date and time of day
+    formatted once per second: they were most of an event's observation cost.
+    """
+    fraction, whole = math.modf(epoch_s)
+    second = int(whole)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        second += 1
+        micros -= 1_000_000
+    elif micros < 0:
+        second -= 1
+        micros += 1_000_000
+    global _last_second
+    cached, text = _last_second
+    if cached != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _last_second = (second, text)
+    return f"{text}{micros // 1000:03d}Z"
 
 
 def wall_clock() -> float:

@@ -54,22 +54,44 @@ class Encoded:
 
     ``sse`` carries ``id: <seq>`` (omitted for notices); ``sse_tail`` is the
     same message without the ``id`` line, for streams whose id is a cursor.
-    ``ws_frame`` is the JSON as one WebSocket text frame, built on first use.
+    ``line`` (NDJSON), ``sse_tail`` and ``ws_frame`` (the JSON as one
+    WebSocket text frame) are built on first use: most events only ever go
+    out one way, and every event is encoded on the poll path.
     """
 
-    __slots__ = ("_text", "_ws_frame", "event", "json", "line", "sse", "sse_tail")
+    __slots__ = ("_line", "_sse_tail", "_text", "_ws_frame", "event", "json", "sse")
 
     def __init__(self, event: Event) -> None:
         self.event = event
-        self.json = _encoder.encode(event)
-        self.line = self.json + b"\n"
-        self.sse_tail = b"event: " + event.event.value.encode() + b"\ndata: " + self.json + b"\n\n"
+        self.json = data = _encoder.encode(event)
+        kind = event.event.value.encode()
         if event.event is EventKind.NOTICE:
-            self.sse = self.sse_tail
+            self.sse = b"event: %b\ndata: %b\n\n" % (kind, data)
         else:
-            self.sse = b"id: %d\n" % event.seq + self.sse_tail
+            self.sse = b"id: %d\nevent: %b\ndata: %b\n\n" % (event.seq, kind, data)
+        self._line: bytes | None = None
+        self._sse_tail: bytes | None = None
         self._text: str | None = None
         self._ws_frame: bytes | None = None
+
+    @property
+    def line(self) -> bytes:
+        """The JSON and a line feed: one NDJSON line."""
+        line = self._line
+        if line is None:
+            line = self._line = self.json + b"\n"
+        return line
+
+    @property
+    def sse_tail(self) -> bytes:
+        """The SSE message without its ``id`` line."""
+        tail = self._sse_tail
+        if tail is None:
+            tail = self._sse_tail = b"event: %b\ndata: %b\n\n" % (
+                self.event.event.value.encode(),
+                self.json,
+            )
+        return tail
 
     @property
     def ws_frame(self) -> bytes:

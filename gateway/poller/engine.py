@@ -368,10 +368,10 @@ class ProviderLane:
         metrics.upstream_requests.labels(rt.name, out.outcome or "ok").inc()
         span.set_attribute("pollcast.outcome", out.outcome or "ok")
         if out.outcome == "ok":
-            for task in request.tasks:
-                followers = poller.followers.get(task, 0)
-                if followers > 1:
-                    metrics.polls_saved.labels(rt.name).inc(followers - 1)
+            followers = poller.followers
+            saved = sum(max(0, followers.get(task, 0) - 1) for task in request.tasks)
+            if saved:
+                metrics.polls_saved.labels(rt.name).inc(saved)
         for report in out.faults:
             log.warning(
                 "upstream error",

@@ -410,7 +410,10 @@ def render(results: dict[str, Any]) -> str:
             "generator's own core (above 90 % the figure is flagged: a floor, not the "
             "server's ceiling); "
             '"others on its core" = time other jobs on this shared machine took from the '
-            "server's core during the window (when large, the figure is a low estimate).\n"
+            "server's core during the window (when large, the figure is a low estimate). "
+            "Many tasks: each task moves through four statuses, two steps per poll interval "
+            "(so every poll finds a change); refreshes/s = the task refreshes the simulator "
+            "answered in the window, at most one per task per interval.\n"
         )
         w(
             "| scenario | pollcast SSE | pollcast WS | Nchan | Pushpin | pollcast SSE ÷ Nchan | "
@@ -422,9 +425,22 @@ def render(results: dict[str, Any]) -> str:
             f"{tput(pushpin)} | {_ratio(_get(sse, 'throughput', 'per_s'), _get(nchan, 'throughput', 'per_s'))} | "  # noqa: E501
             f"{_ratio(_get(sse, 'throughput', 'per_s'), _get(pushpin, 'throughput', 'per_s'))} |"
         )
+
+        def refreshes(part: dict[str, Any]) -> str:
+            stats = part.get("throughput") or {}
+            if "task_refreshes_per_s" not in stats:
+                return ""
+            return (
+                f", {_n(stats['task_refreshes_per_s'])} refreshes/s of "
+                f"{_n(stats['refreshes_due_per_s'])} due"
+            )
+
+        interval = _get(sse_many, "interval_s") or _get(ws_many, "interval_s")
+        every = f", polled every {interval * 1000:.0f} ms" if interval else ""
         w(
-            f"| {big // 10:,} tasks × 10 subscribers (aholo, batch polls) | {tput(sse_many)} | "
-            f"{tput(ws_many)} | — | — | — | — |"
+            f"| {big // 10:,} tasks × 10 subscribers (aholo, batch polls{every}) | "
+            f"{tput(sse_many)}{refreshes(sse_many)} | {tput(ws_many)}{refreshes(ws_many)} | "
+            "— | — | — | — |"
         )
         feeds = [
             f"{name} every {part['feeder_interval_s']:g} s"

@@ -12,7 +12,10 @@ import contextlib
 import math
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,12 +48,24 @@ ECON_INTERVAL_S = 0.5
 BATCH_INTERVAL_S = 1.0
 POLL_INTERVAL_S = 0.1
 MANY_INTERVAL_S = 0.1
+# The many-tasks timeline: aholo's four non-final statuses, each distinct from
+# the one before (0 排队中 and 1 等待执行 are "queued", 8 预处理中 and 2 执行中
+# "running", with different messages), as (state, native status).
+MANY_CYCLE = (("queued", 0), ("queued", 1), ("running", 8), ("running", 2))
+# Each task moves to its next status twice per poll interval: a poll that
+# comes early (the planner batches tasks due within a short horizon) or late
+# still finds the task changed, so the offered load does not hang on the
+# poller's phase. The cycle comes back to a status only after four steps.
+MANY_STEP_S = MANY_INTERVAL_S / 2
+MANY_CREATE_MARGIN_S = 30.0
 POLL_CONCURRENCIES = (2, 16, 64)  # requests in flight: one poll-throughput lane each
 BATCH_POLL_INTERVAL_S = 0.1
 # The peers' feeder polls at the fast lane's interval, except Pushpin: its publish
 # API takes everything at once (no backpressure), and offered ~5x its capacity
 # (0.02 s) its delivery collapsed to ~3,000/s here; at 0.1 s it runs saturated.
 PEER_FEED_INTERVAL_S: dict[str, float] = {"pushpin": 0.1}
+# A directory: each pollcast window is sampled there by py-spy (see Bench._profiled).
+PROFILE_ENV = "POLLCAST_BENCH_PROFILE"
 REDIS_URL = "redis://127.0.0.1:6379/0"  # cluster mode: the machine's Redis
 
 
@@ -357,7 +372,8 @@ class Bench:
         server_cpu0 = cpu_seconds(pids)
         core0 = core_busy_seconds(self.pin.server)
         started = time.monotonic()
-        time.sleep(seconds)
+        with self._profiled(target, seconds):
+            time.sleep(seconds)
         stats = self.loadgen.call(op="stats")
         elapsed = time.monotonic() - started
         stats["server_cpu_pct"] = _pct_of(cpu_seconds(pids) - server_cpu0, elapsed)
@@ -368,6 +384,35 @@ class Bench:
         stats["loadgen_cpu_pct"] = _pct_of(stats["cpu_s"], stats["elapsed_s"])
         stats["per_s"] = stats["frames"] / stats["elapsed_s"] if stats["elapsed_s"] else 0.0
         return stats
+
+    @contextlib.contextmanager
+    def _profiled(self, target: Target, seconds: float) -> Iterator[None]:
+        """With ``PROFILE_ENV`` set to a directory: py-spy samples the server over the window.
+
+        One raw (collapsed-stack) file per window, named after the server, the
+        time and the window's length; py-spy runs on the load generator's core.
+        """
+        out_dir = os.environ.get(PROFILE_ENV)
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+            "py-spy"
+        )
+        if not out_dir or not spy or target.name != "pollcast":
+            yield
+            return
+        out = Path(out_dir) / f"{target.name}-{time.strftime('%H%M%S')}-{seconds:.0f}s.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        argv = [spy, "record", "--pid", str(target.pids()[0]), "-d", str(max(1, int(seconds)))]
+        argv += ["-r", "200", "-f", "raw", "-o", str(out)]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self.log(f"    profile of the window: {out}")
 
     # -- 1. upstream economy ---------------------------------------------------
 
@@ -798,7 +843,20 @@ class Bench:
     # -- 2b. many tasks ---------------------------------------------------------
 
     def many_tasks(self, kind: str) -> dict[str, Any]:
-        """``big / 10`` tasks × 10 subscribers each, on a batch provider (aholo)."""
+        """``big / 10`` tasks × 10 subscribers each, on a batch provider (aholo).
+
+        Every task changes twice per poll interval, through a cycle of four
+        distinct statuses: a poll that comes early or late (one, two or three
+        steps passed) still sees a change, so each poll is one event for ten
+        subscribers, as each poll of the one-task case is one for all of its.
+        (Two alternating statuses, one step per interval, made a poll two
+        steps late see no change at all: the offered load hung on the
+        poller's jitter.) At most one event per task per poll interval is
+        observed, as for any polled task.
+        Besides deliveries, the window counts the upstream task refreshes and
+        the simulator's CPU: either one says whether the poller or the
+        upstream, rather than the fan-out, set the figure.
+        """
         plan = self.plan
         tasks = plan.big // 10
         with self.gateway(f"gw-many-{kind}") as gw:
@@ -811,26 +869,44 @@ class Bench:
             else:
                 paths = [f"/v1/tasks/mtask/{t}/events" for t in ids]
                 opened = self.open(target, paths, tasks * 10)
-            steps = int((plan.window_s + 10.0) / MANY_INTERVAL_S)
-            # aholo's 0 (排队中) and 1 (等待执行) are both "queued" with a different
-            # message: every step is a progress event.
+            # Long enough to cover the creation of all the tasks (several
+            # seconds on a busy machine), the pause and the window.
+            steps = int((MANY_CREATE_MARGIN_S + plan.window_s) / MANY_STEP_S)
             timeline = [
-                {"at": round(i * MANY_INTERVAL_S, 3), "state": "queued", "native": i % 2}
+                {
+                    "at": round(i * MANY_STEP_S, 3),
+                    "state": MANY_CYCLE[i % 4][0],
+                    "native": MANY_CYCLE[i % 4][1],
+                }
                 for i in range(steps)
             ]
             started = time.monotonic()
             self.create_tasks("aholo", [(t, timeline) for t in ids])
             created_s = time.monotonic() - started
             time.sleep(1.0)
+            asked0 = self.sim_stats()["tasks"]
+            sim_cpu0 = cpu_seconds([self.sim.pid])
+            sim_started = time.monotonic()
             stats = self.window(target, plan.window_s)
+            asked1 = self.sim_stats()["tasks"]
+            sim_elapsed = time.monotonic() - sim_started
+            stats["sim_cpu_pct"] = _pct_of(cpu_seconds([self.sim.pid]) - sim_cpu0, sim_elapsed)
+        keys = [f"aholo:{t}" for t in ids]
+        refreshes = sum(asked1.get(k, 0) - asked0.get(k, 0) for k in keys)
+        stats["task_refreshes_per_s"] = refreshes / sim_elapsed
+        stats["refreshes_due_per_s"] = tasks / MANY_INTERVAL_S
         self.log(
             f"  pollcast {kind}: {tasks} tasks x 10: {stats['per_s']:,.0f} deliveries/s "
-            f"(server CPU {stats['server_cpu_pct']:.0f}%, "
-            f"load generator CPU {stats['loadgen_cpu_pct']:.0f}%)"
+            f"({stats['task_refreshes_per_s']:,.0f} task refreshes/s of "
+            f"{stats['refreshes_due_per_s']:,.0f} due/s; server CPU "
+            f"{stats['server_cpu_pct']:.0f}%, other processes on its core "
+            f"{stats['server_core_other_pct']:.0f}%, load generator CPU "
+            f"{stats['loadgen_cpu_pct']:.0f}%, simulator CPU {stats['sim_cpu_pct']:.0f}%)"
         )
         return {
             "tasks": tasks,
             "subscribers_per_task": 10,
+            "interval_s": MANY_INTERVAL_S,
             "ready": opened["ready"],
             "create_s": created_s,
             "throughput": stats,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import msgspec
 import pytest
 
@@ -176,6 +178,20 @@ def test_state_values_are_the_wire_names() -> None:
 )
 def test_format_timestamp_is_rfc3339_utc_with_milliseconds(epoch: float, text: str) -> None:
     assert format_timestamp(epoch) == text
+
+
+def test_format_timestamp_matches_datetime_across_seconds_in_any_order() -> None:
+    # The date and time of day are formatted once per second: going back and
+    # forth between seconds, and a fraction that rounds up into the next
+    # second, must still give what datetime itself gives.
+    def reference(epoch: float) -> str:
+        moment = datetime.fromtimestamp(epoch, UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+    epochs = [10.5, 11.9999996, 10.2, 1763719205.9999995, 1763719205.0004, 86399.9999999, 3.0]
+    for epoch in epochs + epochs[::-1]:
+        assert format_timestamp(epoch) == reference(epoch), epoch
+    assert format_timestamp(11.9999996) == "1970-01-01T00:00:12.000Z"
 
 
 # --- Event wire shape ------------------------------------------------------

@@ -16,7 +16,13 @@ import pytest
 from gateway.core.model import Event, EventKind, State
 from gateway.exceptions import BackendError
 from gateway.hub.base import Watch
-from gateway.hub.local import STORE_UNAVAILABLE, LocalHub, SnapshotCache, check_writable
+from gateway.hub.local import (
+    STORE_UNAVAILABLE,
+    TRIM_EVERY,
+    LocalHub,
+    SnapshotCache,
+    check_writable,
+)
 from gateway.hub.queue import SubscriberQueue
 from tests.contract.test_hub_contract import ev
 
@@ -116,6 +122,34 @@ async def test_a_finished_task_taking_events_again_keeps_its_whole_history(
     await hub.commit([ev("ailab:a", 4)], terminal_ttl_s=60)  # e.g. a forced state
     kept = await hub.history("ailab:a", 0)
     assert kept is not None and [e.event.seq for e in kept] == [1, 2, 3, 4]
+
+
+async def test_history_on_disk_is_trimmed_in_steps_and_never_served_beyond_the_limit(
+    tmp_path: Path,
+) -> None:
+    # The file keeps at most TRIM_EVERY - 1 rows more than the limit; reads
+    # from it (a finished task, after a restart too) serve the limit exactly.
+    path = str(tmp_path / "state.db")
+    hub = LocalHub(path, history_limit=5, snapshot_cache=0, clock=clock)
+    await hub.start()
+    try:
+        for seq in range(1, 100):
+            await hub.commit([ev("ailab:a", seq, progress=seq % 100)], terminal_ttl_s=60)
+            (rows,) = hub.db.execute("SELECT count(*) FROM history").fetchone()
+            assert rows <= 5 + TRIM_EVERY - 1
+        await hub.commit([ev("ailab:a", 100, State.SUCCEEDED)], terminal_ttl_s=60)
+    finally:
+        await hub.close()
+    again = LocalHub(path, history_limit=5, snapshot_cache=0, clock=clock)
+    await again.start()
+    try:
+        assert await again.history("ailab:a", 94) is None  # 95 is no longer kept
+        kept = await again.history("ailab:a", 95)
+        assert kept is not None and [e.event.seq for e in kept] == [96, 97, 98, 99, 100]
+        page = await again.history_page("ailab:a", 0, 50)
+        assert page.gap and [e.event.seq for e in page.events] == [96, 97, 98, 99, 100]
+    finally:
+        await again.close()
 
 
 async def test_purge_forgets_finished_tasks_in_the_file_and_the_cache(tmp_path: Path) -> None:
