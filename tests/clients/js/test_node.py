@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tests.integration.gateway_server import running_gateway, sim_config, to_toml
 from tests.integration.sim_server import running_sim
+from tests.npm_deps import ensure_node_modules
 
 CLIENT_DIR = Path(__file__).resolve().parents[3] / "clients" / "js"
 NODE_TIMEOUT_S = 100
@@ -37,26 +38,10 @@ def _text(output: str | bytes | None) -> str:
     return output or ""
 
 
-def ensure_node_modules() -> None:
-    """``npm ci`` the test-only dependencies when they are missing or stale."""
-    installed = CLIENT_DIR / "node_modules" / ".package-lock.json"
-    lock = CLIENT_DIR / "package-lock.json"
-    if installed.is_file() and installed.stat().st_mtime >= lock.stat().st_mtime:
-        return
-    npm = shutil.which("npm")
-    assert npm is not None, "npm is needed for the JavaScript client tests (nodejs package)"
-    subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=CLIENT_DIR,
-        check=True,
-        timeout=300,
-    )
-
-
 def test_js_client_suite_passes_against_live_servers(tmp_path: Path) -> None:
     node = shutil.which("node")
     assert node is not None, "node (≥ 20) is needed: scripts/ensure-system-deps.sh installs it"
-    ensure_node_modules()
+    ensure_node_modules(CLIENT_DIR)
     files = sorted(str(p) for p in (CLIENT_DIR / "test").glob("*.test.mjs"))
     assert files, "no Node test files found"
     with running_sim() as sim:
