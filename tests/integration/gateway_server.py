@@ -5,7 +5,8 @@
 * :class:`GatewayProcess` — ``pollcast serve`` as a real child process, for
   tests that restart, drain or kill it.
 
-Both are wired to a live simulator by :func:`sim_config`.
+Both are wired to a live simulator by :func:`sim_config`. While either starts,
+the timelines of this process's simulators stand still (:func:`timelines_held`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gateway.sim.credentials import SIM_CREDENTIALS
 from gateway.web.app import create_app
 from gateway.web.fastpaths import ENV
 from gateway.web.guard import PlainHeadGuard
+from tests.integration.sim_server import timelines_held
 
 __all__ = ["GatewayProcess", "free_port", "running_gateway", "sim_config", "to_toml"]
 
@@ -77,24 +79,26 @@ def running_gateway(doc: Mapping[str, Any]) -> Iterator[tuple[str, Gateway]]:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    app = create_app(config)
-    uv = uvicorn_config(app, config)
-    uv.port = port
-    # The path asked for (tests/integration/conftest.py: http_path) is the one served.
-    plain = isinstance(uv.http, type) and issubclass(uv.http, PlainHeadGuard)
-    asked = os.environ.get(ENV) == "off" or config.server.fast_paths == "off"
-    assert plain == asked, f"{ENV}={os.environ.get(ENV)}, {uv.http}"
-    server = DrainingServer(uv, app.state.gateway)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [listener]}, name=f"gateway:{port}", daemon=True
-    )
-    thread.start()
+    with timelines_held():
+        app = create_app(config)
+        uv = uvicorn_config(app, config)
+        uv.port = port
+        # The path asked for (tests/integration/conftest.py: http_path) is the one served.
+        plain = isinstance(uv.http, type) and issubclass(uv.http, PlainHeadGuard)
+        asked = os.environ.get(ENV) == "off" or config.server.fast_paths == "off"
+        assert plain == asked, f"{ENV}={os.environ.get(ENV)}, {uv.http}"
+        server = DrainingServer(uv, app.state.gateway)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [listener]}, name=f"gateway:{port}", daemon=True
+        )
+        thread.start()
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start on port {port}")
-            time.sleep(0.01)
+        with timelines_held():
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"gateway did not start on port {port}")
+                time.sleep(0.01)
         yield f"http://127.0.0.1:{port}", app.state.gateway
     finally:
         server.should_exit = True
@@ -157,6 +161,10 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> GatewayProcess:
+        with timelines_held():
+            return self._start()
+
+    def _start(self) -> GatewayProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path)],
