@@ -11,6 +11,7 @@ the timelines of this process's simulators stand still (:func:`timelines_held`).
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -34,9 +35,17 @@ from gateway.web.fastpaths import ENV
 from gateway.web.guard import PlainHeadGuard
 from tests.integration.sim_server import timelines_held
 
-__all__ = ["GatewayProcess", "free_port", "running_gateway", "sim_config", "to_toml"]
+__all__ = [
+    "GatewayProcess",
+    "free_port",
+    "running_gateway",
+    "sim_config",
+    "stop_leftover_gateways",
+    "to_toml",
+]
 
-STARTUP_TIMEOUT_S = 15.0
+# Seconds; start-up takes well under one on an idle machine, much more on a loaded one.
+STARTUP_TIMEOUT_S = 30.0
 FAST = {"interval_s": 0.2, "max_interval_s": 0.4, "timeout_s": 2.0}
 
 
@@ -172,6 +181,17 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        _STARTED.add(self)
+        try:
+            return self._wait_ready()
+        except BaseException:
+            # Not handed to the test, which could not stop it: a gateway left
+            # running would poll (and load the machine) until the session ends.
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> GatewayProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -203,6 +223,19 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        _STARTED.discard(self)
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+
+# Every child started and not yet stopped; killed when this process exits, so a
+# test that failed before its ``finally`` leaves no gateway behind the session.
+_STARTED: set[GatewayProcess] = set()
+
+
+@atexit.register
+def stop_leftover_gateways() -> None:
+    """Kill every :class:`GatewayProcess` of this process still running."""
+    for gateway in list(_STARTED):
+        gateway.stop()
