@@ -186,10 +186,7 @@ async def test_a_batch_outage_polls_less_and_keeps_every_batch_whole(
         *(create_sim_task(client, sim, "aholo", [{"at": 0, "state": "running"}]) for _ in range(n))
     )
     aholo = {"interval_s": 0.2, "max_interval_s": 0.2, "backoff_max_s": 3.0}
-    # Short windows: that an outage halves a batch lane's requests and keeps its
-    # batches whole is shown over 10 s windows with a fake clock
-    # (tests/unit/poller/test_planner.py); here, that a live gateway does it.
-    normal_s, outage_s = 3.0, 5.0
+    normal_s, outage_s = 5.0, 8.0
     with running_gateway(sim_config(sim, providers={"aholo": aholo})) as (base, _gw):
         for task in tasks:
             reply = await client.post(
