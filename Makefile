@@ -35,8 +35,17 @@ test: $(STAMP) system-deps
 	$(VENV)/bin/mypy --strict clients/python/pollcast_client
 	$(MAKE) --no-print-directory test-py
 
+# Two passes: the suite on $(PYTEST_WORKERS) xdist workers (most of its time is
+# spent waiting on timelines and live servers, not on CPU), then the tests marked
+# `solo` (bounds on latency, memory or request rates that need a quiet machine)
+# on their own. Both always run; either failing fails the target.
+PYTEST_WORKERS ?= 4
+
 test-py: $(STAMP)
-	$(PY) -m pytest
+	@status=0; \
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not solo" || status=$$?; \
+	$(PY) -m pytest -p no:xdist -m solo || status=$$?; \
+	exit $$status
 
 # The Node tests need a live gateway and simulator: pytest starts them and runs
 # `node --test` (tests/clients/js/test_node.py), so `make test-py` already covers this.

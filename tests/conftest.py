@@ -7,7 +7,17 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from tests.integration.gateway_server import stop_leftover_gateways
 from tests.integration.sim_server import running_sim
+
+
+@pytest.fixture(autouse=True)
+def _no_gateway_process_outlives_its_test() -> Iterator[None]:
+    """No test keeps a ``pollcast serve`` child for the next one: a test that
+    failed before its ``finally``, or whose restart finished after it, would
+    otherwise leave a gateway polling (and loading the machine) to the end."""
+    yield
+    stop_leftover_gateways()
 
 
 @pytest.fixture

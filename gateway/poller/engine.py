@@ -100,6 +100,9 @@ async def supervise(
     delays = delays or RetryDelay()
     while True:
         raise_if_cancelled()  # the store may have swallowed a cancel (gateway/aio.py)
+        # A nudge given while this step runs still counts if the step fails: the
+        # store may have come back while the step was waiting on the old link.
+        health.retry_now.clear()
         try:
             await step()
         except Exception as exc:
@@ -119,8 +122,7 @@ async def supervise(
                     delay,
                     exc_info=not isinstance(exc, BackendError),
                 )
-            await _wait(sleep(delay), health.retry_now)
-            health.retry_now.clear()
+            await _wait(sleep, delay, health.retry_now)
         else:
             if health.failures:
                 log.info(
@@ -131,21 +133,22 @@ async def supervise(
             delays.reset()
 
 
-async def _run(awaitable: Awaitable[None]) -> None:
-    await awaitable
-
-
-async def _wait(sleeping: Awaitable[None], nudge: asyncio.Event) -> None:
-    """Until ``sleeping`` is over or ``nudge`` is set, whichever comes first."""
+async def _wait(sleep: Sleep, delay: float, nudge: asyncio.Event) -> None:
+    """Until ``sleep(delay)`` is over or ``nudge`` is set, whichever comes first."""
     if nudge.is_set():
         return
     current = asyncio.current_task()
     name = f"{current.get_name()}-backoff" if current is not None else None
-    tasks = {asyncio.ensure_future(nudge.wait()), asyncio.create_task(_run(sleeping), name=name)}
+    sleeping = asyncio.create_task(_sleep(sleep, delay), name=name)
+    tasks = {sleeping, asyncio.ensure_future(nudge.wait())}
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         await cancel_and_wait(*tasks)
+
+
+async def _sleep(sleep: Sleep, delay: float) -> None:
+    await sleep(delay)
 
 
 class ProviderLane:
@@ -492,10 +495,10 @@ class Poller:
         await self.schedule.close()
 
     def retry_now(self) -> None:
-        """End the backoff of every failing loop: the store answers again."""
+        """The store answers again: a loop waiting out its backoff tries at once, and
+        one whose step is under way tries again at once if that step fails."""
         for health in self.loops.values():
-            if health.failing:
-                health.retry_now.set()
+            health.retry_now.set()
 
     def problems(self) -> list[str]:
         """Why polling is not fully working: each loop that stopped or is failing."""

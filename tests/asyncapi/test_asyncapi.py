@@ -30,6 +30,7 @@ from tests.integration.conftest import create_sim_task, events_url
 from tests.integration.gateway_server import running_gateway, sim_config
 from tests.integration.readers import read_sse
 from tests.integration.webhook_receiver import Receiver
+from tests.npm_deps import ensure_node_modules
 
 pytestmark = pytest.mark.integration
 
@@ -42,27 +43,11 @@ TOKEN_AUTH = {
 }
 
 
-def ensure_node_modules() -> None:
-    """``npm ci`` the parser when ``node_modules`` is missing or older than the lock."""
-    installed = HERE / "node_modules" / ".package-lock.json"
-    lock = HERE / "package-lock.json"
-    if installed.is_file() and installed.stat().st_mtime >= lock.stat().st_mtime:
-        return
-    npm = shutil.which("npm")
-    assert npm is not None, "npm is needed (nodejs: scripts/ensure-system-deps.sh installs it)"
-    subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=HERE,
-        check=True,
-        timeout=300,
-    )
-
-
 def parse_with_reference_parser(url: str) -> tuple[int, list[dict[str, Any]]]:
     """Run ``validate.mjs`` on ``url``: its exit status and its JSON lines."""
     node = shutil.which("node")
     assert node is not None, "node (≥ 20) is needed: scripts/ensure-system-deps.sh installs it"
-    ensure_node_modules()
+    ensure_node_modules(HERE)
     run = subprocess.run(
         [node, str(HERE / "validate.mjs"), url],
         cwd=HERE,

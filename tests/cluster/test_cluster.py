@@ -141,6 +141,7 @@ MIX = ["ailab", "aholo", "tryon", "genpic", "videoproc"]
 
 
 @ON_BOTH
+@pytest.mark.solo
 async def test_three_nodes_poll_each_task_once_per_round(
     sim: str, nodes: list[GatewayProcess], client: httpx.AsyncClient
 ) -> None:

@@ -88,6 +88,7 @@ async def test_three_nodes_share_one_tryon_budget(
     assert stats["coins_spent"]["tryon"] <= 1.0
 
 
+@pytest.mark.solo
 async def test_three_nodes_share_one_rate(
     sim: str, redis_server: RedisServer, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:

@@ -75,6 +75,7 @@ def epochs(events: list[dict[str, Any]]) -> list[list[int]]:
     return split
 
 
+@pytest.mark.solo
 async def test_open_streams_and_polling_survive_a_redis_restart(
     sim: str,
     client: httpx.AsyncClient,

@@ -5,11 +5,13 @@
 * :class:`GatewayProcess` — ``pollcast serve`` as a real child process, for
   tests that restart, drain or kill it.
 
-Both are wired to a live simulator by :func:`sim_config`.
+Both are wired to a live simulator by :func:`sim_config`. While either starts,
+the timelines of this process's simulators stand still (:func:`timelines_held`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -31,6 +33,7 @@ from gateway.sim.credentials import SIM_CREDENTIALS
 from gateway.web.app import create_app
 from gateway.web.fastpaths import ENV
 from gateway.web.guard import PlainHeadGuard
+from tests.integration.sim_server import timelines_held
 
 __all__ = [
     "GatewayProcess",
@@ -38,11 +41,12 @@ __all__ = [
     "logs_on_failure",
     "running_gateway",
     "sim_config",
+    "stop_leftover_gateways",
     "to_toml",
 ]
 
-# Generous: on a loaded machine a node's startup (a cluster's topology, the
-# listener's subscriptions, the poller's first reads) can take more than 15 s.
+# Seconds; start-up takes well under one on an idle machine, much more on a loaded
+# one (a cluster's topology, the listener's subscriptions, the poller's first reads).
 STARTUP_TIMEOUT_S = 30.0
 FAST = {"interval_s": 0.2, "max_interval_s": 0.4, "timeout_s": 2.0}
 
@@ -86,24 +90,26 @@ def running_gateway(doc: Mapping[str, Any]) -> Iterator[tuple[str, Gateway]]:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    app = create_app(config)
-    uv = uvicorn_config(app, config)
-    uv.port = port
-    # The path asked for (tests/integration/conftest.py: http_path) is the one served.
-    plain = isinstance(uv.http, type) and issubclass(uv.http, PlainHeadGuard)
-    asked = os.environ.get(ENV) == "off" or config.server.fast_paths == "off"
-    assert plain == asked, f"{ENV}={os.environ.get(ENV)}, {uv.http}"
-    server = DrainingServer(uv, app.state.gateway)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [listener]}, name=f"gateway:{port}", daemon=True
-    )
-    thread.start()
+    with timelines_held():
+        app = create_app(config)
+        uv = uvicorn_config(app, config)
+        uv.port = port
+        # The path asked for (tests/integration/conftest.py: http_path) is the one served.
+        plain = isinstance(uv.http, type) and issubclass(uv.http, PlainHeadGuard)
+        asked = os.environ.get(ENV) == "off" or config.server.fast_paths == "off"
+        assert plain == asked, f"{ENV}={os.environ.get(ENV)}, {uv.http}"
+        server = DrainingServer(uv, app.state.gateway)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [listener]}, name=f"gateway:{port}", daemon=True
+        )
+        thread.start()
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start on port {port}")
-            time.sleep(0.01)
+        with timelines_held():
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"gateway did not start on port {port}")
+                time.sleep(0.01)
         yield f"http://127.0.0.1:{port}", app.state.gateway
     finally:
         server.should_exit = True
@@ -166,6 +172,10 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> GatewayProcess:
+        with timelines_held():
+            return self._start()
+
+    def _start(self) -> GatewayProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path)],
@@ -173,6 +183,17 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        _STARTED.add(self)
+        try:
+            return self._wait_ready()
+        except BaseException:
+            # Not handed to the test, which could not stop it: a gateway left
+            # running would poll (and load the machine) until the session ends.
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> GatewayProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -204,6 +225,7 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        _STARTED.discard(self)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -220,3 +242,15 @@ def logs_on_failure(nodes: list[GatewayProcess], tail_chars: int = 20_000) -> It
                 print(f"----- {node.log_path} (last {tail_chars} characters)")
                 print(node.log()[-tail_chars:])
         raise
+
+
+# Every child started and not yet stopped; killed when this process exits, so a
+# test that failed before its ``finally`` leaves no gateway behind the session.
+_STARTED: set[GatewayProcess] = set()
+
+
+@atexit.register
+def stop_leftover_gateways() -> None:
+    """Kill every :class:`GatewayProcess` of this process still running."""
+    for gateway in list(_STARTED):
+        gateway.stop()

@@ -216,6 +216,7 @@ async def answer_and_close(
     return int(data.split(b" ", 2)[1]), json.loads(raw_body), elapsed
 
 
+@pytest.mark.solo
 async def test_oversized_and_slow_websocket_upgrade_heads_are_answered_and_closed(
     sim: str,
 ) -> None:

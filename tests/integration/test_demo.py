@@ -21,6 +21,7 @@ LINE = re.compile(r"^\d\d:\d\d:\d\d\s+(\w+):(\S+)\s+(snapshot|state|progress|not
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.solo
 def test_demo_shows_live_events_from_all_five_providers(tmp_path: Path) -> None:
     port, sim_port = free_port(), free_port()
     demo = subprocess.Popen(

@@ -145,6 +145,7 @@ async def _healthz_latencies(url: str, n: int, gap_s: float) -> list[float]:
     return latencies
 
 
+@pytest.mark.solo
 async def test_a_flood_of_header_lines_is_refused_within_a_second() -> None:
     client = AiohttpUpstreamClient()
     async with listening(flood_headers) as port:
@@ -187,6 +188,7 @@ async def test_a_gzip_bomb_is_refused_at_the_decoded_limit_without_inflating_it(
     assert peak < 4 * 1024 * 1024, f"{peak} bytes allocated to refuse a {len(BOMB)}-byte bomb"
 
 
+@pytest.mark.solo
 async def test_a_slow_drip_ends_at_the_request_timeout() -> None:
     client = AiohttpUpstreamClient()
     async with listening(drip) as port:
@@ -293,6 +295,7 @@ async def read_events(client: httpx.AsyncClient, url: str, seconds: float) -> li
     return out
 
 
+@pytest.mark.solo
 async def test_live_a_header_flood_is_refused_while_healthz_stays_fast(
     tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
@@ -318,6 +321,7 @@ async def test_live_a_header_flood_is_refused_while_healthz_stays_fast(
     assert max(latencies) < 0.05, f"slowest /healthz {max(latencies) * 1000:.0f} ms"
 
 
+@pytest.mark.solo
 async def test_live_a_gzip_bomb_is_a_fault_and_the_gateway_does_not_grow(
     tmp_path: Path, client: httpx.AsyncClient
 ) -> None:

@@ -172,6 +172,7 @@ async def test_per_address_connection_cap(sim: str, client: httpx.AsyncClient) -
             await still_serving(fresh, base, sim)
 
 
+@pytest.mark.solo
 async def test_500_idle_connections_from_one_address(sim: str, client: httpx.AsyncClient) -> None:
     limit = 100
     doc = secured_doc(
@@ -287,6 +288,7 @@ async def test_bad_json_bodies_get_400_never_500(sim: str, client: httpx.AsyncCl
         await still_serving(client, base, sim)
 
 
+@pytest.mark.solo
 async def test_websocket_floods_big_frames_and_garbage(sim: str, client: httpx.AsyncClient) -> None:
     doc = secured_doc(sim, server={"ws_frames_per_s": 50})
     with running_gateway(doc) as (base, _gw):

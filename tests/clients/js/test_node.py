@@ -8,16 +8,19 @@ survives), and runs Node's test runner with their URLs in the environment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.integration.gateway_server import running_gateway, sim_config, to_toml
 from tests.integration.sim_server import running_sim
+from tests.npm_deps import ensure_node_modules
 
 CLIENT_DIR = Path(__file__).resolve().parents[3] / "clients" / "js"
 NODE_TIMEOUT_S = 100
@@ -37,26 +40,10 @@ def _text(output: str | bytes | None) -> str:
     return output or ""
 
 
-def ensure_node_modules() -> None:
-    """``npm ci`` the test-only dependencies when they are missing or stale."""
-    installed = CLIENT_DIR / "node_modules" / ".package-lock.json"
-    lock = CLIENT_DIR / "package-lock.json"
-    if installed.is_file() and installed.stat().st_mtime >= lock.stat().st_mtime:
-        return
-    npm = shutil.which("npm")
-    assert npm is not None, "npm is needed for the JavaScript client tests (nodejs package)"
-    subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=CLIENT_DIR,
-        check=True,
-        timeout=300,
-    )
-
-
 def test_js_client_suite_passes_against_live_servers(tmp_path: Path) -> None:
     node = shutil.which("node")
     assert node is not None, "node (≥ 20) is needed: scripts/ensure-system-deps.sh installs it"
-    ensure_node_modules()
+    ensure_node_modules(CLIENT_DIR)
     files = sorted(str(p) for p in (CLIENT_DIR / "test").glob("*.test.mjs"))
     assert files, "no Node test files found"
     with running_sim() as sim:
@@ -86,20 +73,30 @@ def test_js_client_suite_passes_against_live_servers(tmp_path: Path) -> None:
             # after close() keeps node alive, and that is a bug worth failing on.
             command = [node, "--test", "--test-concurrency=2", "--test-reporter=tap"]
             command += [f"--test-timeout={TEST_TIMEOUT_MS}", *files]
+            # Its own process group: the gateways the Node tests start go with
+            # node when it is done, even when a failing test left one running.
+            proc = subprocess.Popen(
+                command,
+                cwd=CLIENT_DIR,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
             try:
-                run = subprocess.run(
-                    command,
-                    cwd=CLIENT_DIR,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=NODE_TIMEOUT_S,
-                )
-            except subprocess.TimeoutExpired as exc:
+                stdout, stderr = proc.communicate(timeout=NODE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                stdout, stderr = proc.communicate()
                 raise AssertionError(
                     f"node did not exit within {NODE_TIMEOUT_S} s (a handle left open?)\n"
-                    f"{_text(exc.stdout)}\n{_text(exc.stderr)}"
+                    f"{_text(stdout)}\n{_text(stderr)}"
                 ) from None
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            run = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
     report = f"node exited {run.returncode}\n{run.stdout}\n{run.stderr}"
     counts = {k: int(v) for k, v in re.findall(r"^# (tests|pass|fail) (\d+)$", run.stdout, re.M)}
     assert run.returncode == 0, report

@@ -107,7 +107,35 @@ async def test_a_nudge_ends_the_backoff_at_once() -> None:
     assert not health.retry_now.is_set()
 
 
-async def test_retry_now_nudges_only_the_failing_loops() -> None:
+async def test_a_nudge_during_a_step_counts_if_that_step_fails() -> None:
+    """The store came back while a step was still waiting on the old link: when that
+    step fails, the loop tries again at once instead of waiting out its backoff."""
+    health = LoopHealth("lane:aholo")
+    waits: list[float] = []
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            health.retry_now.set()  # the nudge arrives mid-step
+            raise LOCKED
+        if calls == 2:
+            raise LOCKED  # no nudge this time: the full backoff
+        raise asyncio.CancelledError
+
+    async def sleep(seconds: float) -> None:  # a fake clock's: over at once
+        waits.append(seconds)
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(
+            supervise(health, step, metrics=Metrics(), sleep=sleep, delays=RetryDelay(60.0, 60.0)),
+            1,
+        )
+    assert calls == 3 and waits == [60.0]  # the first failure did not wait
+
+
+async def test_retry_now_nudges_every_loop() -> None:
     def unused(call: Call) -> UpstreamResponse:
         raise AssertionError("not started: nothing is polled")
 
@@ -115,7 +143,7 @@ async def test_retry_now_nudges_only_the_failing_loops() -> None:
     failing, fine = LoopHealth("lane:aholo", failures=2), LoopHealth("housekeeping")
     poller.loops = {h.name: h for h in (failing, fine)}
     poller.retry_now()
-    assert failing.retry_now.is_set() and not fine.retry_now.is_set()
+    assert failing.retry_now.is_set() and fine.retry_now.is_set()
 
 
 class FlakyHub(LocalHub):
