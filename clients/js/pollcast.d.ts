@@ -92,7 +92,7 @@ export declare function snapshotUrl(baseUrl: string, task: TaskRef, options?: { 
 export declare function socketUrl(baseUrl: string, options?: { token?: string }): string;
 
 /** What one subscriber has seen of one task; drops what it already has. */
-export declare class WatchedTask {
+export declare class TaskView {
   constructor(task: string, lastSeq?: number | string | null);
   readonly task: string;
   seq: number | null;

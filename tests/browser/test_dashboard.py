@@ -18,7 +18,7 @@ import httpx
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from tests.integration.gateway_server import running_gateway, sim_config
-from tests.integration.sim_server import running_sim
+from tests.integration.sim_server import running_sim, timelines_held
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -120,11 +120,14 @@ def test_dashboard_follows_all_five_providers_to_completion() -> None:
         try:
             page = browser.new_page(viewport={"width": 1360, "height": 900})
             errors = watch_errors(page)
-            # The timelines start now, so the page sees them from the beginning.
-            tasks = {p: create_task(client, sim, p, tl) for p, tl in TIMELINES.items()}
-            failing = create_task(client, sim, "genpic", FAILING)
-            keys = [*tasks.values(), failing]
-            page.goto(f"{base}/?tasks={','.join(keys)}")
+            # The timelines stand still until the page is connected (loading it can
+            # take seconds on a busy machine), so it sees them from the beginning.
+            with timelines_held():
+                tasks = {p: create_task(client, sim, p, tl) for p, tl in TIMELINES.items()}
+                failing = create_task(client, sim, "genpic", FAILING)
+                keys = [*tasks.values(), failing]
+                page.goto(f"{base}/?tasks={','.join(keys)}")
+                page.wait_for_selector('#connection[data-status="open"]', timeout=WAIT_MS)
             video_card = f'.card[data-task="{tasks["videoproc"]}"]'
             page.wait_for_selector(f'{video_card}[data-state="running"] .bar[aria-valuenow="45"]')
             live_shot = OUTPUT / "dashboard-live.png"

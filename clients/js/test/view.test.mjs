@@ -1,8 +1,8 @@
-// WatchedTask, the rule both transports share for what counts as news (no server needed).
+// TaskView, the rule both transports share for what counts as news (no server needed).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { WatchedTask, eventsUrl, parseTask, socketUrl } from '../pollcast.js';
+import { TaskView, eventsUrl, parseTask, socketUrl } from '../pollcast.js';
 
 const event = (kind, seq, state = 'running', extra = {}) => ({
   event: kind,
@@ -13,8 +13,8 @@ const event = (kind, seq, state = 'running', extra = {}) => ({
   ...extra,
 });
 
-test('WatchedTask keeps each seq once and in order', () => {
-  const view = new WatchedTask('videoproc:1');
+test('TaskView keeps each seq once and in order', () => {
+  const view = new TaskView('videoproc:1');
   const incoming = [
     event('snapshot', 2),
     event('progress', 3),
@@ -34,8 +34,8 @@ test('WatchedTask keeps each seq once and in order', () => {
   assert.equal(view.done, true);
 });
 
-test('WatchedTask resumes after a held seq and accepts a resync snapshot', () => {
-  const view = new WatchedTask('videoproc:1', '4');
+test('TaskView resumes after a held seq and accepts a resync snapshot', () => {
+  const view = new TaskView('videoproc:1', '4');
   assert.equal(view.absorb(event('snapshot', 4)), false, 'the snapshot it already holds');
   assert.equal(view.absorb(event('progress', 4)), false);
   assert.equal(view.absorb(event('progress', 5)), true);
