@@ -164,11 +164,15 @@ async def test_three_nodes_poll_each_task_once_per_round(
     await asyncio.gather(*readers, return_exceptions=True)
 
     rounds = window / INTERVAL_S
+    # A batch lane waits up to ``polling.coalesce_s`` (0.1 s) for more due tasks
+    # and counts its next round from the reply: ~7 rounds in the window.
+    batch_rounds = window / (INTERVAL_S + 0.1)
     for task in tasks:
         polled = after["tasks"][task] - before["tasks"][task]
-        # One node polling: ~10 rounds in the window; three nodes each
-        # polling would be ~30.
-        assert rounds - 3 <= polled <= rounds + 2, (task, polled)
+        # One node polling: ~10 rounds in the window (~7 batched); three nodes
+        # each polling would be ~30 (~21).
+        least = (batch_rounds if task.startswith(("aholo", "genpic")) else rounds) - 2.5
+        assert least <= polled <= rounds + 2, (task, polled)
     for provider in ("aholo", "genpic"):  # 4 tasks each, one request a round
         requests = after["requests"][provider] - before["requests"][provider]
         mine = [t for t in tasks if t.startswith(provider)]
