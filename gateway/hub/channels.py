@@ -373,15 +373,10 @@ class TaskChannels:
         closing = asyncio.create_task(link.close())
         self._recoveries.add(closing)
         closing.add_done_callback(self._recoveries.discard)
-        for task, via in list(self._route.items()):
-            if via == name:
-                del self._route[task]
-                self._live.discard(task)
-                self._unsubscribing.pop(task, None)
-                if task in self._wanted:
-                    self._orphans.add(task)
-        self._mending = True
-        self._wake.set()
+        lost = [task for task, via in self._route.items() if via == name]
+        for task in lost:
+            self._unsubscribing.pop(task, None)
+        self._orphan(lost)
 
     async def _mend(self) -> None:
         """Cluster: read the topology again, link to every master, and subscribe the
@@ -429,13 +424,18 @@ class TaskChannels:
             raise
         except Exception as exc:
             log.warning("could not catch up after moving tasks (%s); retrying", type(exc).__name__)
-            for task in tasks:
-                self._live.discard(task)
-                self._route.pop(task, None)
-                if task in self._wanted:
-                    self._orphans.add(task)
-            self._mending = True
-            self._wake.set()
+            self._orphan(tasks)
+
+    def _orphan(self, tasks: Iterable[str]) -> None:
+        """These tasks have no working subscription: the mender subscribes the wanted
+        ones again where their slots are served now."""
+        for task in tasks:
+            self._live.discard(task)
+            self._route.pop(task, None)
+            if task in self._wanted:
+                self._orphans.add(task)
+        self._mending = True
+        self._wake.set()
 
     async def _read(self, link: _Link, on_message: Callable[[bytes], Awaitable[None]]) -> None:
         while True:

@@ -539,6 +539,33 @@ async def test_redis_store_losing_a_task_starts_a_new_epoch(tmp_path: Path, kind
         await hub.close()
 
 
+async def _subscribed_pair(
+    tmp_path: Path, kind: str
+) -> tuple[RedisHub, redis.Redis | redis.RedisCluster, SubscriberQueue]:
+    """A Redis hub, a raw client on its store, and a subscriber to ``ailab:a``."""
+    hub, raw = await _redis_pair(tmp_path, kind)
+    q = SubscriberQueue()
+    hub.attach(q, ["ailab:a"])
+    await hub.attached(["ailab:a"])
+    return hub, raw, q
+
+
+async def _deliver_seqs_1_and_2(hub: RedisHub, q: SubscriberQueue) -> Event:
+    """Commit seqs 1 and 2 of ``ailab:a``, both delivered to ``q``; the first comes back."""
+    first = ev("ailab:a", 1)
+    await hub.commit([first, ev("ailab:a", 2, progress=50)], terminal_ttl_s=60)
+    assert [e.event.seq for e in await _collect(q, 2)] == [1, 2]
+    return first
+
+
+async def _expect_a_resync_then_the_end(hub: RedisHub, q: SubscriberQueue) -> None:
+    """The re-used seq 2 begins a new epoch: a ``resync`` notice, then the task's end."""
+    got = await _collect(q, 2)
+    assert (got[0].event.event, got[0].event.code) == (EventKind.NOTICE, "resync")
+    assert (got[1].event.seq, got[1].event.state) == (2, State.SUCCEEDED)
+    assert hub.resyncs == 1
+
+
 def _lose_the_last_event(raw: redis.Redis | redis.RedisCluster, hub: RedisHub, kept: Event) -> None:
     """The store as a promoted replica has it: the commit after ``kept`` (the task's
     first event) never reached it."""
@@ -552,22 +579,14 @@ def _lose_the_last_event(raw: redis.Redis | redis.RedisCluster, hub: RedisHub, k
 async def test_redis_a_lost_event_whose_seq_is_committed_again_begins_a_new_epoch(
     tmp_path: Path, kind: str
 ) -> None:
-    hub, raw = await _redis_pair(tmp_path, kind)
-    q = SubscriberQueue()
-    hub.attach(q, ["ailab:a"])
-    await hub.attached(["ailab:a"])
+    hub, raw, q = await _subscribed_pair(tmp_path, kind)
     try:
-        first = ev("ailab:a", 1)
-        await hub.commit([first, ev("ailab:a", 2, progress=50)], terminal_ttl_s=60)
-        assert [e.event.seq for e in await _collect(q, 2)] == [1, 2]
+        first = await _deliver_seqs_1_and_2(hub, q)
         # Delivered here, then lost with the master (replication is asynchronous):
         # the poller's next commit, the task's end, takes seq 2 again.
         _lose_the_last_event(raw, hub, first)
         await hub.commit([ev("ailab:a", 2, State.SUCCEEDED)], terminal_ttl_s=60)
-        got = await _collect(q, 2)
-        assert (got[0].event.event, got[0].event.code) == (EventKind.NOTICE, "resync")
-        assert (got[1].event.seq, got[1].event.state) == (2, State.SUCCEEDED)
-        assert hub.resyncs == 1
+        await _expect_a_resync_then_the_end(hub, q)
     finally:
         raw.close()
         await hub.close()
@@ -577,14 +596,9 @@ async def test_redis_a_lost_event_whose_seq_is_committed_again_begins_a_new_epoc
 async def test_redis_catching_up_finds_a_seq_committed_again_while_unsubscribed(
     tmp_path: Path, kind: str
 ) -> None:
-    hub, raw = await _redis_pair(tmp_path, kind)
-    q = SubscriberQueue()
-    hub.attach(q, ["ailab:a"])
-    await hub.attached(["ailab:a"])
+    hub, raw, q = await _subscribed_pair(tmp_path, kind)
     try:
-        first = ev("ailab:a", 1)
-        await hub.commit([first, ev("ailab:a", 2, progress=50)], terminal_ttl_s=60)
-        assert [e.event.seq for e in await _collect(q, 2)] == [1, 2]
+        first = await _deliver_seqs_1_and_2(hub, q)
         # Seq 2 lost with the master; its replica, promoted, stored another seq 2
         # before this node was subscribed there (so no message of it came here).
         _lose_the_last_event(raw, hub, first)
@@ -598,10 +612,7 @@ async def test_redis_catching_up_finds_a_seq_committed_again_while_unsubscribed(
             raw.client_kill_filter(_type="pubsub", target_nodes=node)
         else:
             raw.client_kill_filter(_type="pubsub")
-        got = await _collect(q, 2)
-        assert (got[0].event.event, got[0].event.code) == (EventKind.NOTICE, "resync")
-        assert (got[1].event.seq, got[1].event.state) == (2, State.SUCCEEDED)
-        assert hub.resyncs == 1
+        await _expect_a_resync_then_the_end(hub, q)
     finally:
         raw.close()
         await hub.close()
@@ -611,10 +622,7 @@ async def test_redis_catching_up_finds_a_seq_committed_again_while_unsubscribed(
 async def test_redis_an_unexpected_driver_error_does_not_end_the_listener(
     tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hub, raw = await _redis_pair(tmp_path, kind)
-    q = SubscriberQueue()
-    hub.attach(q, ["ailab:a"])
-    await hub.attached(["ailab:a"])
+    hub, raw, q = await _subscribed_pair(tmp_path, kind)
     real_get = hub.redis.get
     leaked = asyncio.Event()
 
