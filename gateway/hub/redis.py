@@ -244,9 +244,9 @@ class RedisHub(Hub):
         if not self._listening.is_set():
             return False
         try:
-            async with asyncio.timeout(1.0):
+            async with asyncio.timeout(1.0), translated("ping"):
                 return bool(await self.redis.ping())
-        except (RedisError, RedisClusterException, OSError, TimeoutError):
+        except (BackendError, TimeoutError):
             return False
 
     # -- subscriptions --------------------------------------------------------

@@ -972,3 +972,24 @@ async def test_redis_watcher_counts_of_a_node_that_stopped_reporting_expire(
     finally:
         raw.close()
         await hub.close()
+
+
+async def test_redis_readiness_is_false_not_an_error_when_the_driver_leaks_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/readyz`` answers 503, not 500, while redis-py leaks an ``AttributeError``
+    from a connection torn down under a command."""
+    import redis.asyncio as aioredis
+
+    hub, raw = await _redis_pair(tmp_path, "redis")
+    try:
+        assert await hub.ready()
+
+        async def ping() -> None:  # a real redis-py connection with no writer
+            await aioredis.Connection(host="127.0.0.1", port=1)._send_packed_command([b"PING"])
+
+        monkeypatch.setattr(hub.redis, "ping", ping)
+        assert await hub.ready() is False
+    finally:
+        raw.close()
+        await hub.close()
