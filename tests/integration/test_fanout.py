@@ -47,17 +47,22 @@ async def test_500_sse_and_100_ws_subscribers_share_one_poll(
         providers = (await client.get(f"{base}/v1/providers")).json()["providers"]
         sent = next(p for p in providers if p["name"] == "videoproc")["requests_sent"]
 
-    expected = transitions(sse_results[0])
+    for frames in ws_results:
+        assert frames[0] == {"event": "subscribed", "tasks": [task]}
+    seen = [transitions(got) for got in [*sse_results, *ws_results]]
+    expected = min(seen, key=lambda t: t[0][1])  # from the subscriber that came first
     assert expected[0][0] == "snapshot"
     assert expected[-1][2] == "succeeded"
     assert [t[2] for t in expected[1:]] == ["running", "running", "succeeded"]
     seqs = [t[1] for t in expected]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    for got in sse_results:
-        assert transitions(got) == expected
-    for frames in ws_results:
-        assert frames[0] == {"event": "subscribed", "tasks": [task]}
-        assert transitions(frames) == expected
+    for got in seen:
+        # One that connected after a change (600 connections take a while on a
+        # busy machine) starts from a later snapshot of the same history: the
+        # state at that seq, then the same events, none missing or repeated.
+        start = seqs.index(got[0][1])
+        assert got[0][0] == "snapshot" and got[0][2:] == expected[start][2:], got
+        assert got[1:] == expected[start + 1 :], got
     # One upstream request per poll: the simulator saw exactly what the
     # gateway sent, and that is a handful, not one per subscriber.
     assert stats["tasks"][task] == sent

@@ -86,7 +86,13 @@ async def test_fault_is_noticed_backed_off_and_recovered(
     events, during, healthy = await _watch_through_fault(sim, client, fault)
 
     assert healthy
-    notices = [e for e in events if e["event"] == "notice"]
+    # A busy machine can make a healthy reply slow before the fault begins; an
+    # ``upstream_slow`` notice then is about the machine, not the fault under test.
+    notices = [
+        e
+        for e in events
+        if e["event"] == "notice" and (e["code"] != "upstream_slow" or code == "upstream_slow")
+    ]
     assert [n["code"] for n in notices][:2] == [code, "upstream_recovered"], notices
     assert "retrying in" in notices[0]["message"]
     assert events[-1]["state"] == "succeeded" and events[-1]["terminal"]
