@@ -54,6 +54,7 @@ async def _open_stream(port: int, path: str, start: asyncio.Event) -> int:
         writer.close()
 
 
+@pytest.mark.solo  # 1,000 connects within the pool's wait: not beside three other workers
 async def test_a_thousand_streams_connecting_at_once_are_all_served(
     sim: str, client: httpx.AsyncClient, redis_server: RedisServer, tmp_path: Path
 ) -> None:
