@@ -59,7 +59,7 @@ from typing import Any, NamedTuple
 import msgspec
 from redis.exceptions import RedisClusterException, RedisError
 
-from gateway.aio import cancel_and_wait, raise_if_cancelled
+from gateway.aio import Batcher, cancel_and_wait, raise_if_cancelled
 from gateway.core import tracker
 from gateway.core.model import Event, EventKind
 from gateway.core.policy import RetryDelay
@@ -190,6 +190,8 @@ class RedisHub(Hub):
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
         self.refused = 0  # events not committed: the claim had lapsed (fencing)
         self.resyncs = 0  # tasks whose history began a new epoch on this node
+        # Snapshot reads asked for in one pass of the loop share a pipeline.
+        self._snapshot_reads: Batcher[str, Event | None] = Batcher(self._read_snapshots, share=True)
 
     @property
     def received(self) -> int:
@@ -527,9 +529,15 @@ class RedisHub(Hub):
     # -- state --------------------------------------------------------------
 
     async def snapshot(self, task: str) -> Event | None:
-        async with translated("snapshot read"):
-            body = await self.redis.hget(self._snap(task), "body")
-        return None if body is None else _event_decoder.decode(body)
+        return await self._snapshot_reads(task)
+
+    async def _read_snapshots(self, tasks: list[str]) -> list[Event | None]:
+        if len(tasks) == 1:
+            async with translated("snapshot read"):
+                body = await self.redis.hget(self._snap(tasks[0]), "body")
+            return [None if body is None else _event_decoder.decode(body)]
+        found = await self.snapshots(tasks)
+        return [found[task] for task in tasks]
 
     async def commit(
         self,

@@ -363,8 +363,12 @@ class ProviderLane:
         metrics.upstream_latency.labels(rt.name).observe(elapsed)
         snapshots: dict[str, Event | None] = {}
         if not isinstance(reply, Fault):
-            for task in request.tasks:
-                snapshots[task] = await poller.hub.snapshot(task)
+            tasks = request.tasks
+            if len(tasks) == 1:
+                snapshots[tasks[0]] = await poller.hub.snapshot(tasks[0])
+            else:  # all at once: a Redis hub reads them in one pipeline
+                read = await asyncio.gather(*(poller.hub.snapshot(task) for task in tasks))
+                snapshots = dict(zip(tasks, read, strict=True))
         out = self.planner.absorb(
             request, sent, reply, snapshots, now=poller.wall(), elapsed_s=elapsed
         )

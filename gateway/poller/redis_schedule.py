@@ -84,6 +84,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.aio import Batcher
 from gateway.hub.client import Client, Script, is_cluster, run_scripts
 from gateway.hub.redis import task_key, translated
 from gateway.poller.schedule import Entry, Schedule
@@ -298,6 +299,8 @@ class RedisSchedule(Schedule):
         self._renew = client.register_script(_RENEW)
         self._set_deadline = client.register_script(_SET_DEADLINE)
         self._unlock = client.register_script(_UNLOCK)
+        # Adds asked for in one pass of the loop (a reconnect storm) share a pipeline.
+        self._adds: Batcher[tuple[str, Entry, float], int] = Batcher(self._add_many)
         # Pipelined over many tasks' slots: run as plain EVALSHA (cluster-safe).
         self._fence = Script(_FENCE)
         self._refence = Script(_REFENCE)
@@ -352,18 +355,28 @@ class RedisSchedule(Schedule):
                 log.warning("could not release claims of %s; their leases will lapse", provider)
 
     async def add(self, provider: str, entry: Entry, *, keep_until: float) -> bool:
-        async with translated("schedule"):
-            added = await self._add(
-                keys=self._keys(
-                    provider, "due", "lease", "state", "interest", shard=self._shard(entry.task)
-                ),
-                # Due at once for every node, whatever its clock says.
-                args=[entry.task, _encode(entry), 0.0, _score(keep_until)],
-            )
+        added = await self._adds((provider, entry, keep_until))
         self._known.setdefault(provider, {}).setdefault(entry.task, entry)
         if added:
             self._mins.pop(provider, None)  # what next_due read no longer holds
         return bool(added)
+
+    async def _add_many(self, adds: list[tuple[str, Entry, float]]) -> list[int]:
+        calls: list[tuple[list[str], list[Any]]] = [
+            (
+                self._keys(
+                    provider, "due", "lease", "state", "interest", shard=self._shard(entry.task)
+                ),
+                # Due at once for every node, whatever its clock says.
+                [entry.task, _encode(entry), 0.0, _score(keep_until)],
+            )
+            for provider, entry, keep_until in adds
+        ]
+        async with translated("schedule"):
+            if len(calls) == 1:
+                ((keys, args),) = calls
+                return [int(await self._add(keys=keys, args=args))]
+            return [int(added) for added in await self._each(self._add, calls)]
 
     async def keep(self, provider: str, tasks: Sequence[str], until: float) -> None:
         if not tasks:

@@ -993,3 +993,58 @@ async def test_redis_readiness_is_false_not_an_error_when_the_driver_leaks_one(
     finally:
         raw.close()
         await hub.close()
+
+
+def _calls(raw: redis.Redis | redis.RedisCluster, command: str) -> int:
+    """How many times the store has run ``command`` (summed over a cluster's masters)."""
+    if isinstance(raw, redis.RedisCluster):
+        per_node = raw.info("commandstats", target_nodes=redis.RedisCluster.PRIMARIES)
+        stats = list(per_node.values())
+    else:
+        stats = [raw.info("commandstats")]
+    return sum(int(s.get(f"cmdstat_{command}", {}).get("calls", 0)) for s in stats)
+
+
+@pytest.mark.parametrize("kind", REDIS)
+async def test_redis_a_storm_of_snapshot_reads_reads_each_task_once(
+    tmp_path: Path, kind: str
+) -> None:
+    """A thousand subscribers (re)connecting at once read ten snapshots, not a
+    thousand: reads asked for in one pass of the loop share one pipeline."""
+    hub, raw = await _redis_pair(tmp_path, kind)
+    tasks = [f"ailab:storm-{i}" for i in range(10)]
+    try:
+        await hub.commit([ev(task, 1) for task in tasks], terminal_ttl_s=60)
+        before = _calls(raw, "hget")
+        got = await asyncio.gather(*(hub.snapshot(tasks[i % 10]) for i in range(1000)))
+        read = _calls(raw, "hget") - before
+        assert [(e.task, e.seq) if e else None for e in got] == [
+            (tasks[i % 10], 1) for i in range(1000)
+        ]
+        assert await hub.snapshot("ailab:never") is None
+        assert read <= len(tasks), read
+    finally:
+        raw.close()
+        await hub.close()
+
+
+async def test_redis_a_storm_of_schedule_adds_shares_connections(tmp_path: Path) -> None:
+    """A thousand tasks scheduled at once go out as pipelines over a few pooled
+    connections: not a connection each (redis-py opens one per call in flight),
+    which a busy node cannot set up within the connect timeout."""
+    hub, raw = await _redis_pair(tmp_path, "redis")
+    schedule = _schedule(hub, "n1", Clock())
+    try:
+        opened = int(raw.info("stats")["total_connections_received"])
+        entries = [
+            Entry(task=f"ailab:add-{i}", interval_s=1.0, deadline_at=2e9) for i in range(1000)
+        ]
+        added = await asyncio.gather(*(schedule.add("ailab", e, keep_until=2e9) for e in entries))
+        assert added == [True] * 1000
+        assert not any(
+            await asyncio.gather(*(schedule.add("ailab", e, keep_until=2e9) for e in entries[:10]))
+        )
+        assert int(raw.info("stats")["total_connections_received"]) - opened <= 4
+    finally:
+        raw.close()
+        await hub.close()
