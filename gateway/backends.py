@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Config
 from gateway.hub.base import Hub
 from gateway.hub.client import Client, connect
@@ -51,6 +52,7 @@ def build_backends(
     node_id: str,
     metrics: Metrics,
     hub: Hub | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Backends:
     """The hub, schedule, limits and outbox that ``config.backend`` selects.
 
@@ -66,13 +68,16 @@ def build_backends(
         client = connect(
             backend.url, max_connections=backend.max_connections, cluster=backend.cluster
         )
-        hub = RedisHub(client, prefix=backend.prefix, history_limit=backend.history_limit)
+        hub = RedisHub(
+            client, prefix=backend.prefix, history_limit=backend.history_limit, clock=clock
+        )
         schedule = RedisSchedule(
             client,
             prefix=backend.prefix,
             lease_s=backend.lease_s,
             node_id=node_id,
             shards=backend.schedule_shards,
+            clock=clock.wall,
         )
         # Rate, budget and concurrency hold for the cluster, not per node.
         limits = {

@@ -60,7 +60,12 @@ class Gateway:
         self.redactor = for_config(config)
         self.queue_stats = QueueStats()
         backends = build_backends(
-            config, runtimes=self.runtimes, node_id=self.node_id, metrics=self.metrics, hub=hub
+            config,
+            runtimes=self.runtimes,
+            node_id=self.node_id,
+            metrics=self.metrics,
+            hub=hub,
+            clock=clock,
         )
         schedule = backends.schedule
         self.redis: Client | None = backends.redis

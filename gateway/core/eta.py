@@ -269,7 +269,11 @@ def estimate(
         bound = prior_end + slip - now
         if bound <= 0 < candidate:
             return None  # overdue beyond the tolerance: the old estimate was wrong
-        candidate = min(candidate, bound)
+        rounded = _rounded(candidate)
+        if rounded is not None and rounded > bound:
+            # Rounding must not carry it past the tolerance: down to the 0.1 s below.
+            return max(0.0, math.floor(bound * 10) / 10)
+        return rounded
     return _rounded(candidate)
 
 

@@ -20,7 +20,6 @@ __all__ = [
     "PING",
     "Encoded",
     "decode_cursor",
-    "encode",
     "encode_cursor",
     "parse_last_event_id",
     "retry_frame",
@@ -115,10 +114,6 @@ class Encoded:
         return self._text
 
     @property
-    def key(self) -> str:
-        return self.event.task
-
-    @property
     def counts_for_resume(self) -> bool:
         """Notices are not part of the seq history and are never replayed."""
         return self.event.event is not EventKind.NOTICE
@@ -134,10 +129,6 @@ def ws_text_frame(payload: bytes) -> bytes:
     else:
         head = bytes((0x81, 127)) + n.to_bytes(8, "big")
     return head + payload
-
-
-def encode(event: Event) -> Encoded:
-    return Encoded(event)
 
 
 MAX_SEQ = 2**53

@@ -85,10 +85,10 @@ class LinkLost(Exception):
 class _Link:
     """One pub/sub connection (to one master, or to the single Redis)."""
 
-    def __init__(self, name: str, conn: Connection) -> None:
+    def __init__(self, name: str, conn: Connection, seen: float) -> None:
         self.name = name
         self.conn = conn
-        self.seen = time.monotonic()
+        self.seen = seen  # when it last answered (the channels' monotonic clock)
 
     async def send(self, commands: list[tuple[Any, ...]]) -> None:
         for i in range(0, len(commands), COMMANDS_PER_WRITE):
@@ -110,8 +110,16 @@ def _connection(conn_class: type[Any], kwargs: dict[str, Any]) -> Connection:
 
 
 class TaskChannels:
-    def __init__(self, client: Client, prefix: str, *, linger_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        client: Client,
+        prefix: str,
+        *,
+        linger_s: float = 2.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
+        self.monotonic = monotonic
         self.prefix = prefix
         self.sharded = isinstance(client, RedisCluster)
         self.linger_s = linger_s
@@ -226,11 +234,11 @@ class TaskChannels:
             await client.nodes_manager.initialize()  # the topology as it is now
             for node in client.get_primaries():
                 conn = _connection(node.connection_class, node.connection_kwargs)
-                self._links[node.name] = _Link(node.name, conn)
+                self._links[node.name] = _Link(node.name, conn, self.monotonic())
         else:
             pool = client.connection_pool
             conn = _connection(pool.connection_class, pool.connection_kwargs)
-            self._links["redis"] = _Link("redis", conn)
+            self._links["redis"] = _Link("redis", conn, self.monotonic())
         for link in self._links.values():
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 await link.conn.connect()  # type: ignore[no-untyped-call]
@@ -395,7 +403,9 @@ class TaskChannels:
         for name, node in primaries.items():
             if name in self._links:
                 continue
-            link = _Link(name, _connection(node.connection_class, node.connection_kwargs))
+            link = _Link(
+                name, _connection(node.connection_class, node.connection_kwargs), self.monotonic()
+            )
             try:
                 async with asyncio.timeout(WRITE_TIMEOUT_S):
                     await link.conn.connect()  # type: ignore[no-untyped-call]
@@ -440,7 +450,7 @@ class TaskChannels:
     async def _read(self, link: _Link, on_message: Callable[[bytes], Awaitable[None]]) -> None:
         while True:
             reply = await link.conn.read_response(timeout=math.inf, disconnect_on_error=True)
-            link.seen = time.monotonic()
+            link.seen = self.monotonic()
             if not isinstance(reply, list) or not reply:
                 continue  # PONG of a link that has no subscription yet
             kind = reply[0]
@@ -481,7 +491,7 @@ class TaskChannels:
             self._wake.set()
 
     async def _maintain(self, on_tick: Callable[[], Awaitable[None]]) -> None:
-        pinged = time.monotonic()
+        pinged = self.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(MEND_EVERY_S if self._mending else PING_EVERY_S):
@@ -490,7 +500,7 @@ class TaskChannels:
             if self._mending:
                 await self._mend()
             await self._flush()
-            now = time.monotonic()
+            now = self.monotonic()
             if now - pinged >= PING_EVERY_S:
                 pinged = now
                 for link in list(self._links.values()):

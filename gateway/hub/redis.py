@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -60,6 +59,7 @@ import msgspec
 from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.aio import Batcher, cancel_and_wait, raise_if_cancelled
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.core import tracker
 from gateway.core.model import Event, EventKind
 from gateway.core.policy import RetryDelay
@@ -174,12 +174,14 @@ class RedisHub(Hub):
         prefix: str = "pollcast",
         history_limit: int = 256,
         linger_s: float = 2.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.redis = client
+        self.clock = clock
         self.prefix = prefix
         self.history_limit = history_limit
         self.fanout = FanOut()
-        self.channels = TaskChannels(client, prefix, linger_s=linger_s)
+        self.channels = TaskChannels(client, prefix, linger_s=linger_s, monotonic=clock.monotonic)
         self._listener: asyncio.Task[None] | None = None
         self._restoring: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -459,7 +461,7 @@ class RedisHub(Hub):
                     code="resync",
                     message="the state backend lost this task's history; "
                     "seqs start again from the state that follows",
-                    now=time.time(),
+                    now=self.clock.wall(),
                 )
             )
         )

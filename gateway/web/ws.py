@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
 
 from litestar import WebSocket, websocket
@@ -121,7 +120,7 @@ class Connection:
         if len(data) > limit:
             await self.error("frame_too_large", f"frame of {len(data)} bytes; limit {limit}")
             return
-        if self.frames.try_take(time.monotonic()) > 0:
+        if self.frames.try_take(self.gw.clock.monotonic()) > 0:
             await self.error("rate_limited", "too many frames per second; frame ignored")
             return
         try:

@@ -12,7 +12,6 @@ from gateway.core.sse import (
     PING,
     Encoded,
     decode_cursor,
-    encode,
     encode_cursor,
     parse_last_event_id,
     retry_frame,
@@ -83,12 +82,12 @@ def test_notice_has_no_id_line() -> None:
     assert enc.counts_for_resume is False
 
 
-def test_encoded_key_and_resume_flag() -> None:
-    enc = encode(_state_event())
-    assert isinstance(enc, Encoded)
-    assert enc.key == TASK
+def test_encoded_resume_flag() -> None:
+    enc = Encoded(_state_event())
     assert enc.counts_for_resume is True
     assert enc.event == _state_event()
+    notice = msgspec.structs.replace(_state_event(), event=EventKind.NOTICE, code="resync")
+    assert Encoded(notice).counts_for_resume is False  # notices are never replayed
 
 
 def test_text_is_decoded_once() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.core.model import Event, EventKind, State
-from gateway.core.sse import Encoded, encode
+from gateway.core.sse import Encoded
 from gateway.hub.local import LocalHub
 from gateway.hub.queue import CloseReason, QueueClosed, QueueStats, SubscriberQueue
 from gateway.metrics import Metrics
@@ -166,7 +166,7 @@ async def test_a_stream_whose_direct_write_raises_drops_its_connection_and_ends(
         await asyncio.sleep(0)
     assert feed.queue.direct is not None
 
-    feed.queue.put_nowait(encode(event(1)))  # what the hub's fan-out does; it must not raise
+    feed.queue.put_nowait(Encoded(event(1)))  # what the hub's fan-out does; it must not raise
 
     await asyncio.wait_for(running, 2)
     assert transport.aborted.is_set() and feed.closed
