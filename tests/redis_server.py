@@ -13,10 +13,12 @@ Usage::
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Literal
 import pytest
 import redis
 
-__all__ = ["RedisServer", "redis_server", "wait_until_answering"]
+__all__ = ["RedisServer", "process_redis_server", "redis_server", "wait_until_answering"]
 
 
 def _free_port() -> int:
@@ -130,3 +132,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """
     with RedisServer(tmp_path_factory.mktemp("redis"), persist=False) as server:
         yield server
+
+
+def process_redis_server(*, persist: bool = True) -> RedisServer:
+    """A started server that lasts as long as this test process: killed, and its
+    directory removed, when the process exits (for a module's shared server)."""
+    server = RedisServer(Path(tempfile.mkdtemp(prefix="pollcast-redis-")), persist=persist)
+
+    def stop_and_remove() -> None:
+        server.kill()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+    atexit.register(stop_and_remove)
+    return server.start()

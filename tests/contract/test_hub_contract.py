@@ -7,8 +7,6 @@ across restarts, to ``DURABLE``).
 from __future__ import annotations
 
 import asyncio
-import atexit
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,7 +26,7 @@ from gateway.hub.redis import INCARNATION_CHECK_S, RedisHub, connect
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import Entry
 from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 (a fixture)
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, process_redis_server
 
 HubFactory = Callable[[Path, int], Awaitable[Hub]]
 
@@ -56,8 +54,7 @@ _RUN = f"contract-{uuid.uuid4().hex[:8]}"
 async def _redis(tmp: Path, history: int, clock: Clock) -> Hub:
     """A RedisHub on this module's own redis-server, under a prefix per test."""
     if not _server:
-        _server.append(RedisServer(Path(tempfile.mkdtemp(prefix="pollcast-redis-"))).start())
-        atexit.register(_server[0].kill)
+        _server.append(process_redis_server())
     prefix = f"{_RUN}:{tmp.name}"  # the same for both halves of a restart test
     return RedisHub(connect(_server[0].url), prefix=prefix, history_limit=history)
 

@@ -12,8 +12,6 @@ start at the real clock because a Redis schedule stamps ``add`` and
 
 from __future__ import annotations
 
-import atexit
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +25,7 @@ from gateway.hub.redis import connect
 from gateway.poller.redis_schedule import RedisSchedule
 from gateway.poller.schedule import FOREVER, Entry, LocalSchedule, Schedule
 from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 (a fixture)
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, process_redis_server
 
 P = "aholo"
 LEASE_S = 5.0
@@ -63,9 +61,7 @@ _RUN = f"schedule-contract-{uuid.uuid4().hex[:8]}"
 
 async def _redis(tmp: Path) -> Backend:
     if not _server:
-        directory = Path(tempfile.mkdtemp(prefix="pollcast-redis-"))
-        _server.append(RedisServer(directory, persist=False).start())
-        atexit.register(_server[0].kill)
+        _server.append(process_redis_server(persist=False))
     prefix = f"{_RUN}:{tmp.name}"
 
     async def node() -> Schedule:
