@@ -330,7 +330,10 @@ class LanePlanner:
             decision = self._predicted(entry, decision, event or previous, now, elapsed_s)
             entry.apply(decision.state)
             if event is None or not event.terminal:
-                out.due.append((entry, now + decision.delay_s))
+                # A batch round starts ``window_s`` after its first due time, for
+                # tasks falling due meanwhile; a task of this round is on the beat
+                # already, so it is due that much sooner: the round comes every delay_s.
+                out.due.append((entry, now + decision.delay_s - self.window_s))
         if slowed:
             out.notices.append(
                 Notice(

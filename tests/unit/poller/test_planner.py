@@ -6,6 +6,7 @@ No sockets, no sleeps: every time below is exact.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,25 @@ def test_a_batch_round_waits_for_the_coalescing_window_and_claims_half_an_interv
     assert single.horizon(START) == START
 
 
+def test_a_batch_lane_keeps_its_beat_the_window_does_not_add_to_each_round() -> None:
+    """Rounds of tasks already on the beat come every interval (plus the reply's
+    time), as a single-task lane's do: not every interval + coalescing window."""
+    p = planner(runtime("aholo", interval_s=1.0, max_interval_s=1.0), coalesce_s=0.1)
+    batch = entries("aholo", 3)
+    at = p.round_at(START)
+    assert at == START + 0.1  # the first round waits for stragglers
+    rounds = []
+    for _ in range(10):
+        assert at is not None
+        rounds.append(at)
+        (request,) = p.plan(batch, now=at, mono=MONO).requests
+        out = absorb(p, request, aholo_listing(request.task_ids, status=2), now=at + 0.05)
+        batch = [e for e, _ in out.due]
+        at = p.round_at(min(due for _, due in out.due))
+    gaps = [b - a for a, b in itertools.pairwise(rounds)]
+    assert gaps == [pytest.approx(1.05)] * 9
+
+
 # --- replies: changes, quiet polls, terminal tasks, slowness ------------------------
 
 
@@ -117,7 +137,9 @@ def test_a_reply_commits_changes_with_their_entry_and_reschedules_at_the_base_in
     assert [(c.entry, c.event.state, c.event.seq) for c in out.commits] == [
         (e, State.RUNNING, 1) for e in batch
     ]
-    assert out.due == [(e, START + 1.25) for e in batch]
+    assert [e for e, _ in out.due] == batch
+    # The next round at the base interval: due the coalescing window before it.
+    assert [p.round_at(at) for _, at in out.due] == [pytest.approx(START + 1.25)] * 3
     assert out.leases() == {batch[1].task: "lease-1"}
 
 
@@ -139,7 +161,8 @@ def test_no_change_grows_the_interval_and_a_terminal_event_is_not_rescheduled() 
     (again,) = p.plan([quiet, done], now=START + 1, mono=MONO + 1).requests
     out = p.absorb(again, build(p, again), reply, running, now=START + 1)
     assert [c.event.state for c in out.commits] == [State.SUCCEEDED]
-    assert out.due == [(quiet, START + 1 + 1.25)]  # 1.0 × growth 1.25; done: never again
+    assert [e for e, _ in out.due] == [quiet]  # done: never again
+    assert p.round_at(out.due[0][1]) == pytest.approx(START + 1 + 1.25)  # 1.0 × growth 1.25
 
 
 def test_a_task_already_terminal_in_the_store_is_finished_not_polled_again() -> None:
@@ -216,7 +239,8 @@ def test_one_bad_record_in_an_answered_batch_does_not_hold_the_lane() -> None:
     out = absorb(p, request, aholo_listing(request.task_ids), now=START)
     assert p.held_until == 0.0 and p.failures == 0
     due = {entry.task: at for entry, at in out.due}
-    assert due[batch[0].task] == due[batch[2].task] == START + 1.0
+    assert due[batch[0].task] == due[batch[2].task]
+    assert p.round_at(due[batch[0].task]) == pytest.approx(START + 1.0)
     assert START < due[batch[1].task] <= START + 2.0  # its own jittered retry
     assert [n.code for n in out.notices] == ["upstream_malformed"]
 
@@ -249,7 +273,7 @@ def test_a_success_resets_the_lane_backoff() -> None:
     (request,) = p.plan(batch, now=now, mono=MONO).requests
     out = absorb(p, request, aholo_listing(request.task_ids), now=now)
     assert p.failures == 0
-    assert {at for _, at in out.due} == {now + 1.0}
+    assert [p.round_at(at) for _, at in out.due] == [pytest.approx(now + 1.0)] * 5
     assert [n.code for n in out.notices] == ["upstream_recovered"]
 
 
