@@ -401,9 +401,10 @@ class ProviderLane:
         for notice in out.notices:
             await poller.notify(notice.tasks, notice.code, notice.message)
         if out.commits and not await poller.commit(out.events, rt, leases=out.leases()):
-            # Not stored (the store refused the write): nothing of it reached
-            # memory or subscribers, so these tasks are polled again soon,
-            # terminal ones too, and the same change is committed with the same seq.
+            # Not stored (the store refused the write, or held another state than
+            # the poll started from): nothing of it reached memory or subscribers,
+            # so these tasks are polled again soon, terminal ones too, and the
+            # change is committed after the stored state that poll reads.
             unstored = {commit.entry.task for commit in out.commits}
             retry_at = poller.wall() + rt.policy.base_s
             out.due = [(e, at) for e, at in out.due if e.task not in unstored]
@@ -667,9 +668,13 @@ class Poller:
     ) -> bool:
         try:
             stored = await self._store(events, rt, leases)
-        except SeqConflict:
-            log.info("another node already recorded a newer state of %s", events[0].task)
-            return True
+        except SeqConflict as exc:
+            # The store holds another state than this poll started from (a write
+            # lost, a replica promoted behind): what stored and what not is not
+            # known, so these tasks are polled again and their seqs read afresh.
+            self.metrics.backend_errors.inc()
+            log.warning("the store refused %d event(s) of %s: %s", len(events), rt.name, exc)
+            return False
         except BackendError as exc:
             self.metrics.backend_errors.inc()
             log.warning("could not store %d event(s) of %s: %s", len(events), rt.name, exc)

@@ -11,6 +11,7 @@ import pytest
 from gateway.core.model import ErrorInfo, Event, State, TaskKey
 from gateway.core.sse import Encoded
 from gateway.core.tracker import force_state
+from gateway.exceptions import SeqConflict
 from gateway.hub.local import LocalHub
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller, ProviderLane
@@ -229,6 +230,51 @@ async def test_only_what_the_hub_stored_is_published_and_finished() -> None:
     # The refused terminal event did not end R1: it is still watched and scheduled.
     assert poller.watching == {"aholo:R1"}
     assert set(poller.lane("aholo").tasks) == {"aholo:R1"}
+
+
+class DivergedHub(LocalHub):
+    """The first commit finds the store holding another state than the poll
+    started from (a write lost, or a failover's replica behind): SeqConflict."""
+
+    conflicts = 1
+
+    async def commit(
+        self,
+        events: Sequence[Event],
+        *,
+        terminal_ttl_s: float,
+        leases: Mapping[str, str] | None = None,
+    ) -> list[Encoded]:
+        if self.conflicts:
+            self.conflicts -= 1
+            raise SeqConflict(f"{events[0].task}: seq {events[0].seq} does not follow 7")
+        return await super().commit(events, terminal_ttl_s=terminal_ttl_s)
+
+
+async def test_a_terminal_commit_the_store_refuses_as_out_of_seq_is_polled_again() -> None:
+    """Nothing was stored, so the end is not known to anyone yet: the task is
+    polled again at the base interval (its seq from a fresh read), not dropped."""
+    hub = DivergedHub(":memory:")
+    await hub.start()
+    clock = FakeClock()
+    try:
+        poller, lane, upstream = make_poller(
+            hub,
+            clock,
+            lambda call: aholo_listing(ids_of(call), status=3),
+            interval_s=0.2,
+            max_interval_s=0.2,
+        )
+        await poller.watch(TaskKey("aholo", "A1"))
+        await run_for(lane, clock, 1.0)
+        stored = await hub.snapshot("aholo:A1")
+    finally:
+        await hub.close()
+    assert len(upstream.calls) == 2  # the refused end, then the one that was stored
+    # Again one base interval after the reply, plus the batch coalescing window.
+    assert upstream.times[1] == pytest.approx(upstream.times[0] + 0.05 + 0.2 + 0.1, abs=1e-6)
+    assert stored is not None and stored.state is State.SUCCEEDED and stored.seq == 1
+    assert poller.watching == set()  # ended once the end was stored
 
 
 async def test_a_followed_task_is_polled_until_its_grace_period_after_the_last_subscriber(
