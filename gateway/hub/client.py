@@ -23,6 +23,7 @@ from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
     ClusterDownError,
@@ -119,6 +120,11 @@ def connect(url: str, *, max_connections: int = 1000, cluster: bool = False) -> 
         socket_connect_timeout=2.0,
         health_check_interval=5,
         retry_on_timeout=False,
+        # Once, on a fresh connection, after a connection error: a pooled
+        # connection left over from before a Redis restart fails its first
+        # command, and that must not cost a request its answer. (Not on a
+        # timeout: a command that may have run is not sent again.)
+        retry=AsyncRetry(ExponentialBackoff(cap=0.2, base=0.02), 1, (RedisConnectionError,)),
     )
     return aioredis.Redis.from_pool(pool)
 

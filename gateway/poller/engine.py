@@ -171,6 +171,9 @@ class ProviderLane:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(runtime.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
+        # Claims a failed poll could not hand back (the store was unreachable):
+        # handed back at the next turn, not left to lapse with their leases.
+        self._stranded: list[Entry] = []
         self.requests_sent = 0
 
     @property
@@ -211,6 +214,13 @@ class ProviderLane:
         poller = self.poller
         self._wake.clear()
         now = poller.wall()
+        if self._stranded:
+            stranded, self._stranded = self._stranded, []
+            try:
+                await self.schedule.release(self.rt.name, [(entry, now) for entry in stranded])
+            except BaseException:
+                self._stranded = stranded + self._stranded
+                raise
         at = self.planner.round_at(await self.schedule.next_due(self.rt.name))
         if at is not None and at <= now:
             claimed = await self.schedule.claim(self.rt.name, now, self.planner.horizon(now))
@@ -269,9 +279,16 @@ class ProviderLane:
             # (handing back one already handed back or finished is a no-op).
             later = poller.wall() + self.rt.policy.base_s
             left = [(entry, later) for entry in claimed if id(entry) not in spawned]
-            with contextlib.suppress(Exception):
-                await self.schedule.release(self.rt.name, left)
+            await self._hand_back(left)
             raise
+
+    async def _hand_back(self, due: list[tuple[Entry, float]]) -> None:
+        """Give claims back after a failure; what the store cannot take now waits
+        for the next turn (which needs the store too)."""
+        try:
+            await self.schedule.release(self.rt.name, due)
+        except Exception:
+            self._stranded += [entry for entry, _ in due]
 
     async def _refused(self, requests: list[Request], wait_s: float, why: str) -> None:
         """The shared limiter said not now: hand these back (a notice if the budget is spent)."""
@@ -323,8 +340,7 @@ class ProviderLane:
         except Exception:
             log.exception("poll of %s failed unexpectedly", self.rt.name)
             later = self.poller.wall() + self.rt.policy.base_s
-            with contextlib.suppress(Exception):
-                await self.schedule.release(self.rt.name, [(e, later) for e in request.entries])
+            await self._hand_back([(e, later) for e in request.entries])
             self.wake()
         finally:
             if keeper is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -10,6 +12,7 @@ from redis.exceptions import ClusterDownError, MovedError, SlotNotCoveredError
 from gateway.exceptions import BackendError
 from gateway.hub import redis as redis_hub
 from gateway.hub.client import connect, translated
+from tests.redis_server import RedisServer
 
 
 async def test_a_redis_url_gives_a_plain_client_on_a_blocking_pool() -> None:
@@ -98,3 +101,19 @@ async def test_an_error_of_our_own_inside_a_redis_call_is_not_hidden() -> None:
     with pytest.raises(AttributeError):
         async with translated("ping"):
             None.writelines  # type: ignore[attr-defined]  # noqa: B018
+
+
+async def test_a_connection_left_from_before_a_redis_restart_does_not_fail_a_command(
+    tmp_path: Path,
+) -> None:
+    """The pool's idle connections are dead after a restart: the first command on
+    one is sent again on a fresh connection instead of failing (a 503)."""
+    with RedisServer(tmp_path / "redis") as server:
+        client = connect(server.url)
+        try:
+            await client.set("pc-stale:k", "1")  # the pool now holds an open connection
+            server.kill()
+            server.start()
+            assert await client.get("pc-stale:k") == b"1"  # persisted (appendfsync always)
+        finally:
+            await client.aclose()

@@ -11,7 +11,7 @@ import pytest
 from gateway.core.model import ErrorInfo, Event, State, TaskKey
 from gateway.core.sse import Encoded
 from gateway.core.tracker import force_state
-from gateway.exceptions import SeqConflict
+from gateway.exceptions import BackendError, SeqConflict
 from gateway.hub.local import LocalHub
 from gateway.metrics import Metrics
 from gateway.poller.engine import Poller, ProviderLane
@@ -275,6 +275,49 @@ async def test_a_terminal_commit_the_store_refuses_as_out_of_seq_is_polled_again
     assert upstream.times[1] == pytest.approx(upstream.times[0] + 0.05 + 0.2 + 0.1, abs=1e-6)
     assert stored is not None and stored.state is State.SUCCEEDED and stored.seq == 1
     assert poller.watching == set()  # ended once the end was stored
+
+
+class FlakySchedule(LocalSchedule):
+    """Hand-backs fail while ``down``: the store went away under a poll."""
+
+    down = False
+
+    async def release(self, provider: str, due: Sequence[tuple[Entry, float]]) -> None:
+        if self.down:
+            raise BackendError("redis: release failed (ConnectionError)")
+        await super().release(provider, due)
+
+
+async def test_claims_a_failed_poll_could_not_hand_back_are_handed_back_at_the_next_turn(
+    hub: LocalHub,
+) -> None:
+    """Not left claimed until a lease runs out (in a cluster: ``lease_s`` without
+    polls), nor forever (one process): due at once when the store answers again."""
+    clock = FakeClock()
+    schedule = FlakySchedule()
+    upstream = FakeUpstream(lambda call: aholo_listing(ids_of(call)), clock=clock, latency_s=0.05)
+    poller = Poller(
+        hub,
+        {"aholo": runtime("aholo", interval_s=0.2, max_interval_s=0.2)},
+        {"aholo": upstream},  # type: ignore[dict-item]
+        schedule=schedule,
+        metrics=Metrics(),
+        wall=clock.wall,
+        monotonic=clock.mono,
+        sleep=clock.sleep,
+        rng=random.Random(11),
+    )
+    lane = poller.lane("aholo")
+    await poller.watch(TaskKey("aholo", "A1"))
+    schedule.down = True
+    clock.advance(await lane.turn())  # claims A1 and polls it
+    await lane.drain()  # the reply is stored, but neither its release nor the hand-back is
+    assert len(upstream.calls) == 1
+    schedule.down = False
+    back = clock.wall()
+    await run_for(lane, clock, 1.0)
+    assert len(upstream.calls) >= 4  # polled again, then every round
+    assert upstream.times[1] == pytest.approx(back + 0.1, abs=1e-6)  # at once (+ the window)
 
 
 async def test_a_followed_task_is_polled_until_its_grace_period_after_the_last_subscriber(
