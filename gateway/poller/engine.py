@@ -382,9 +382,8 @@ class ProviderLane:
             tasks = request.tasks
             if len(tasks) == 1:
                 snapshots[tasks[0]] = await poller.hub.snapshot(tasks[0])
-            else:  # all at once: a Redis hub reads them in one pipeline
-                read = await asyncio.gather(*(poller.hub.snapshot(task) for task in tasks))
-                snapshots = dict(zip(tasks, read, strict=True))
+            else:  # a batch: a Redis hub reads them in one pipeline
+                snapshots = await poller.hub.snapshots(tasks)
         out = self.planner.absorb(
             request, sent, reply, snapshots, now=poller.wall(), elapsed_s=elapsed
         )
