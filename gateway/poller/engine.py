@@ -371,8 +371,6 @@ class ProviderLane:
         self.requests_sent += 1
         if rt.cost_per_call:
             metrics.budget_spent.labels(rt.name).inc(rt.cost_per_call)
-        if len(task_ids) > 1:
-            metrics.polls_saved.labels(rt.name).inc(len(task_ids) - 1)
         started = poller.monotonic()
         reply = await send(self.http, sent, name=rt.name, timeout_s=rt.timeout_s)
         elapsed = poller.monotonic() - started
@@ -388,6 +386,8 @@ class ProviderLane:
             request, sent, reply, snapshots, now=poller.wall(), elapsed_s=elapsed
         )
         metrics.upstream_requests.labels(rt.name, out.outcome or "ok").inc()
+        if len(task_ids) > 1:  # counted with the request's outcome, never one without the other
+            metrics.polls_saved.labels(rt.name).inc(len(task_ids) - 1)
         span.set_attribute("pollcast.outcome", out.outcome or "ok")
         if out.outcome == "ok":
             followers = poller.followers
