@@ -23,6 +23,7 @@ __all__ = [
     "WebhookTarget",
     "deliveries_for",
     "delivery_id",
+    "delivery_key",
     "payload",
 ]
 
@@ -53,7 +54,15 @@ class Registration(msgspec.Struct, frozen=True):
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
-    """One event owed to one URL. ``claim`` is set while a node holds it."""
+    """One event owed to one URL. ``claim`` is set while a node holds it.
+
+    ``id`` is the ``webhook-id`` a receiver de-duplicates by; ``key`` is where
+    the outbox keeps the delivery, one per event *and* URL: a task's target
+    replaced while the old one is still owed an event (a late ``POST /v1/tasks``
+    with another webhook) is owed that event too, under the same ``id``.
+    Deliveries stored before ``key`` existed have none, and are kept under
+    their ``id`` (:attr:`slot`).
+    """
 
     id: str
     task: str
@@ -65,6 +74,17 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0
     last_error: str | None = None
     claim: str | None = None
+    key: str = ""
+
+    @property
+    def slot(self) -> str:
+        """The outbox's key for this delivery."""
+        return self.key or self.id
+
+
+def delivery_key(webhook_id: str, url: str) -> str:
+    """The outbox key of ``webhook_id`` owed to ``url`` (an id holds no space)."""
+    return f"{webhook_id} {url}"
 
 
 # Printable ASCII stays readable; anything else is percent-encoded so the id
@@ -97,7 +117,8 @@ def deliveries_for(
     """The deliveries ``target`` wants out of ``events``, due now."""
     return [
         Delivery(
-            id=delivery_id(event.task, event.seq, epoch),
+            id=(webhook_id := delivery_id(event.task, event.seq, epoch)),
+            key=delivery_key(webhook_id, target.url),
             task=event.task,
             seq=event.seq,
             url=target.url,

@@ -95,7 +95,7 @@ CREATE TABLE IF NOT EXISTS webhook_targets (
     mark INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    id TEXT PRIMARY KEY,
+    id TEXT PRIMARY KEY,  -- the delivery's key (Delivery.slot): its webhook-id and URL
     task TEXT NOT NULL,
     seq INTEGER NOT NULL,
     url TEXT NOT NULL,
@@ -113,8 +113,13 @@ _COLUMNS = "id, task, seq, url, payload, created_at, due_at, attempts, last_erro
 _target_decoder = msgspec.json.Decoder(WebhookTarget)
 
 
-def _delivery(row: tuple[object, ...]) -> Delivery:
-    return Delivery(**dict(zip(_COLUMNS.split(", "), row, strict=True)))  # type: ignore[arg-type]
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    """A row as a :class:`Delivery`: the ``id`` column holds its key (id and URL), or
+    only its id in a row stored before keys existed."""
+    fields = dict(zip(_COLUMNS.split(", "), row, strict=True))
+    key = str(fields["id"])
+    fields["id"] = key.split(" ", 1)[0]
+    return Delivery(**fields, key=key)
 
 
 class SqliteOutbox(Outbox):
@@ -233,7 +238,7 @@ class SqliteOutbox(Outbox):
                             f"INSERT OR IGNORE INTO webhook_deliveries ({_COLUMNS}) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                             (
-                                d.id,
+                                d.slot,
                                 d.task,
                                 d.seq,
                                 d.url,
@@ -272,7 +277,7 @@ class SqliteOutbox(Outbox):
             [
                 (
                     "DELETE FROM webhook_deliveries WHERE id = ? AND claim = ?",
-                    (delivery.id, delivery.claim),
+                    (delivery.slot, delivery.claim),
                 )
             ]
         )
@@ -284,7 +289,7 @@ class SqliteOutbox(Outbox):
                 (
                     "UPDATE webhook_deliveries SET claim = NULL, due_at = ?, "
                     "attempts = attempts + 1, last_error = ? WHERE id = ? AND claim = ?",
-                    (due_at, error, delivery.id, delivery.claim),
+                    (due_at, error, delivery.slot, delivery.claim),
                 )
             ]
         )

@@ -5,9 +5,11 @@ script touches one Redis Cluster slot::
 
     P:{wh}:targets   HASH  task → WebhookTarget JSON
     P:{wh}:marks     HASH  task → highest seq considered
-    P:{wh}:data      HASH  delivery id → Delivery JSON
-    P:{wh}:due       ZSET  delivery id, scored by when it is due (Unix s)
-    P:{wh}:claims    HASH  delivery id → claim token of the node holding it
+    P:{wh}:data      HASH  delivery key → Delivery JSON
+    P:{wh}:due       ZSET  delivery key, scored by when it is due (Unix s)
+    P:{wh}:claims    HASH  delivery key → claim token of the node holding it
+
+A delivery's key is its id and URL (:attr:`Delivery.slot`).
 
 One slot, not shards: enqueue checks the task's mark and stores its
 deliveries atomically, and claim takes the due ones of every task in one
@@ -229,7 +231,7 @@ class RedisOutbox(Outbox):
     ) -> int:
         args: list[Any] = [task, seq, "1" if done else "0"]
         for d in deliveries:
-            args += [d.id, d.seq, repr(d.due_at), _encode(d)]
+            args += [d.slot, d.seq, repr(d.due_at), _encode(d)]
         keys = [self.targets_key, self.marks_key, self.data_key, self.due_key]
         return int(await self._run("enqueue", keys, args))
 
@@ -243,14 +245,14 @@ class RedisOutbox(Outbox):
 
     async def finish(self, delivery: Delivery) -> bool:
         keys = [self.due_key, self.data_key, self.claims_key]
-        return bool(await self._run("finish", keys, [delivery.id, delivery.claim or ""]))
+        return bool(await self._run("finish", keys, [delivery.slot, delivery.claim or ""]))
 
     async def retry(self, delivery: Delivery, due_at: float, error: str) -> bool:
         updated = msgspec.structs.replace(
             delivery, attempts=delivery.attempts + 1, last_error=error, due_at=due_at, claim=None
         )
         keys = [self.due_key, self.data_key, self.claims_key]
-        args = [delivery.id, delivery.claim or "", repr(due_at), _encode(updated)]
+        args = [delivery.slot, delivery.claim or "", repr(due_at), _encode(updated)]
         return bool(await self._run("retry", keys, args))
 
     async def pending(self) -> int:

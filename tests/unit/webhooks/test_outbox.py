@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.core.model import State
 from gateway.exceptions import BackendError
-from gateway.webhooks.model import Delivery, WebhookTarget
+from gateway.webhooks.model import Delivery, WebhookTarget, deliveries_for
 from gateway.webhooks.outbox import Outbox, SqliteOutbox
 from gateway.webhooks.redis_outbox import RedisOutbox
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
+from tests.unit.webhooks.support import event
 
 TARGET = WebhookTarget("https://hooks.example.com/in", ("state", "terminal"))
 TASK = "ailab:7f3c"
@@ -114,6 +116,49 @@ async def test_enqueue_stores_each_event_once_above_the_mark(make_outbox: MakeOu
     assert await outbox.enqueue(TASK, [delivery(5)], 5, done=True) == 1
     assert await outbox.registrations() == {}
     assert await outbox.pending() == 3
+
+
+async def test_a_replaced_target_is_owed_an_event_the_old_one_still_holds(
+    make_outbox: MakeOutbox,
+) -> None:
+    """A task's final event queued for its first target and, registered after the
+    end, for a second: both are stored and sent, under the same ``webhook-id``."""
+    outbox = await make_outbox()
+    final = event(3, State.SUCCEEDED)
+    first = WebhookTarget("https://a.example/in", ("state",))
+    late = WebhookTarget("https://b.example/in", ("terminal",))
+    await outbox.register(TASK, first, 2)
+    assert await outbox.enqueue(TASK, deliveries_for(first, [final], now=NOW), 3, done=True) == 1
+    await outbox.register(TASK, late, 2)  # the first delivery is still unsent
+    assert await outbox.enqueue(TASK, deliveries_for(late, [final], now=NOW), 3, done=True) == 1
+    assert await outbox.pending() == 2
+
+    claimed = await outbox.claim(NOW, NOW + 30, 10, "node-a")
+    assert sorted((d.id, d.url) for d in claimed) == [
+        (f"{TASK}:3", first.url),
+        (f"{TASK}:3", late.url),
+    ]
+    assert all([await outbox.retry(d, NOW + 1, "503") for d in claimed])
+    again = await outbox.claim(NOW + 1, NOW + 31, 10, "node-a")
+    assert sorted((d.url, d.attempts) for d in again) == [(first.url, 1), (late.url, 1)]
+    assert all([await outbox.finish(d) for d in again])
+    assert await outbox.pending() == 0
+
+
+async def test_a_delivery_stored_without_a_key_is_still_sent_and_finished(
+    make_outbox: MakeOutbox,
+) -> None:
+    """Deliveries queued by an earlier version are kept under their ``webhook-id``."""
+    outbox = await make_outbox()
+    await outbox.register(TASK, TARGET, 0)
+    assert await outbox.enqueue(TASK, [delivery(1)], 1, done=False) == 1  # no key
+    [claimed] = await outbox.claim(NOW, NOW + 30, 10, "node-a")
+    assert (claimed.id, claimed.url) == (f"{TASK}:1", TARGET.url)
+    assert await outbox.retry(claimed, NOW + 1, "503") is True
+    [again] = await outbox.claim(NOW + 1, NOW + 31, 10, "node-a")
+    assert (again.id, again.attempts) == (f"{TASK}:1", 1)
+    assert await outbox.finish(again) is True
+    assert await outbox.pending() == 0
 
 
 async def test_a_claim_is_exclusive_until_finished_or_its_lease_runs_out(
