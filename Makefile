@@ -43,12 +43,15 @@ test: $(STAMP) system-deps
 # `solo` (bounds on latency, memory or request rates that need a quiet machine)
 # on $(SOLO_WORKERS): each of them leaves most of a core idle. Both always run;
 # either failing fails the target. The suite starts a hundred Python processes:
-# they share compiled bytecode even where the environment says not to write it.
+# they share compiled bytecode even where the environment says not to write it,
+# and one collection compiles the tests first (pytest rewrites their asserts),
+# so that the workers do not each compile them again at once.
 PYTEST_WORKERS ?= 6
 SOLO_WORKERS ?= 2
 
 test-py: export PYTHONDONTWRITEBYTECODE =
 test-py: $(STAMP)
+	@$(PY) -m pytest -p no:xdist --collect-only -qq > /dev/null || true
 	@status=0; \
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not solo" || status=$$?; \
 	$(PY) -m pytest -n $(SOLO_WORKERS) --dist worksteal -m solo || status=$$?; \

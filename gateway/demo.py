@@ -99,7 +99,10 @@ async def _feed(base: str, sim: str) -> None:
             watcher = asyncio.create_task(_watch(client, base, task))
             watchers.add(watcher)
             watcher.add_done_callback(watchers.discard)
-            await asyncio.sleep(3.0 if len(watchers) < 10 else 6.0)
+            # The first task of each provider at once, so that all five show from
+            # the start; then a new one every few seconds.
+            if n >= len(providers) - 1:
+                await asyncio.sleep(3.0 if len(watchers) < 10 else 6.0)
 
 
 async def _watch(client: aiohttp.ClientSession, base: str, task: str) -> None:

@@ -64,6 +64,17 @@ async def listen(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
     return events
 
 
+async def ended(client: httpx.AsyncClient, url: str, within_s: float = 5.0) -> dict[str, Any]:
+    """The task at ``url`` once it is terminal (the watched task, which nobody streams),
+    or as it is after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while True:
+        task: dict[str, Any] = (await client.get(url)).json()
+        if task.get("terminal") or time.monotonic() > deadline:
+            return task
+        await asyncio.sleep(0.1)
+
+
 def epochs(events: list[dict[str, Any]]) -> list[list[int]]:
     """The seqs delivered, split at each ``resync`` notice."""
     split: list[list[int]] = [[]]
@@ -120,8 +131,7 @@ async def test_open_streams_and_polling_survive_a_redis_restart(
                     resumed[task] = time.monotonic() - back
             await asyncio.sleep(0.05)
         results = await asyncio.wait_for(asyncio.gather(*readers), 40)
-        await asyncio.sleep(3.0)  # the watched task ends too
-        final = (await client.get(f"{nodes[1].url}/v1/tasks/{provider}/{task_id}")).json()
+        final = await ended(client, f"{nodes[1].url}/v1/tasks/{provider}/{task_id}")
     finally:
         for node in nodes:
             node.stop()

@@ -1,4 +1,4 @@
-"""``make demo`` runs ``pollcast demo``: events from all five providers within 30 s, to curl too."""
+"""``make demo`` runs ``pollcast demo``: events from all five providers at once, to curl too."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ import pytest
 from tests.integration.gateway_server import free_port
 
 PROVIDERS = {"ailab", "aholo", "tryon", "genpic", "videoproc"}
+# Every provider has a task from the start: its first events come within a second
+# or two of the banner, so this leaves room for a slow machine only.
+ALL_FIVE_WITHIN_S = 10.0
 LINE = re.compile(r"^\d\d:\d\d:\d\d\s+(\w+):(\S+)\s+(snapshot|state|progress|notice)\s+(\w+)")
 
 
@@ -47,7 +50,7 @@ def test_demo_shows_live_events_from_all_five_providers(tmp_path: Path) -> None:
     sel.register(demo.stdout, selectors.EVENT_READ)
     started = time.monotonic()
     try:
-        while time.monotonic() - started < 30 and not _all_moved(seen):
+        while time.monotonic() - started < ALL_FIVE_WITHIN_S and not _all_moved(seen):
             if not sel.select(timeout=1):
                 continue
             line = demo.stdout.readline().decode()
@@ -84,7 +87,7 @@ def test_demo_shows_live_events_from_all_five_providers(tmp_path: Path) -> None:
             demo.wait()
         sel.close()
         demo.stdout.close()  # else the pipe is left to the GC: a ResourceWarning in a later test
-    assert elapsed < 30
+    assert elapsed < ALL_FIVE_WITHIN_S
     assert "retry: " in streamed
     assert "event: snapshot" in streamed and '"task":"videoproc:' in streamed
     assert demo.returncode == 0
