@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The suite starts a hundred Python processes: they share compiled bytecode even
+# where the environment says not to write it (an empty value lets Python write).
+export PYTHONDONTWRITEBYTECODE =
 
-.PHONY: demo test test-py test-js system-deps lint typecheck bench bench-quick bench-redis-ops lock clean
+.PHONY: demo test test-py test-passes test-js system-deps lint typecheck check-ruff check-mypy-gateway check-mypy-client compile-tests bench bench-quick bench-redis-ops lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,26 +35,39 @@ demo: $(STAMP)
 system-deps:
 	scripts/ensure-system-deps.sh
 
+# The checks, and one collection that compiles the tests (pytest rewrites their
+# asserts) so that the workers do not each compile them again at once, side by
+# side on both cores; then the suite.
 test: $(STAMP) system-deps
+	@$(MAKE) --no-print-directory -j 4 --output-sync=target \
+	  check-ruff check-mypy-gateway check-mypy-client compile-tests
+	@$(MAKE) --no-print-directory test-passes
+
+check-ruff: $(STAMP)
 	$(VENV)/bin/ruff check gateway tests clients/python
+
+check-mypy-gateway: $(STAMP)
 	$(VENV)/bin/mypy --strict gateway
+
+check-mypy-client: $(STAMP)
 	$(VENV)/bin/mypy --strict clients/python/pollcast_client
-	$(MAKE) --no-print-directory test-py
+
+compile-tests: $(STAMP)
+	@$(PY) -m pytest -p no:xdist --collect-only -qq > /dev/null || true
 
 # Two passes: the suite on $(PYTEST_WORKERS) xdist workers (most of its time is
 # spent waiting on timelines and live servers, not on CPU), then the tests marked
 # `solo` (bounds on latency, memory or request rates that need a quiet machine)
 # on $(SOLO_WORKERS): each of them leaves most of a core idle. Both always run;
-# either failing fails the target. The suite starts a hundred Python processes:
-# they share compiled bytecode even where the environment says not to write it,
-# and one collection compiles the tests first (pytest rewrites their asserts),
-# so that the workers do not each compile them again at once.
+# either failing fails the target. tests/scheduling.py orders the collection
+# so that the workers finish together.
 PYTEST_WORKERS ?= 6
 SOLO_WORKERS ?= 2
 
-test-py: export PYTHONDONTWRITEBYTECODE =
-test-py: $(STAMP)
-	@$(PY) -m pytest -p no:xdist --collect-only -qq > /dev/null || true
+test-py: compile-tests
+	@$(MAKE) --no-print-directory test-passes
+
+test-passes: $(STAMP)
 	@status=0; \
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not solo" || status=$$?; \
 	$(PY) -m pytest -n $(SOLO_WORKERS) --dist worksteal -m solo || status=$$?; \

@@ -9,6 +9,15 @@ import pytest
 
 from tests.integration.gateway_server import stop_leftover_gateways
 from tests.integration.sim_server import running_sim
+from tests.scheduling import deal
+
+
+@pytest.hookimpl(trylast=True)  # on what is left after -m and -k
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker: the collection dealt out over the workers (tests/scheduling.py)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        items[:] = deal(items, int(workerinput["workercount"]))
 
 
 @pytest.fixture(autouse=True)

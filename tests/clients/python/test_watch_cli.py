@@ -190,15 +190,16 @@ def test_watch_on_a_terminal_redraws_live_lines_and_exits_with_the_outcome(
 
 
 def test_json_and_plain_output_when_stdout_is_not_a_terminal(sim: str) -> None:
-    task = create_task(
-        sim,
-        "videoproc",
-        short_id("vp"),
-        # Running for 4 s: long enough for three interpreters to start on a busy machine.
-        [{"at": 0.5 * i, "state": "running", "progress": 10 * (i + 1)} for i in range(8)]
-        + [{"at": 4.0, "state": "succeeded"}],
-    )
     with running_gateway(sim_config(sim)) as (base, _gw):
+        task = create_task(
+            sim,
+            "videoproc",
+            short_id("vp"),
+            # Running for 6 s from now: long enough for three interpreters to
+            # start on a busy machine.
+            [{"at": 0.75 * i, "state": "running", "progress": 10 * (i + 1)} for i in range(8)]
+            + [{"at": 6.0, "state": "succeeded"}],
+        )
         runs = {
             "json": [str(BIN / "pollcast"), "watch", task, "--url", base, "--json"],
             "plain": [str(BIN / "pollcast-watch"), task, "--url", base],
@@ -213,7 +214,7 @@ def test_json_and_plain_output_when_stdout_is_not_a_terminal(sim: str) -> None:
     assert procs["json"].returncode == 0, out["json"]
     events = [decode_event(line) for line in out["json"][0].splitlines()]
     raw = [msgspec.json.decode(line) for line in out["json"][0].splitlines()]
-    assert isinstance(events[0], pc.Snapshot) and events[-1].terminal
+    assert isinstance(events[0], pc.Snapshot) and events[-1].terminal, out["json"]
     assert events[-1].state is pc.State.SUCCEEDED
     numbered = [e.seq for e in events if e.counts_for_resume]
     assert numbered == list(range(numbered[0], numbered[-1] + 1))
@@ -222,9 +223,9 @@ def test_json_and_plain_output_when_stdout_is_not_a_terminal(sim: str) -> None:
     assert procs["plain"].returncode == 0, out["plain"]
     plain = out["plain"][0]
     assert "\x1b" not in plain
-    assert re.search(rf"{re.escape(task)} running \d+%", plain)
-    assert re.search(rf"{re.escape(task)} succeeded", plain)
-    assert "/videoproc/api/download/" in plain
+    assert re.search(rf"{re.escape(task)} running \d+%", plain), out["plain"]
+    assert re.search(rf"{re.escape(task)} succeeded", plain), out["plain"]
+    assert "/videoproc/api/download/" in plain, out["plain"]
 
     assert procs["bad"].returncode == 2
     assert procs["bad"].stdout is not None and out["bad"][0] == ""
