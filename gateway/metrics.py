@@ -64,7 +64,7 @@ class Metrics:
         )
         self.budget_spent = Counter(
             "pollcast_budget_spent",
-            "Cost of paid upstream calls (e.g. tryon coins).",
+            "Cost of paid upstream calls (e.g. tryon coins), counted as each is sent.",
             ["provider"],
             registry=r,
         )

@@ -86,9 +86,13 @@ async def test_metrics_count_polls_subscribers_events_and_faults(
     tryon_calls = after[
         ("pollcast_upstream_requests_total", (("outcome", "ok"), ("provider", "tryon")))
     ]
-    assert (
-        abs(after[("pollcast_budget_spent_total", (("provider", "tryon"),))] - 0.1 * tryon_calls)
-        < 1e-9
+    # A paid call is counted as spent when it is sent (it is paid for whatever its
+    # outcome) and in requests when its reply is in: a scrape while the tryon task's
+    # one request is in flight sees one call more in the budget.
+    spent = after[("pollcast_budget_spent_total", (("provider", "tryon"),))]
+    assert any(abs(spent - 0.1 * calls) < 1e-9 for calls in (tryon_calls, tryon_calls + 1)), (
+        spent,
+        tryon_calls,
     )
     # Labels are bounded: no task ids, no credentials.
     assert task.partition(":")[2] not in text and coins.partition(":")[2] not in text

@@ -71,11 +71,13 @@ test('PollcastSocket follows many tasks over one connection', async () => {
       { at: 1.0, state: 'succeeded' },
     ]),
     await createSimTask('tryon', [
-      // A second per stage: long enough for a poll to land in each on a busy machine.
+      // Two seconds at position 3 (the socket connects after all three tasks are
+      // made), then a second per stage: long enough for a poll to land in each
+      // on a busy machine.
       { at: 0, state: 'queued', position: 3 },
-      { at: 1.0, state: 'queued', position: 1 },
-      { at: 2.0, state: 'running' },
-      { at: 2.6, state: 'succeeded' },
+      { at: 2.0, state: 'queued', position: 1 },
+      { at: 3.0, state: 'running' },
+      { at: 3.6, state: 'succeeded' },
     ]),
     await createSimTask('videoproc', stepped(3, 0.3)),
   ];
