@@ -111,14 +111,16 @@ async def test_watch_survives_a_kill_and_restart_without_gaps_or_duplicates(
 async def test_wait_and_the_sync_wrappers_return_the_terminal_event(
     sim: str, client: httpx.AsyncClient
 ) -> None:
-    ok = await create_sim_task(client, sim, "videoproc", stepped(2, 0.3))
-    failing = await create_sim_task(
-        client,
-        sim,
-        "ailab",
-        [{"at": 0, "state": "running"}, {"at": 0.6, "state": "failed"}],
-    )
     with running_gateway(sim_config(sim)) as (base, _gw):
+        # Made once the gateway is up (a busy machine can take longer to start it
+        # than these timelines last), so that its polls see them change.
+        ok = await create_sim_task(client, sim, "videoproc", stepped(2, 0.3))
+        failing = await create_sim_task(
+            client,
+            sim,
+            "ailab",
+            [{"at": 0, "state": "running"}, {"at": 0.6, "state": "failed"}],
+        )
         final, failed = await asyncio.gather(pc.wait(base, ok, timeout=20), pc.wait(base, failing))
         blocking = await asyncio.to_thread(sync.wait, base, ok, None, 20)
         iterated = await asyncio.to_thread(lambda: list(sync.watch_iter(base, ok)))
