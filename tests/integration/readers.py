@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -16,9 +17,11 @@ async def read_sse(
     *,
     headers: dict[str, str] | None = None,
     stop_after: int | None = None,
+    until: Callable[[dict[str, Any]], bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """SSE events (``data`` parsed, plus ``_id``/``_event``) until the stream ends
-    or ``stop_after`` events were read (then the connection is dropped)."""
+    """SSE events (``data`` parsed, plus ``_id``/``_event``) until the stream ends,
+    ``stop_after`` events were read or one satisfies ``until`` (then the
+    connection is dropped)."""
     out: list[dict[str, Any]] = []
     async with aconnect_sse(client, "GET", url, headers=dict(headers or {})) as source:
         source.response.raise_for_status()
@@ -32,6 +35,8 @@ async def read_sse(
             event["_event"] = sse.event
             out.append(event)
             if stop_after is not None and len(out) >= stop_after:
+                break
+            if until is not None and until(event):
                 break
     return out
 
