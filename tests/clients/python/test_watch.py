@@ -112,9 +112,10 @@ async def test_wait_and_the_sync_wrappers_return_the_terminal_event(
     sim: str, client: httpx.AsyncClient
 ) -> None:
     with running_gateway(sim_config(sim)) as (base, _gw):
-        # Made once the gateway is up (a busy machine can take longer to start it
-        # than these timelines last), so that its polls see them change.
-        ok = await create_sim_task(client, sim, "videoproc", stepped(2, 0.3))
+        # Made once the gateway is up, and changing for over two seconds: on a busy
+        # machine the first poll can come a second after the task was made, and
+        # then it must still find the task running.
+        ok = await create_sim_task(client, sim, "videoproc", stepped(2, 0.8))
         failing = await create_sim_task(
             client,
             sim,
