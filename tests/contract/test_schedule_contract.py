@@ -87,6 +87,10 @@ async def _redis_cluster(tmp: Path, cluster: RedisCluster) -> Backend:
 BACKENDS: dict[str, Callable[[Path], Awaitable[Backend]]] = {"local": _local, "redis": _redis}
 
 
+# The stores several nodes share (each node its own claims): for what only they do.
+SHARED = pytest.mark.parametrize("backend", ["redis", "redis-cluster"], indirect=True)
+
+
 @pytest.fixture(params=[*sorted(BACKENDS), "redis-cluster"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "redis-cluster":
@@ -175,10 +179,10 @@ async def test_one_claim_takes_a_whole_round_of_many_tasks(schedule: Schedule, n
     assert len(await schedule.claim(P, now + 5, now + 5)) == 100
 
 
+@SHARED
 async def test_a_providers_schedule_is_spread_over_shards(backend: Backend, now: float) -> None:
     schedule = await backend.first()
-    if not isinstance(schedule, RedisSchedule):
-        pytest.skip("one process: nothing to spread")
+    assert isinstance(schedule, RedisSchedule)
     for i in range(64):
         await schedule.add(P, entry(f"s{i:03}"), keep_until=now + 60)
     sizes = [await schedule.redis.zcard(schedule._key(P, "due", n)) for n in range(16)]
@@ -299,9 +303,9 @@ async def test_renewing_keeps_a_claim(backend: Backend, now: float) -> None:
     assert await b.claim(P, renewed_at + LEASE_S - 0.5, renewed_at + LEASE_S - 0.5) == []
 
 
+@SHARED
 async def test_close_gives_claims_back_at_once(backend: Backend, now: float) -> None:
-    if not backend.shared:
-        pytest.skip("one process: nobody else to give claims to")
+    assert backend.shared
     a = await backend.first()
     b = await backend.other()
     await a.add(P, entry("a"), keep_until=now + 600)

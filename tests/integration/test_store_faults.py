@@ -173,7 +173,10 @@ def test_a_directory_that_is_not_there_stops_serve_with_one_clear_line(
 # -- (b), (c) mid-task: the store stops taking writes, then takes them again ------------------
 
 
-Outage = Callable[[Path], Callable[[], None] | None]
+# Mid-task, the store stops taking writes by filling its filesystem. A read-only
+# remount cannot stand in: Linux refuses it (EBUSY) while the gateway holds the
+# state file open for writing, so only the read-only state file at start is tested.
+Outage = Callable[[Path], Callable[[], None]]
 
 
 def disk_full(store: Path) -> Callable[[], None]:
@@ -181,27 +184,10 @@ def disk_full(store: Path) -> Callable[[], None]:
     return filler.unlink
 
 
-def read_only(store: Path) -> Callable[[], None] | None:
-    if _mount("-o", "remount,ro", str(store)).returncode != 0:
-        return None
-
-    def heal() -> None:
-        done = _mount("-o", "remount,rw", str(store))
-        assert done.returncode == 0, done.stderr
-
-    return heal
-
-
 async def test_a_full_disk_mid_task_is_told_and_healed_without_a_gap(
     sim: str, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     await _outage(sim, client, tmp_path, disk_full)
-
-
-async def test_a_read_only_remount_mid_task_is_told_and_healed_without_a_gap(
-    sim: str, client: httpx.AsyncClient, tmp_path: Path
-) -> None:
-    await _outage(sim, client, tmp_path, read_only)
 
 
 async def _outage(sim: str, client: httpx.AsyncClient, tmp_path: Path, outage: Outage) -> None:
@@ -242,11 +228,6 @@ async def _break_and_heal(
 
     await wait_for("every subscriber to see the tasks move", all_moving)
     heal = outage(store)
-    if heal is None:
-        pytest.skip(
-            "the kernel refuses a read-only remount while the gateway holds the state "
-            "file open for writing (mount: mount point is busy)"
-        )
 
     async def not_ready() -> bool:
         return (await client.get(f"{base}/readyz")).status_code == 503
