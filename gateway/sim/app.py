@@ -32,7 +32,7 @@ from gateway.sim.credentials import SimConfig
 from gateway.sim.faults import FaultMode, FaultSpec
 from gateway.sim.protocols import PROTOCOLS, Call, Protocol, Reply
 from gateway.sim.simulator import Simulator
-from gateway.sim.timeline import TaskSpec
+from gateway.sim.timeline import SimTask, TaskSpec
 
 __all__ = ["create_sim_app"]
 
@@ -281,6 +281,19 @@ class CreatedTask(msgspec.Struct, frozen=True):
     task_id: str
 
 
+class HeldTask(msgspec.Struct, frozen=True):
+    provider: str
+    task_id: str
+    held: bool
+    elapsed_s: float
+
+
+def _held(task: SimTask, now_mono: float) -> HeldTask:
+    return HeldTask(
+        task.provider, task.task_id, task.held_since is not None, task.elapsed(now_mono)
+    )
+
+
 class BalanceUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tryon: float
 
@@ -298,6 +311,16 @@ def _admin_handlers(sim: Simulator) -> list[Any]:
         """Register a task; 400/422 for a bad body, 409 if the id exists."""
         task = sim.create_task(data)
         return CreatedTask(task.provider, task.task_id)
+
+    @post("/_sim/tasks/{provider:str}/{task_id:str}/hold", status_code=200, sync_to_thread=False)
+    def hold_task(provider: FromPath[str], task_id: FromPath[str]) -> HeldTask:
+        """Stop the task's timeline where it is (already held: unchanged); 404 if unknown."""
+        return _held(sim.hold(provider, task_id), sim.clock())
+
+    @post("/_sim/tasks/{provider:str}/{task_id:str}/release", status_code=200, sync_to_thread=False)
+    def release_task(provider: FromPath[str], task_id: FromPath[str]) -> HeldTask:
+        """Let a held timeline go on from where it stopped; 404 if unknown."""
+        return _held(sim.release(provider, task_id), sim.clock())
 
     @get("/_sim/stats", sync_to_thread=False)
     def stats() -> dict[str, Any]:
@@ -333,7 +356,17 @@ def _admin_handlers(sim: Simulator) -> list[Any]:
         sim.reset()
         return {"reset": True}
 
-    return [create_task, stats, arm_fault, list_faults, clear_faults, set_balance, reset]
+    return [
+        create_task,
+        hold_task,
+        release_task,
+        stats,
+        arm_fault,
+        list_faults,
+        clear_faults,
+        set_balance,
+        reset,
+    ]
 
 
 # --- the app -----------------------------------------------------------------------

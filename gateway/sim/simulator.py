@@ -24,6 +24,7 @@ from gateway.sim.timeline import (
     TaskMoment,
     TaskSpec,
     Timeline,
+    UnknownTask,
     check_task_id,
     new_task_id,
 )
@@ -79,7 +80,7 @@ class Simulator:
     # -- tasks -------------------------------------------------------------
 
     def create_task(self, spec: TaskSpec) -> SimTask:
-        """Register a task; its timeline starts now.
+        """Register a task; its timeline starts now (or, held, at its release).
 
         Raises:
             InputError: unknown provider, bad id, bad timeline (400/422).
@@ -100,15 +101,40 @@ class Simulator:
             check_task_id(spec.provider, task_id)
             if (spec.provider, task_id) in self._tasks:
                 raise TaskExists(f"task {spec.provider}:{task_id} already exists", field="task_id")
+        now = self.clock()
         task = SimTask(
             provider=spec.provider,
             task_id=task_id,
             timeline=timeline,
-            created_mono=self.clock(),
+            created_mono=now,
             created_wall=self.wall_clock(),
             visible_after_s=visible_after_s,
+            held_since=now if spec.held else None,
         )
         self._tasks[(spec.provider, task_id)] = task
+        return task
+
+    def hold(self, provider: str, task_id: str) -> SimTask:
+        """Stop a task's timeline where it is, until :meth:`release`.
+
+        Raises:
+            UnknownTask: no such task (404).
+        """
+        return self._update(provider, task_id, lambda task: task.held(self.clock()))
+
+    def release(self, provider: str, task_id: str) -> SimTask:
+        """Let a held task's timeline go on from where it stopped.
+
+        Raises:
+            UnknownTask: no such task (404).
+        """
+        return self._update(provider, task_id, lambda task: task.released(self.clock()))
+
+    def _update(self, provider: str, task_id: str, change: Callable[[SimTask], SimTask]) -> SimTask:
+        task = self._tasks.get((provider, task_id))
+        if task is None:
+            raise UnknownTask(f"no task {provider}:{task_id}", field="task_id")
+        self._tasks[(provider, task_id)] = task = change(task)
         return task
 
     def view(self, provider: str, task_id: str) -> TaskMoment | None:

@@ -37,6 +37,7 @@ __all__ = [
     "TaskMoment",
     "TaskSpec",
     "Timeline",
+    "UnknownTask",
     "new_task_id",
 ]
 
@@ -54,6 +55,13 @@ class TaskExists(InputError):
 
     status = 409
     code = "task_exists"
+
+
+class UnknownTask(InputError):
+    """No task with that provider and id."""
+
+    status = 404
+    code = "unknown_task"
 
 
 class Step(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -75,12 +83,13 @@ class Step(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The body of ``POST /_sim/tasks``."""
+    """The body of ``POST /_sim/tasks``; ``held`` creates it held (see :meth:`SimTask.held`)."""
 
     provider: str
     task_id: str | None = None
     timeline: tuple[Step, ...] | None = None
     visible_after_s: float | None = None
+    held: bool = False
 
 
 DEFAULT_TIMELINE: Final = (
@@ -164,7 +173,10 @@ class SimTask(msgspec.Struct, frozen=True):
     """A task the simulated upstream knows.
 
     ``created_mono`` is on the simulator's monotonic clock (for elapsed time);
-    ``created_wall`` is Unix time (for rendered timestamps).
+    ``created_wall`` is Unix time (for rendered timestamps). A held task's
+    timeline stands still: ``held_since`` is when the current hold began and
+    ``held_s`` the time spent in earlier holds, so elapsed time counts only
+    the time the task was not held.
     """
 
     provider: str
@@ -173,14 +185,34 @@ class SimTask(msgspec.Struct, frozen=True):
     created_mono: float
     created_wall: float
     visible_after_s: float = 0.0
+    held_s: float = 0.0
+    held_since: float | None = None
 
     @property
     def key(self) -> str:
         return f"{self.provider}:{self.task_id}"
 
+    def elapsed(self, now_mono: float) -> float:
+        """Seconds of the timeline gone by at ``now_mono``."""
+        until = now_mono if self.held_since is None else self.held_since
+        return until - self.created_mono - self.held_s
+
+    def held(self, now_mono: float) -> SimTask:
+        """This task with its timeline stopped at ``now_mono`` (already held: unchanged)."""
+        if self.held_since is not None:
+            return self
+        return msgspec.structs.replace(self, held_since=now_mono)
+
+    def released(self, now_mono: float) -> SimTask:
+        """This task with its timeline going on from where it was held (not held: unchanged)."""
+        if self.held_since is None:
+            return self
+        held_s = self.held_s + now_mono - self.held_since
+        return msgspec.structs.replace(self, held_s=held_s, held_since=None)
+
     def view(self, now_mono: float) -> TaskMoment | None:
         """What the upstream shows at ``now_mono``; ``None`` while not yet visible."""
-        elapsed = now_mono - self.created_mono
+        elapsed = self.elapsed(now_mono)
         if elapsed < self.visible_after_s:
             return None
         step = self.timeline.step_at(elapsed)
@@ -188,7 +220,7 @@ class SimTask(msgspec.Struct, frozen=True):
             task_id=self.task_id,
             step=step,
             created_wall=self.created_wall,
-            step_wall=self.created_wall + step.at,
+            step_wall=self.created_wall + self.held_s + step.at,
         )
 
 

@@ -25,16 +25,45 @@ function required(name) {
 export const GATEWAY_URL = required('POLLCAST_URL');
 export const SIM_URL = required('POLLCAST_SIM_URL');
 
-/** Create a simulator task; returns its gateway key `provider:task_id`. */
-export async function createSimTask(provider, timeline) {
+/**
+ * Create a simulator task; returns its gateway key `provider:task_id`.
+ * `held`: its timeline starts only at `releaseSimTasks()`.
+ */
+export async function createSimTask(provider, timeline, { held = false } = {}) {
   const reply = await fetch(`${SIM_URL}/_sim/tasks`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ provider, timeline }),
+    body: JSON.stringify({ provider, timeline, held }),
   });
   if (!reply.ok) throw new Error(`sim refused the task: ${reply.status} ${await reply.text()}`);
   const body = await reply.json();
   return `${provider}:${body.task_id}`;
+}
+
+async function simTaskAction(task, action) {
+  const [provider, ...rest] = task.split(':');
+  const id = encodeURIComponent(rest.join(':'));
+  const reply = await fetch(`${SIM_URL}/_sim/tasks/${provider}/${id}/${action}`, { method: 'POST' });
+  if (!reply.ok) throw new Error(`sim refused to ${action} ${task}: ${reply.status} ${await reply.text()}`);
+}
+
+/** Let held timelines go on from where they stopped. */
+export async function releaseSimTasks(tasks) {
+  await Promise.all(tasks.map((task) => simTaskAction(task, 'release')));
+}
+
+/**
+ * Stop the tasks' timelines where they are while `during()` runs, then let
+ * them go on: a gateway restart that takes seconds on a loaded machine
+ * then misses no step of a timeline the test counts on.
+ */
+export async function withTasksHeld(tasks, during) {
+  await Promise.all(tasks.map((task) => simTaskAction(task, 'hold')));
+  try {
+    return await during();
+  } finally {
+    await releaseSimTasks(tasks);
+  }
 }
 
 /** Queued, then `running` with rising progress every `gapS` seconds from `startS`, then `succeeded`. */
@@ -94,6 +123,11 @@ export class GatewayProcess {
     this.dir = mkdtempSync(join(tmpdir(), 'pollcast-js-'));
     this.port = null;
     this.child = null;
+    this.timings = [];
+  }
+
+  #mark(what, since) {
+    this.timings.push(`${what} ${((performance.now() - since) / 1000).toFixed(2)} s`);
   }
 
   get url() {
@@ -101,6 +135,7 @@ export class GatewayProcess {
   }
 
   async start() {
+    const began = performance.now();
     this.port ??= await freePort();
     const log = openSync(join(this.dir, 'gateway.log'), 'a');
     const [command, ...args] = this.argv;
@@ -115,7 +150,10 @@ export class GatewayProcess {
       if (child.exitCode !== null) throw new Error(`gateway exited early:\n${this.log()}`);
       try {
         const reply = await fetch(`${this.url}/readyz`, { signal: AbortSignal.timeout(500) });
-        if (reply.status === 200) return this;
+        if (reply.status === 200) {
+          this.#mark('ready after', began);
+          return this;
+        }
       } catch {
         // not listening yet
       }
@@ -128,17 +166,22 @@ export class GatewayProcess {
   async stop(signal = 'SIGKILL') {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const began = performance.now();
     child.kill(signal);
     await child.exited;
+    this.#mark(`${signal} exit after`, began);
     this.child = null;
   }
 
+  /** The end of the gateway's log, after how long each start and stop took. */
   log() {
+    let text;
     try {
-      return readFileSync(join(this.dir, 'gateway.log'), 'utf8').slice(-3000);
+      text = readFileSync(join(this.dir, 'gateway.log'), 'utf8').slice(-3000);
     } catch {
-      return '(no log)';
+      text = '(no log)';
     }
+    return `${this.timings.join(', ')}\n${text}`;
   }
 
   async dispose() {

@@ -9,10 +9,12 @@ import {
   GATEWAY_URL,
   GatewayProcess,
   createSimTask,
+  releaseSimTasks,
   history,
   stepped,
   transitions,
   until,
+  withTasksHeld,
 } from './live.mjs';
 
 const QUICK_BACKOFF = { initialMs: 200, maxMs: 1000 };
@@ -64,22 +66,30 @@ function assertExactlyHistory(task, got, stored) {
 }
 
 test('PollcastSocket follows many tasks over one connection', async () => {
+  // Held until the socket has each one's snapshot: every timeline starts once watched.
+  const held = { held: true };
   const tasks = [
-    await createSimTask('ailab', [
-      { at: 0, state: 'queued' },
-      { at: 0.4, state: 'running' },
-      { at: 1.0, state: 'succeeded' },
-    ]),
-    await createSimTask('tryon', [
-      // Two seconds at position 3 (the socket connects after all three tasks are
-      // made), then a second per stage: long enough for a poll to land in each
-      // on a busy machine.
-      { at: 0, state: 'queued', position: 3 },
-      { at: 2.0, state: 'queued', position: 1 },
-      { at: 3.0, state: 'running' },
-      { at: 3.6, state: 'succeeded' },
-    ]),
-    await createSimTask('videoproc', stepped(3, 0.3)),
+    await createSimTask(
+      'ailab',
+      [
+        { at: 0, state: 'queued' },
+        { at: 0.4, state: 'running' },
+        { at: 1.0, state: 'succeeded' },
+      ],
+      held,
+    ),
+    await createSimTask(
+      'tryon',
+      [
+        // A second per stage: long enough for a poll to land in each on a busy machine.
+        { at: 0, state: 'queued', position: 3 },
+        { at: 1.0, state: 'queued', position: 1 },
+        { at: 2.0, state: 'running' },
+        { at: 2.6, state: 'succeeded' },
+      ],
+      held,
+    ),
+    await createSimTask('videoproc', stepped(3, 0.3), held),
   ];
   const { RecordedWebSocket, opened } = recordingWebSocket();
   const errors = [];
@@ -96,7 +106,9 @@ test('PollcastSocket follows many tasks over one connection', async () => {
     for (const task of tasks) socket.watch(task, got[task].handlers);
     socket.watch('nosuchprovider:1', recorder().handlers);
 
-    await until(() => socket.status === 'open', 10000, 'the connection');
+    await until(() => tasks.every((t) => got[t].events.length > 0), 10000, 'every snapshot');
+    await releaseSimTasks(tasks);
+    assert.equal(socket.status, 'open');
     const rtt = await socket.ping();
     assert.ok(rtt >= 0 && rtt < 5000, `ping round trip ${rtt} ms`);
     await until(() => finished.length === tasks.length, 15000, 'every terminal event');
@@ -193,13 +205,17 @@ test('PollcastSocket resumes every task across a drained and a killed gateway', 
     const video = got[tasks[0]];
 
     await until(() => video.events.length >= 3, 15000, 'the first events');
-    await gateway.stop('SIGTERM'); // drain: a notice, then the server closes the socket
-    await gateway.start();
-    const afterDrain = video.events.length;
+    const afterDrain = await withTasksHeld(tasks, async () => {
+      await gateway.stop('SIGTERM'); // drain: a notice, then the server closes the socket
+      await gateway.start();
+      return video.events.length;
+    });
     await until(() => video.events.length >= afterDrain + 2, 15000, 'events after the drain');
-    assert.equal(video.done.length, 0, 'the task is still running at the second restart');
-    await gateway.stop('SIGKILL');
-    await gateway.start();
+    await withTasksHeld(tasks, async () => {
+      assert.equal(video.done.length, 0, 'the task is still running at the second restart');
+      await gateway.stop('SIGKILL');
+      await gateway.start();
+    });
     await until(() => tasks.every((t) => got[t].done.length > 0), 25000, 'every terminal event');
 
     for (const task of tasks) {

@@ -11,10 +11,12 @@ import {
   GATEWAY_URL,
   GatewayProcess,
   createSimTask,
+  releaseSimTasks,
   history,
   stepped,
   transitions,
   until,
+  withTasksHeld,
 } from './live.mjs';
 
 /** watchTask with every callback recorded and every EventSource it opens kept. */
@@ -60,8 +62,10 @@ function assertExactlyHistory(got, stored) {
 }
 
 test('watchTask delivers a task once, in order, and closes after the terminal event', async () => {
-  const task = await createSimTask('videoproc', stepped(4, 0.3));
+  const task = await createSimTask('videoproc', stepped(4, 0.3), { held: true });
   const got = watchRecorded(GATEWAY_URL, task);
+  await until(() => got.events.length > 0, 10000, 'the snapshot');
+  await releaseSimTasks([task]); // the timeline starts once watched
   await until(() => got.done.length > 0, 15000, 'the terminal event');
   assert.equal(got.handle.closed, true);
   assert.equal(got.opened.length, 1);
@@ -158,13 +162,17 @@ test('watchTask resumes across a drained and a killed gateway without loss or du
     const moved = (n) => got.events.filter((e) => e.event !== 'notice').length >= n;
 
     await until(() => moved(3), 15000, 'the first events');
-    await gateway.stop('SIGTERM'); // drain: the stream ends with a notice
-    await gateway.start();
-    const afterDrain = got.events.length;
+    const afterDrain = await withTasksHeld([task], async () => {
+      await gateway.stop('SIGTERM'); // drain: the stream ends with a notice
+      await gateway.start();
+      return got.events.length;
+    });
     await until(() => got.events.length >= afterDrain + 2, 15000, 'events after the drain');
-    assert.equal(got.done.length, 0, 'the task is still running at the second restart');
-    await gateway.stop('SIGKILL'); // no notice, no goodbye
-    await gateway.start();
+    await withTasksHeld([task], async () => {
+      assert.equal(got.done.length, 0, 'the task is still running at the second restart');
+      await gateway.stop('SIGKILL'); // no notice, no goodbye
+      await gateway.start();
+    });
     await until(() => got.done.length > 0, 25000, 'the terminal event');
 
     const notices = got.events.filter((e) => e.event === 'notice');

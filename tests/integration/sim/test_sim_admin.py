@@ -82,6 +82,25 @@ def test_bad_task_bodies_say_what_is_wrong(
     assert fragment in response.text
 
 
+def test_a_held_task_keeps_its_step_until_released(client: httpx.Client) -> None:
+    timeline = [{"at": 0, "state": "queued"}, {"at": 0.3, "state": "succeeded"}]
+    client.post("/_sim/tasks", json={"provider": "videoproc", "task_id": "h", "timeline": timeline})
+    held = client.post("/_sim/tasks/videoproc/h/hold")
+    assert held.status_code == 200
+    assert held.json()["held"] is True
+    time.sleep(0.5)
+    status = client.get("/videoproc/api/status/h").json()
+    assert client.post("/_sim/tasks/videoproc/h/hold").json()["elapsed_s"] < 0.3
+    released = client.post("/_sim/tasks/videoproc/h/release").json()
+    assert released["held"] is False
+    time.sleep(0.5)
+    assert client.get("/videoproc/api/status/h").json() != status
+    missing = client.post("/_sim/tasks/videoproc/nosuch/hold")
+    assert missing.status_code == 404
+    assert missing.json()["field"] == "task_id"
+    assert "videoproc:nosuch" in missing.json()["detail"]
+
+
 def test_stats_count_requests_and_each_id_of_a_batch(client: httpx.Client) -> None:
     for task_id in ("G1", "G2"):
         client.post("/_sim/tasks", json={"provider": "genpic", "task_id": task_id})

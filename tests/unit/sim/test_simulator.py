@@ -9,7 +9,7 @@ import pytest
 from gateway.exceptions import InputError
 from gateway.sim import SimConfig, Simulator
 from gateway.sim.faults import FaultBoard, FaultMode, FaultSpec
-from gateway.sim.timeline import TaskExists, TaskSpec
+from gateway.sim.timeline import TaskExists, TaskSpec, UnknownTask
 from tests.integration.sim_server import ManualClock
 
 
@@ -44,6 +44,36 @@ def test_view_follows_the_injected_clock() -> None:
         clock.advance(1)
     assert states == ["queued", "running", "succeeded"]
     assert sim.view("ailab", "other") is None
+
+
+def test_a_held_task_stands_still_while_others_go_on() -> None:
+    clock = ManualClock()
+    sim = Simulator(clock=clock)
+    sim.create_task(TaskSpec(provider="ailab", task_id="held"))  # default timeline
+    sim.create_task(TaskSpec(provider="ailab", task_id="free"))
+
+    def state(task_id: str) -> str:
+        view = sim.view("ailab", task_id)
+        assert view is not None
+        return str(view.state)
+
+    clock.advance(0.5)
+    assert sim.hold("ailab", "held").held_since == clock.now
+    clock.advance(5)
+    assert (state("held"), state("free")) == ("queued", "succeeded")
+    sim.release("ailab", "held")
+    clock.advance(0.5)
+    assert state("held") == "running"  # 1 s of its timeline has gone by
+    sim.create_task(TaskSpec(provider="ailab", task_id="late", held=True))
+    clock.advance(30)
+    assert state("late") == "queued"
+    sim.release("ailab", "late")
+    clock.advance(1)
+    assert state("late") == "running"
+    for change in (sim.hold, sim.release):
+        with pytest.raises(UnknownTask) as caught:
+            change("ailab", "nosuch")
+        assert caught.value.status == 404
 
 
 def test_stats_and_reset() -> None:

@@ -126,3 +126,29 @@ def test_tryon_ids_must_be_integers() -> None:
         check_task_id("tryon", "abc")
     with pytest.raises(InvalidTaskKey):
         check_task_id("ailab", "has space")
+
+
+def test_a_held_task_stands_still_and_goes_on_from_where_it_stopped() -> None:
+    task = SimTask(
+        provider="ailab",
+        task_id="t",
+        timeline=Timeline.of(THREE_STEPS, "ailab"),
+        created_mono=100.0,
+        created_wall=1_700_000_000.0,
+    )
+    held = task.held(100.5)
+    assert held.held(130.0) is held  # holding again changes nothing
+    assert held.elapsed(130.0) == 0.5
+    view = held.view(130.0)
+    assert view is not None
+    assert view.state is State.QUEUED
+    released = held.released(140.0)  # held for 39.5 s
+    assert released.released(150.0) is released
+    assert released.elapsed(141.5) == 2.0
+    view = released.view(141.5)
+    assert view is not None
+    assert view.state is State.RUNNING
+    # The step began 2 s into the timeline, 39.5 s of hold later on the wall.
+    assert view.step_wall == 1_700_000_041.5
+    again = released.held(142.0).released(152.0)  # a second hold adds to the first
+    assert again.elapsed(152.0) == 2.5
