@@ -299,6 +299,7 @@ class LanePlanner:
                 faulted.append((entry, obs.fault))
                 continue
             answered = True
+            entry.faulted = False
             if slow and not entry.degraded:
                 entry.degraded = True
                 slowed.append(entry.task)
@@ -433,8 +434,8 @@ class LanePlanner:
                 )
                 out.ends.append(End(entry, State.FAILED, error))
                 continue
-            if not entry.degraded:
-                entry.degraded = True
+            if not entry.faulted:  # slow before: failing is news, with its retry
+                entry.degraded = entry.faulted = True
                 key = (
                     f"upstream_{fault.kind.value}",
                     f"{fault.message}; retrying in {delay:.1f} s",

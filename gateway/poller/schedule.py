@@ -34,7 +34,10 @@ class Entry(msgspec.Struct, kw_only=True):
     interval_s: float
     failures: int = 0
     deadline_at: float | None = None  # wall clock
+    # Subscribers were told the upstream is slow or failing (a recovery is owed);
+    # ``faulted``: failing, and told so with when it is retried.
     degraded: bool = False
+    faulted: bool = False
     # The claim token a fenced schedule hands out with the entry; a commit
     # made under a lease that is no longer held is refused. Empty: unfenced.
     lease: str = ""

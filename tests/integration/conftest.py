@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -19,6 +21,61 @@ async def create_sim_task(
     )
     reply.raise_for_status()
     return f"{provider}:{reply.json()['task_id']}"
+
+
+async def release_sim_tasks(client: httpx.AsyncClient, sim: str, *tasks: str) -> None:
+    """Let tasks created with ``held=True`` (or held since) go on with their timelines."""
+    for task in tasks:
+        (await client.post(_sim_task_url(sim, task, "release"))).raise_for_status()
+
+
+async def until_watched(
+    client: httpx.AsyncClient, base: str, task: str, watchers: int = 1, timeout_s: float = 20.0
+) -> None:
+    """Return once ``task`` has ``watchers`` open subscriptions and a polled state.
+
+    With the task's timeline held until then, a watcher started elsewhere (a
+    CLI, a browser) misses no step however long it takes to start.
+    """
+    deadline = anyio.current_time() + timeout_s
+    view: dict[str, Any] = {}
+    while anyio.current_time() < deadline:
+        view = (await client.get(_task_url(base, task))).json()
+        if _watched(view, watchers):
+            return
+        await anyio.sleep(0.05)
+    raise AssertionError(f"{task} not watched {watchers} times in {timeout_s} s: {view}")
+
+
+def release_once_watched(
+    sim: str, base: str, watchers: dict[str, int], timeout_s: float = 20.0
+) -> None:
+    """:func:`until_watched` for each task, then :func:`release_sim_tasks`; blocking."""
+    with httpx.Client(timeout=10, trust_env=False) as client:
+        deadline = time.monotonic() + timeout_s
+        for task, count in watchers.items():
+            view: dict[str, Any] = {}
+            while not _watched(view, count):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{task} not watched {count} times: {view}")
+                time.sleep(0.05)
+                view = client.get(_task_url(base, task)).json()
+        for task in watchers:
+            client.post(_sim_task_url(sim, task, "release")).raise_for_status()
+
+
+def _watched(view: dict[str, Any], watchers: int) -> bool:
+    return view.get("watchers", 0) >= watchers and view.get("state", "unknown") != "unknown"
+
+
+def _task_url(base: str, task: str) -> str:
+    provider, _, task_id = task.partition(":")
+    return f"{base}/v1/tasks/{provider}/{task_id}"
+
+
+def _sim_task_url(sim: str, task: str, action: str) -> str:
+    provider, _, task_id = task.partition(":")
+    return f"{sim}/_sim/tasks/{provider}/{task_id}/{action}"
 
 
 async def sim_stats(client: httpx.AsyncClient, sim: str) -> dict[str, Any]:

@@ -18,7 +18,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import create_sim_task, events_url, sim_stats
+from tests.integration.conftest import (
+    create_sim_task,
+    events_url,
+    release_sim_tasks,
+    sim_stats,
+    until_watched,
+)
 from tests.integration.gateway_server import running_gateway, sim_config
 from tests.integration.readers import read_sse
 
@@ -62,10 +68,11 @@ async def _watch_through_fault(
         {"at": fault_s + 3.0, "state": "running", "progress": 90},
         {"at": fault_s + 3.5, "state": "succeeded"},
     ]
-    task = await create_sim_task(client, sim, "videoproc", timeline)
+    task = await create_sim_task(client, sim, "videoproc", timeline, held=True)
     with running_gateway(config(sim)) as (base, _gw):
         reader = asyncio.create_task(read_sse(client, events_url(base, task)))
-        await asyncio.sleep(0.5)
+        await until_watched(client, base, task)  # polled once, healthy
+        await release_sim_tasks(client, sim, task)
         start = (await sim_stats(client, sim))["tasks"][task]
         await client.post(f"{sim}/_sim/faults", json={"provider": "videoproc", **fault})
         await asyncio.sleep(fault_s / 2)
@@ -131,13 +138,17 @@ async def test_slow_upstream_is_noticed_and_never_overlapped(
 
 
 @pytest.mark.solo
+def _limited(event: dict[str, Any]) -> bool:
+    return event.get("code") == "upstream_rate_limited"
+
+
 async def test_retry_after_holds_polling_back_by_simulator_counts(
     sim: str, client: httpx.AsyncClient
 ) -> None:
     task = await create_sim_task(client, sim, "videoproc", [{"at": 0, "state": "running"}])
     with running_gateway(config(sim)) as (base, _gw):
-        reader = asyncio.create_task(read_sse(client, events_url(base, task), stop_after=3))
-        await asyncio.sleep(0.5)
+        reader = asyncio.create_task(read_sse(client, events_url(base, task), until=_limited))
+        await until_watched(client, base, task)  # polled once, healthy
         before = await sim_stats(client, sim)
         fault = {"provider": "videoproc", "mode": "rate_limit", "retry_after_s": 2}
         await client.post(f"{sim}/_sim/faults", json={**fault, "duration_s": 4.5})

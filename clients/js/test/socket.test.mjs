@@ -106,7 +106,8 @@ test('PollcastSocket follows many tasks over one connection', async () => {
     for (const task of tasks) socket.watch(task, got[task].handlers);
     socket.watch('nosuchprovider:1', recorder().handlers);
 
-    await until(() => tasks.every((t) => got[t].events.length > 0), 10000, 'every snapshot');
+    const polled = (t) => got[t].events.some((e) => e.event !== 'notice' && e.state !== 'unknown');
+    await until(() => tasks.every(polled), 10000, 'every first state');
     await releaseSimTasks(tasks);
     assert.equal(socket.status, 'open');
     const rtt = await socket.ping();

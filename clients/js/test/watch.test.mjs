@@ -64,7 +64,8 @@ function assertExactlyHistory(got, stored) {
 test('watchTask delivers a task once, in order, and closes after the terminal event', async () => {
   const task = await createSimTask('videoproc', stepped(4, 0.3), { held: true });
   const got = watchRecorded(GATEWAY_URL, task);
-  await until(() => got.events.length > 0, 10000, 'the snapshot');
+  const polled = (e) => e.event !== 'notice' && e.state !== 'unknown';
+  await until(() => got.events.some(polled), 10000, 'the first polled state');
   await releaseSimTasks([task]); // the timeline starts once watched
   await until(() => got.done.length > 0, 15000, 'the terminal event');
   assert.equal(got.handle.closed, true);

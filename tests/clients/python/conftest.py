@@ -5,13 +5,23 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from tests.integration.conftest import (  # the last two: live tests on both HTTP paths
+from tests.integration.conftest import (  # http_path, pytest_generate_tests: both HTTP paths
     create_sim_task,
     http_path,
     pytest_generate_tests,
+    release_sim_tasks,
+    until_watched,
 )
 
-__all__ = ["create_sim_task", "http_path", "pytest_generate_tests", "short_id", "stepped"]
+__all__ = [
+    "create_sim_task",
+    "http_path",
+    "pytest_generate_tests",
+    "release_sim_tasks",
+    "short_id",
+    "stepped",
+    "until_watched",
+]
 
 
 def stepped(n: int = 6, gap: float = 0.4, start: float = 0.0) -> list[dict[str, Any]]:

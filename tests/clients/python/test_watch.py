@@ -12,7 +12,12 @@ import pollcast_client as pc
 import pytest
 from pollcast_client import sync
 
-from tests.clients.python.conftest import create_sim_task, stepped
+from tests.clients.python.conftest import (
+    create_sim_task,
+    release_sim_tasks,
+    stepped,
+    until_watched,
+)
 from tests.integration.gateway_server import GatewayProcess, running_gateway, sim_config
 
 FAST_RECONNECT = pc.Reconnect(cap_s=1.0, max_failures=60)
@@ -112,17 +117,21 @@ async def test_wait_and_the_sync_wrappers_return_the_terminal_event(
     sim: str, client: httpx.AsyncClient
 ) -> None:
     with running_gateway(sim_config(sim)) as (base, _gw):
-        # Made once the gateway is up, and changing for over two seconds: on a busy
-        # machine the first poll can come a second after the task was made, and
-        # then it must still find the task running.
-        ok = await create_sim_task(client, sim, "videoproc", stepped(2, 0.8))
+        # Held until each wait has the task's first polled state: on a busy machine
+        # the first poll can come a second after the task was made.
+        ok = await create_sim_task(client, sim, "videoproc", stepped(2, 0.4), held=True)
         failing = await create_sim_task(
             client,
             sim,
             "ailab",
             [{"at": 0, "state": "running"}, {"at": 0.6, "state": "failed"}],
+            held=True,
         )
-        final, failed = await asyncio.gather(pc.wait(base, ok, timeout=20), pc.wait(base, failing))
+        waits = asyncio.gather(pc.wait(base, ok, timeout=20), pc.wait(base, failing))
+        for task in (ok, failing):
+            await until_watched(client, base, task)
+        await release_sim_tasks(client, sim, ok, failing)
+        final, failed = await waits
         blocking = await asyncio.to_thread(sync.wait, base, ok, None, 20)
         iterated = await asyncio.to_thread(lambda: list(sync.watch_iter(base, ok)))
         endless = await create_sim_task(client, sim, "ailab", [{"at": 0, "state": "running"}])

@@ -24,6 +24,7 @@ import pytest
 from pollcast_client.events import decode_event
 
 from tests.clients.python.conftest import short_id
+from tests.integration.conftest import release_once_watched
 from tests.integration.gateway_server import running_gateway, sim_config
 
 BIN = Path(sys.executable).parent
@@ -108,9 +109,10 @@ def tmux(tmp_path: Path) -> Iterator[Tmux]:
 
 
 def create_task(sim: str, provider: str, task_id: str, timeline: list[dict[str, Any]]) -> str:
+    """A simulator task held until its watchers are there (:func:`release_once_watched`)."""
     reply = httpx.post(
         f"{sim}/_sim/tasks",
-        json={"provider": provider, "task_id": task_id, "timeline": timeline},
+        json={"provider": provider, "task_id": task_id, "timeline": timeline, "held": True},
         timeout=10,
     )
     reply.raise_for_status()
@@ -159,6 +161,7 @@ def test_watch_on_a_terminal_redraws_live_lines_and_exits_with_the_outcome(
     with running_gateway(sim_config(sim)) as (base, _gw):
         tmux.start("ok", [str(BIN / "pollcast"), "watch", video, model, "--url", base])
         tmux.start("bad", [str(BIN / "pollcast-watch"), tryon, "--url", base])
+        release_once_watched(sim, base, {video: 1, model: 1, tryon: 1})
         running = tmux.wait_until(
             "ok",
             lambda s: any(
@@ -195,10 +198,8 @@ def test_json_and_plain_output_when_stdout_is_not_a_terminal(sim: str) -> None:
             sim,
             "videoproc",
             short_id("vp"),
-            # Running for 6 s from now: long enough for three interpreters to
-            # start on a busy machine.
-            [{"at": 0.75 * i, "state": "running", "progress": 10 * (i + 1)} for i in range(8)]
-            + [{"at": 6.0, "state": "succeeded"}],
+            [{"at": 0.5 * i, "state": "running", "progress": 10 * (i + 1)} for i in range(6)]
+            + [{"at": 3.0, "state": "succeeded"}],
         )
         runs = {
             "json": [str(BIN / "pollcast"), "watch", task, "--url", base, "--json"],
@@ -209,6 +210,7 @@ def test_json_and_plain_output_when_stdout_is_not_a_terminal(sim: str) -> None:
             name: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for name, argv in runs.items()
         }
+        release_once_watched(sim, base, {task: 2})
         out = {name: proc.communicate(timeout=SCREEN_TIMEOUT_S) for name, proc in procs.items()}
 
     assert procs["json"].returncode == 0, out["json"]

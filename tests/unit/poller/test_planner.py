@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -187,6 +188,40 @@ def test_a_slow_answer_is_noticed_once_and_its_recovery_once() -> None:
         codes.append([n.code for n in out.notices])
     assert codes == [["upstream_slow"], [], ["upstream_recovered"], []]
     assert out.notices == []
+
+
+def test_a_fault_while_the_upstream_is_slow_is_noticed_with_its_retry() -> None:
+    # Slow answers (a busy upstream), then errors, then fast answers: subscribers
+    # hear of each, the error with when it is retried, and of the recovery once.
+    rt = runtime("aholo", timeout_s=2.0, interval_s=1.0, max_interval_s=1.0)
+    p = planner(rt)
+    batch = entries("aholo", 2)
+    said: list[list[tuple[str, str]]] = []
+    now = START
+    replies: list[tuple[UpstreamResponse | Fault | None, float]] = [
+        (None, 1.5),  # slow
+        (server_error(), 0.01),
+        (server_error(), 0.01),
+        (None, 1.5),  # answers again, still slow
+        (server_error(), 0.01),
+        (None, 0.2),
+    ]
+    for reply, elapsed in replies:
+        now = max(now + 1.0, p.held_until)
+        (request,) = p.plan(batch, now=now, mono=MONO).requests
+        answer = aholo_listing(request.task_ids) if reply is None else reply
+        out = absorb(p, request, answer, now=now, elapsed_s=elapsed)
+        said.append([(n.code, n.message) for n in out.notices])
+    assert [[code for code, _ in notices] for notices in said] == [
+        ["upstream_slow"],
+        ["upstream_server"],
+        [],
+        [],
+        ["upstream_server"],
+        ["upstream_recovered"],
+    ]
+    errors = [message for notices in said for code, message in notices if code == "upstream_server"]
+    assert all(re.search(r"; retrying in \d+\.\d s$", message) for message in errors), errors
 
 
 # --- faults: batch lanes back off as one -----------------------------------------
