@@ -179,8 +179,10 @@ async def test_three_nodes_poll_each_task_once_per_round(
         polled = after["tasks"].get(task, 0) - before["tasks"].get(task, 0)
         # One node polling: ~10 rounds in the window, batch lanes too (their
         # coalescing window does not add to each round); three nodes each
-        # polling would be ~30.
-        assert rounds - 2.5 <= polled <= rounds + 2, (task, polled)
+        # polling would be ~30. A busy machine can make rounds late, not more:
+        # half the rounds still tells a polled task from one left to a lapsed
+        # lease (one poll per LEASE_S).
+        assert rounds / 2 <= polled <= rounds + 2, (task, polled)
     for provider in ("aholo", "genpic"):  # 4 tasks each, one request a round
         requests = after["requests"][provider] - before["requests"][provider]
         mine = [t for t in tasks if t.startswith(provider)]
