@@ -88,15 +88,20 @@ def test_invalid_timelines_are_refused_naming_the_step(
     assert fragment in caught.value.message
 
 
-def test_task_view_is_hidden_until_visible_and_dates_its_step() -> None:
-    task = SimTask(
-        provider="aholo",
-        task_id="3FO4K4WBNNYV",
-        timeline=Timeline.of(THREE_STEPS, "aholo"),
+def three_step_task(provider: str, task_id: str, visible_after_s: float = 0.0) -> SimTask:
+    """:data:`THREE_STEPS`, made at 100.0 on the monotonic clock and 1.7e9 on the wall."""
+    return SimTask(
+        provider=provider,
+        task_id=task_id,
+        timeline=Timeline.of(THREE_STEPS, provider),
         created_mono=100.0,
         created_wall=1_700_000_000.0,
-        visible_after_s=1.5,
+        visible_after_s=visible_after_s,
     )
+
+
+def test_task_view_is_hidden_until_visible_and_dates_its_step() -> None:
+    task = three_step_task("aholo", "3FO4K4WBNNYV", visible_after_s=1.5)
     assert task.view(101.0) is None
     view = task.view(102.5)
     assert view is not None
@@ -129,13 +134,7 @@ def test_tryon_ids_must_be_integers() -> None:
 
 
 def test_a_held_task_stands_still_and_goes_on_from_where_it_stopped() -> None:
-    task = SimTask(
-        provider="ailab",
-        task_id="t",
-        timeline=Timeline.of(THREE_STEPS, "ailab"),
-        created_mono=100.0,
-        created_wall=1_700_000_000.0,
-    )
+    task = three_step_task("ailab", "t")
     held = task.held(100.5)
     assert held.held(130.0) is held  # holding again changes nothing
     assert held.elapsed(130.0) == 0.5
