@@ -100,9 +100,15 @@ async def test_batch_provider_polls_250_tasks_in_3_requests_per_round(
         await asyncio.sleep(2.0)
         after = await sim_stats(client, sim)
 
-    rounds = {after["tasks"][t] - before["tasks"].get(t, 0) for t in tasks}
-    assert len(rounds) == 1, f"tasks were polled unevenly: {sorted(rounds)}"
-    (per_task,) = rounds
-    assert per_task >= 4
+    # A sample can land between a round's requests (more likely on a busy
+    # machine), so the window holds k whole rounds plus at most one cut at
+    # each end: every task polled k or k + 1 times, never more apart.
+    polls = {t: after["tasks"][t] - before["tasks"].get(t, 0) for t in tasks}
+    low, high = min(polls.values()), max(polls.values())
+    assert high - low <= 1, f"tasks were polled unevenly: {sorted(set(polls.values()))}"
+    assert low >= 4
+    # Batched: each request carried up to 100 tasks, so 3 requests per round
+    # — the whole rounds and the (at most two) cut ones.
     requests = after["requests"]["aholo"] - before["requests"]["aholo"]
-    assert requests == per_task * math.ceil(n / batch)
+    per_round = math.ceil(n / batch)
+    assert math.ceil(sum(polls.values()) / batch) <= requests <= per_round * (low + 2)

@@ -116,6 +116,10 @@ export async function freePort() {
   return port;
 }
 
+// A starved machine (the whole suite on two cores) has taken over 20 s to
+// import and start a gateway; a healthy one takes well under a second.
+const START_TIMEOUT_MS = 60000;
+
 /** `pollcast serve` as a child process with an SQLite state file that survives restarts. */
 export class GatewayProcess {
   constructor() {
@@ -145,7 +149,7 @@ export class GatewayProcess {
     });
     this.child = child;
     child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
-    const deadline = Date.now() + 20000;
+    const deadline = Date.now() + START_TIMEOUT_MS;
     while (Date.now() < deadline) {
       if (child.exitCode !== null) throw new Error(`gateway exited early:\n${this.log()}`);
       try {
@@ -159,7 +163,9 @@ export class GatewayProcess {
       }
       await sleep(50);
     }
-    throw new Error(`gateway did not become ready:\n${this.log()}`);
+    throw new Error(
+      `gateway did not become ready within ${START_TIMEOUT_MS / 1000} s:\n${this.log()}`,
+    );
   }
 
   /** Send `signal` and wait for the process to exit. */
