@@ -25,9 +25,12 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.web.lean import Inbox
 
 __all__ = [
     "DIRECT_WRITE",
@@ -38,6 +41,7 @@ __all__ = [
     "check",
     "direct_writer",
     "expectations",
+    "frame_inbox",
     "wanted",
 ]
 
@@ -79,6 +83,20 @@ def direct_writer(scope: Mapping[str, Any]) -> DirectWrite | None:
     if scope.get("type") == "websocket":
         return WebSocketDirectWriter(ours)
     return DirectWriter(ours)
+
+
+def frame_inbox(scope: Mapping[str, Any]) -> Inbox | None:
+    """Where the fast path's WebSocket protocol puts the frames it receives, else ``None``.
+
+    Its ``on_put`` lets one task wait on events and frames together.
+    """
+    ours = scope.get(DIRECT_WRITE)
+    if ours is None or scope.get("type") != "websocket":
+        return None
+    from gateway.web.lean import Inbox
+
+    queue = getattr(ours, "queue", None)
+    return queue if isinstance(queue, Inbox) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ an event; :class:`Inbox` is a list and one waiter.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Literal
 
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -83,14 +84,17 @@ class Inbox:
     uses (``put_nowait``, ``get``, ``empty``), unbounded, for one consumer.
 
     A second concurrent ``get`` is a bug in the caller (the ASGI app has one
-    receive loop) and raises rather than waiting unseen.
+    receive loop) and raises rather than waiting unseen. ``on_put``, when
+    set, is called after each item arrives: a consumer that waits on
+    something else (gateway/web/ws.py waits on its events) learns of it.
     """
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_items", "_waiter", "on_put")
 
     def __init__(self) -> None:
         self._items: list[Any] = []
         self._waiter: asyncio.Future[None] | None = None
+        self.on_put: Callable[[], None] | None = None
 
     def empty(self) -> bool:
         return not self._items
@@ -103,6 +107,8 @@ class Inbox:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.on_put is not None:
+            self.on_put()
 
     async def get(self) -> Any:
         while not self._items:

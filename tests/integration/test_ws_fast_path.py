@@ -8,6 +8,7 @@ Runs on both HTTP paths (tests/integration/conftest.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -134,3 +135,56 @@ async def test_a_websocket_whose_direct_write_fails_is_dropped_and_resumes_with_
     seqs = [f["seq"] for f in rest if "seq" in f]
     assert seqs == list(range(last_seq + 1, snapshot["seq"] + 1)), seqs
     assert rest[-1]["state"] == "succeeded"
+
+
+SOCKETS = 20
+
+
+async def test_an_idle_websocket_holds_one_task_on_the_fast_path_and_still_answers_frames(
+    sim: str, client: httpx.AsyncClient, http_path: str
+) -> None:
+    """Every open socket keeps its tasks: the fast path serves frames and events
+    on one, woken by the protocol's inbox; the plain path reads on a second."""
+    quiet = [{"at": 0, "state": "running", "progress": 5}, {"at": 120, "state": "succeeded"}]
+    task = await create_sim_task(client, sim, "videoproc", quiet)
+    with running_gateway(sim_config(sim)) as (base, gw):
+        loop = next(h.task for h in gw.poller.loops.values() if h.task is not None).get_loop()
+
+        async def count() -> int:
+            return len(asyncio.all_tasks())
+
+        def tasks() -> int:
+            return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=10)
+
+        ws_url = base.replace("http", "ws") + "/v1/ws"
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = [
+                await stack.enter_async_context(ws_connect(ws_url, proxy=None, open_timeout=20))
+                for _ in range(SOCKETS)
+            ]
+            for ws in sockets:  # subscribed and caught up: idle, waiting for events
+                await ws.send(json.dumps({"op": "subscribe", "tasks": [task]}))
+                assert json.loads(await ws.recv())["event"] == "subscribed"
+                assert json.loads(await ws.recv())["event"] == "snapshot"
+            before_close = tasks()
+            # An idle socket's task is waiting for events: a frame must wake it.
+            for ws in sockets:
+                await ws.send(json.dumps({"op": "ping"}))
+            for ws in sockets:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                while frame.get("event") in ("state", "progress"):  # the task's own news
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert frame == {"event": "pong"}
+        # The sockets are closed: their tasks end with them. Counted once the
+        # count has held still for half a second (every socket's tasks ended).
+        counts = [tasks()]
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            counts.append(tasks())
+            if len(set(counts[-10:])) == 1 and len(counts) >= 10:
+                break
+
+    gone = before_close - counts[-1]
+    per_socket = 1 if http_path == "fast" else 2
+    # A poll or two in flight at either count may add or take a task.
+    assert abs(gone - per_socket * SOCKETS) <= 3, (before_close, counts[-10:])

@@ -108,3 +108,16 @@ async def test_a_cancelled_inbox_reader_leaves_the_inbox_usable() -> None:
         await reading
     inbox.put_nowait("y")
     assert await asyncio.wait_for(inbox.get(), 1) == "y"
+
+
+def test_the_inbox_tells_its_on_put_hook_after_each_message() -> None:
+    inbox = Inbox()
+    inbox.put_nowait("before")  # no hook yet: nothing to call
+    seen: list[int] = []
+    inbox.on_put = lambda: seen.append(inbox.qsize())
+    inbox.put_nowait("a")
+    inbox.put_nowait("b")
+    assert seen == [2, 3]  # called once each, with the message already in
+    inbox.on_put = None
+    inbox.put_nowait("c")
+    assert seen == [2, 3]
