@@ -38,10 +38,12 @@ __all__ = [
     "TESTED_UVICORN",
     "DirectWrite",
     "FastPaths",
+    "StreamWrite",
     "check",
     "direct_writer",
     "expectations",
     "frame_inbox",
+    "stream_writer",
     "wanted",
 ]
 
@@ -68,6 +70,16 @@ class DirectWrite(Protocol):
     def abort(self) -> None: ...
 
 
+class StreamWrite(DirectWrite, Protocol):
+    """An HTTP stream's direct writer, which also tells when the client has left."""
+
+    @property
+    def gone(self) -> bool: ...
+
+    def watch(self, wake: Callable[[], None] | None) -> None:
+        """Call ``wake`` whenever the client sends something or leaves (``None``: stop)."""
+
+
 def direct_writer(scope: Mapping[str, Any]) -> DirectWrite | None:
     """The direct writer of a request or WebSocket the fast path serves, else ``None``.
 
@@ -82,6 +94,16 @@ def direct_writer(scope: Mapping[str, Any]) -> DirectWrite | None:
 
     if scope.get("type") == "websocket":
         return WebSocketDirectWriter(ours)
+    return DirectWriter(ours)
+
+
+def stream_writer(scope: Mapping[str, Any]) -> StreamWrite | None:
+    """The direct writer of an HTTP stream the fast path serves, else ``None``."""
+    ours = scope.get(DIRECT_WRITE)
+    if ours is None or scope.get("type") != "http":
+        return None
+    from gateway.web.connection import DirectWriter
+
     return DirectWriter(ours)
 
 

@@ -22,11 +22,18 @@ __all__ = ["Inbox", "LeanFlowControl", "Pipeline", "Signal"]
 
 
 class Signal(asyncio.Event):
-    """:class:`asyncio.Event` with a list of waiters, made only when someone waits."""
+    """:class:`asyncio.Event` with a list of waiters, made only when someone waits.
+
+    ``on_set``, when given, is called on every ``set()``, set already or not:
+    uvicorn sets a request's message event for each thing it learns (body,
+    end of body, the client gone) and only ``receive()`` clears it, so a
+    consumer that does not call ``receive()`` learns of each all the same.
+    """
 
     def __init__(self, value: bool = False) -> None:  # no super(): that makes the deque
         self._flag = value
         self._pending: list[asyncio.Future[None]] | None = None
+        self.on_set: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Signal {'set' if self._flag else 'unset'}>"
@@ -35,13 +42,14 @@ class Signal(asyncio.Event):
         return self._flag
 
     def set(self) -> None:
-        if self._flag:
-            return
-        self._flag = True
-        pending, self._pending = self._pending, None
-        for waiter in pending or ():
-            if not waiter.done():
-                waiter.set_result(None)
+        if not self._flag:
+            self._flag = True
+            pending, self._pending = self._pending, None
+            for waiter in pending or ():
+                if not waiter.done():
+                    waiter.set_result(None)
+        if self.on_set is not None:
+            self.on_set()
 
     def clear(self) -> None:
         self._flag = False

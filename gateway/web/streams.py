@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, partial
@@ -14,7 +15,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from gateway.core.sse import PING, Encoded, encode_cursor, retry_frame, sse_message
 from gateway.hub.queue import CloseReason, QueueClosed, SubscriberQueue
 from gateway.service import Feed
-from gateway.web.fastpaths import DirectWrite, direct_writer
+from gateway.web.fastpaths import DirectWrite, StreamWrite, stream_writer
 
 __all__ = ["FeedResponse", "FeedStream", "Framing", "mux_sse", "ndjson", "single_sse"]
 
@@ -109,9 +110,10 @@ class FeedStream:
     task is terminal, the queue closes or the client goes away.
 
     Written straight to the ASGI ``send`` rather than through a streaming
-    response class: an idle stream is one coroutine waiting on its queue plus
-    one task waiting for the client to leave, nothing more. At 10,000 open
-    streams that is what the memory per connection is made of.
+    response class: an idle stream is one coroutine waiting on its queue,
+    nothing more (the plain path adds a task waiting for the client to
+    leave). At 10,000 open streams that is what the memory per connection
+    is made of.
     """
 
     __slots__ = ("feed", "framing", "initial")
@@ -124,9 +126,16 @@ class FeedStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         feed, framing = self.feed, self.framing
         # uvicorn's send() returns quietly once the client is gone; only
-        # receive() tells. The queue is woken so the loop sees it at once.
-        gone = asyncio.ensure_future(_until_disconnect(receive, feed.queue))
-        writer = direct_writer(scope)
+        # receive() tells. The queue is woken so the loop sees it at once: on
+        # the fast path by the request's message event itself (no task per
+        # stream), otherwise by a task that awaits receive().
+        writer = stream_writer(scope)
+        listener: asyncio.Future[None] | None = None
+        if writer is not None:
+            writer.watch(feed.queue.wake)
+        else:
+            listener = asyncio.ensure_future(_until_disconnect(receive, feed.queue))
+
         try:
             # A copy: middleware (CORS) appends to the headers of the message it passes on.
             headers = list(framing.headers)
@@ -138,7 +147,7 @@ class FeedStream:
             del head
             if writer is not None:
                 feed.queue.direct = partial(_deliver_now, feed, framing, writer)
-            while not feed.done and not gone.done():
+            while not feed.done and not _gone(writer, listener):
                 try:
                     # No timer per wait: the gateway's heartbeat wakes idle streams
                     # (Gateway.heartbeat); an empty batch means "send a ping".
@@ -148,13 +157,13 @@ class FeedStream:
                         # Mid-chunk, maybe: nothing more can go on this connection.
                         if writer is not None:
                             writer.abort()
-                            await asyncio.wait({gone}, timeout=ABORT_WAIT_S)
+                            await _until_gone(writer, ABORT_WAIT_S)
                         return
                     data = feed.closing_notice(closed.reason)
                     if data is not None:
                         await _write(send, framing.last(data))
                     break
-                if gone.done():
+                if _gone(writer, listener):
                     break
                 if not batch:
                     if feed.done:  # the terminal event went out directly
@@ -164,13 +173,38 @@ class FeedStream:
                 out = [framing.frame(feed, enc) for enc in batch if feed.accept(enc)]
                 if out:
                     await _write(send, b"".join(out))
-            if not gone.done():
+            if not _gone(writer, listener):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             # Synchronous on purpose: this also runs when the server cancels us.
             feed.queue.direct = None
-            gone.cancel()
+            if listener is not None:
+                listener.cancel()
+            if writer is not None:
+                writer.watch(None)
             feed.close()
+
+
+def _gone(writer: StreamWrite | None, listener: asyncio.Future[None] | None) -> bool:
+    """The client has left: as the fast path's cycle says, or as ``receive()`` told."""
+    if listener is not None:
+        return listener.done()
+    return writer is not None and writer.gone
+
+
+async def _until_gone(writer: StreamWrite, timeout_s: float) -> None:
+    """After an abort: until uvicorn has seen the connection go, or ``timeout_s``."""
+    if writer.gone:
+        return
+    seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def heard() -> None:
+        if not seen.done():
+            seen.set_result(None)
+
+    writer.watch(heard)  # the next thing it hears is the loss: the transport is aborted
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(seen, timeout_s)
 
 
 def _deliver_now(feed: Feed, framing: Framing, writer: DirectWrite, enc: Encoded) -> bool:

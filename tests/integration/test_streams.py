@@ -45,3 +45,55 @@ async def test_idle_streams_get_ping_comments_and_no_caching_headers(
     lines = ndjson.split(b"\n")
     assert lines.count(b"") >= 3
     assert all(line.startswith(b"{") for line in lines if line)
+
+
+STREAMS = 20
+
+
+async def test_a_stream_holds_one_task_on_the_fast_path_and_ends_when_its_client_leaves(
+    sim: str, client: httpx.AsyncClient, http_path: str
+) -> None:
+    """The fast path hears of a client leaving from uvicorn's request state, with
+    no task per stream awaiting ``receive()``; the plain path has that task. Both
+    end the stream at once, long before a heartbeat (60 s here) would."""
+    quiet = [{"at": 0, "state": "running"}, {"at": 120, "state": "succeeded"}]
+    task = await create_sim_task(client, sim, "ailab", quiet)
+    doc = sim_config(sim, server={"heartbeat_s": 60.0})
+    with running_gateway(doc) as (base, gw):
+        loop = next(h.task for h in gw.poller.loops.values() if h.task is not None).get_loop()
+
+        async def count() -> int:
+            return len(asyncio.all_tasks())
+
+        def tasks() -> int:
+            return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=10)
+
+        host, port = base.removeprefix("http://").split(":")
+        path = events_url(base, task).removeprefix(base)
+        head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+        streams = []
+        for _ in range(STREAMS):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(head.encode())
+            got = b""
+            while b"event: snapshot" not in got:
+                got += await asyncio.wait_for(reader.read(4096), 10)
+            streams.append(writer)
+        before = tasks()
+        assert len(gw.feeds) == STREAMS
+        for writer in streams:
+            writer.close()
+        started = time.monotonic()
+        for _ in range(500):
+            if not gw.feeds:
+                break
+            await asyncio.sleep(0.02)
+        ended_s = time.monotonic() - started
+        assert not gw.feeds, f"{len(gw.feeds)} streams on {ended_s:.1f} s after their clients left"
+        await asyncio.sleep(0.2)  # the handlers' last steps
+        after = tasks()
+
+    per_stream = 1 if http_path == "fast" else 2
+    # A poll in flight at either count may add or take a task.
+    assert abs(before - after - per_stream * STREAMS) <= 3, (before, after)
+    assert ended_s < 5.0

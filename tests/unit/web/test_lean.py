@@ -121,3 +121,18 @@ def test_the_inbox_tells_its_on_put_hook_after_each_message() -> None:
     inbox.on_put = None
     inbox.put_nowait("c")
     assert seen == [2, 3]
+
+
+def test_the_signal_tells_its_on_set_hook_on_every_set_even_when_set_already() -> None:
+    # uvicorn sets a request's message event at the end of its body and again
+    # when the client leaves; only receive() clears it, and a fast-path stream
+    # never calls receive(): the second set must be heard all the same.
+    signal = Signal()
+    heard: list[bool] = []
+    signal.on_set = lambda: heard.append(signal.is_set())
+    signal.set()
+    signal.set()
+    assert heard == [True, True]
+    signal.on_set = None
+    signal.set()
+    assert heard == [True, True]
