@@ -223,7 +223,8 @@ def expectations() -> list[tuple[str, Probe]]:
     )
     events = {"set", "clear", "wait", "is_set"}
     found.append(("RequestResponseCycle.message_event use", _uses(cycle, "message_event", events)))
-    # What DirectWriter.ready reads and DirectWriter.write writes to.
+    # What DirectWriter.ready reads, DirectWriter.write writes to and
+    # DirectWriter.watch listens on (and drops an unread body from).
     for attr in (
         "response_started",
         "response_complete",
@@ -232,9 +233,11 @@ def expectations() -> list[tuple[str, Probe]]:
         "flow",
         "transport",
         "message_event",
+        "body",
     ):
         found.append((f"RequestResponseCycle.{attr}", _assigns(cycle, attr)))
     found.append(("RequestResponseCycle chunked framing", _chunk_framing))
+    found.append(("HttpToolsProtocol.connection_lost tells the cycle", _lost_is_told))
     found.append(("FlowControl.__init__", _method(flow, "__init__", ("transport",))))
     for attr in ("_is_writable_event", "write_paused", "read_paused"):
         found.append((f"FlowControl.{attr}", _assigns(flow, attr)))
@@ -390,6 +393,17 @@ def _chunk_framing(modules: Callable[[str], ModuleType]) -> str | None:
     source = _source(_class(modules, (HTTPTOOLS_IMPL, "RequestResponseCycle")))
     if 'b"%x\\r\\n" % len(body)' not in source:
         return "RequestResponseCycle.send no longer frames chunks as b'%x\\r\\n' % len(body)"
+    return None
+
+
+def _lost_is_told(modules: Callable[[str], ModuleType]) -> str | None:
+    # A fast-path stream learns that its client left only from these two lines
+    # (DirectWriter.watch): no task awaits receive() for it.
+    protocol = _class(modules, (HTTPTOOLS_IMPL, "HttpToolsProtocol"))
+    source = inspect.getsource(getattr(protocol, "connection_lost"))  # noqa: B009 (a type)
+    for line in ("self.cycle.disconnected = True", "self.cycle.message_event.set()"):
+        if line not in source:
+            return f"HttpToolsProtocol.connection_lost no longer runs {line}"
     return None
 
 

@@ -168,3 +168,24 @@ def test_the_path_is_in_the_start_up_log_line_and_in_metrics(
     assert f'pollcast_http_path{{path="{path}"}} 1.0' in metrics
     assert f'pollcast_http_path{{path="{other}"}} 0.0' in metrics
     assert isinstance(uv.http, type) and issubclass(uv.http, PlainHeadGuard) == (path == "plain")
+
+
+def test_a_connection_lost_that_no_longer_tells_the_cycle_turns_the_fast_path_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fast-path stream has no task awaiting receive(): uvicorn's connection_lost
+    # marking the cycle and setting its message event is how it hears the client go.
+    newer = mutated_httptools_impl(
+        tmp_path,
+        monkeypatch,
+        {"            self.cycle.message_event.set()\n": "            pass\n"},
+    )
+
+    def modules(name: str) -> ModuleType:
+        return newer if name == httptools_impl.__name__ else importlib.import_module(name)
+
+    fast = check({}, modules=modules)
+    assert not fast.active
+    assert fast.missing == (
+        "HttpToolsProtocol.connection_lost no longer runs self.cycle.message_event.set()",
+    )
