@@ -1,5 +1,5 @@
 /**
- * pollcast client — types for pollcast.js (DESIGN.md, "Wire contract (v1)").
+ * pollcast client — types for pollcast.js (docs/protocol.md).
  */
 
 /** Normalized task state. */

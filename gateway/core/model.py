@@ -5,7 +5,7 @@ turns observations into :class:`Event` values; the hub stores and fans out
 events. Everything here is an immutable ``msgspec.Struct`` so it can be
 encoded once and shared between subscribers.
 
-The wire shape of :class:`Event` is the contract in ``DESIGN.md``
+The wire shape of :class:`Event` is the contract in ``docs/protocol.md``
 ("Event object").
 """
 
@@ -38,7 +38,7 @@ __all__ = [
 
 
 class State(StrEnum):
-    """Normalized task state (DESIGN.md, "Normalized state")."""
+    """Normalized task state (docs/protocol.md, "Normalized state")."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -167,7 +167,7 @@ class TaskKey(msgspec.Struct, frozen=True, order=True):
 
     @classmethod
     def of(cls, provider: str, task_id: str) -> TaskKey:
-        """Validate both parts (DESIGN.md, "Wire contract").
+        """Validate both parts (docs/protocol.md, "Task keys").
 
         Raises:
             InvalidTaskKey: naming the part and the rule it breaks.

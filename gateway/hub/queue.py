@@ -1,9 +1,9 @@
 """A subscriber's bounded queue and its overflow policy.
 
-Policy ``COALESCE_PROGRESS`` (DESIGN.md: "slow subscribers never slow the
-others"): when the queue holds ``maxsize`` items, the *oldest queued
-progress event* is discarded to make room, so intermediate progress
-collapses toward the latest while the order of what remains is kept.
+Policy ``COALESCE_PROGRESS`` (docs/protocol.md, "Slow subscribers": one slow
+subscriber never slows the others): when the queue holds ``maxsize`` items,
+the *oldest queued progress event* is discarded to make room, so intermediate
+progress collapses toward the latest while the order of what remains is kept.
 ``state`` events are never discarded: if they alone exceed ``hard_limit``
 the queue is closed with :attr:`CloseReason.OVERFLOW` and the client resumes
 later from its last seq with nothing lost.

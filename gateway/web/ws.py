@@ -1,4 +1,4 @@
-"""``/v1/ws``: many tasks per connection (DESIGN.md, "WebSocket").
+"""``/v1/ws``: many tasks per connection (docs/protocol.md, "WebSocket").
 
 A raw handler, not ``@websocket_listener``, so that every bad frame gets an
 error frame and the connection stays open. A lock keeps a subscription's

@@ -1,6 +1,6 @@
 """Follow one task over Server-Sent Events: :func:`watch` (every event) and :func:`wait` (the end).
 
-``GET /v1/tasks/{provider}/{task_id}/events`` (DESIGN.md, "HTTP") streams a
+``GET /v1/tasks/{provider}/{task_id}/events`` (docs/protocol.md, "HTTP endpoints") streams a
 ``snapshot`` and then every ``state``/``progress`` event until the terminal
 one; ``id:`` is the seq. This module is what a browser's ``EventSource``
 does, plus what it leaves out: it stops at the terminal event, backs off on

@@ -1,4 +1,4 @@
-"""The messages of pollcast's wire contract (DESIGN.md, "Wire contract (v1)"), as typed values.
+"""The messages of pollcast's wire contract (docs/protocol.md), as typed values.
 
 An event object's ``event`` field is the tag of a tagged union: each kind is
 its own frozen ``msgspec.Struct`` (:class:`Snapshot`, :class:`StateChanged`,
@@ -53,7 +53,7 @@ __all__ = [
 
 
 class State(StrEnum):
-    """Normalized task state (DESIGN.md, "Normalized state")."""
+    """Normalized task state (docs/protocol.md, "Normalized state")."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -161,7 +161,7 @@ class Notice(Event, frozen=True, tag="notice"):
 AnyEvent = Snapshot | StateChanged | ProgressUpdate | Notice
 
 
-# -- WebSocket frames (DESIGN.md, "WebSocket /v1/ws") ------------------------
+# -- WebSocket frames (docs/protocol.md, "WebSocket") --------------------------
 
 
 class Subscribed(msgspec.Struct, frozen=True, tag_field="event", tag="subscribed"):

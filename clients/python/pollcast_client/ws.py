@@ -1,4 +1,4 @@
-"""Many tasks over one WebSocket (DESIGN.md, "WebSocket /v1/ws"), reconnecting on its own.
+"""Many tasks over one WebSocket (docs/protocol.md, "WebSocket"), reconnecting on its own.
 
 ::
 

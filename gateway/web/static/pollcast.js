@@ -10,7 +10,7 @@
  * Both deliver each event of a task once and in order: every `state` and
  * `progress` event carries a per-task `seq`, and whatever a reconnect
  * replays at or below the last seq already delivered is dropped here.
- * The wire contract is DESIGN.md, "Wire contract (v1)".
+ * The wire contract is docs/protocol.md in the repository.
  */
 
 /** The SSE event names the gateway sends (`event: …`). */
