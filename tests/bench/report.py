@@ -215,13 +215,13 @@ def _ratio_targets(results: dict[str, Any], big: int, add: Any) -> None:
         deliveries(
             "sse_one",
             nchan["throughput"],
-            "stretch: SSE deliveries/s ≥ 1.0× Nchan",
+            "SSE deliveries/s ≥ 1.0× Nchan",
             t["sse_over_nchan"],
         )
         n_p99 = _get(nchan, "latency", "latency_ms", "p99")
         if sse_p99 and n_p99:
             add(
-                "stretch: SSE p99 ≤ 1.0× Nchan",
+                "SSE p99 ≤ 1.0× Nchan",
                 f"{sse_p99 / n_p99:.2f}× ({sse_p99:.0f} ÷ {n_p99:.0f} ms)",
                 sse_p99 <= n_p99,
             )
@@ -229,7 +229,7 @@ def _ratio_targets(results: dict[str, Any], big: int, add: Any) -> None:
         n_kib = _get(nchan, "memory", "per_connection_kib")
         if sse_kib and n_kib:
             add(
-                "stretch: SSE RSS per idle connection ≤ 1.0× Nchan",
+                "SSE RSS per idle connection ≤ 1.0× Nchan",
                 f"{sse_kib / n_kib:.2f}× ({sse_kib:.1f} ÷ {n_kib:.1f} KiB)",
                 sse_kib <= n_kib,
             )
