@@ -7,18 +7,23 @@ requests; each holds a deque, which CPython allocates with a 64-slot block:
 about 760 bytes apiece, measured with tracemalloc, for objects that almost
 never hold anything. These keep the same interface without the block.
 The WebSocket protocol's inbound :class:`asyncio.Queue` is three deques and
-an event; :class:`Inbox` is a list and one waiter.
+an event; :class:`Inbox` is a list and one waiter. :func:`forget_headers`
+lets an open connection drop the request head it no longer reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from uvicorn.protocols.http.flow_control import FlowControl
 
-__all__ = ["Inbox", "LeanFlowControl", "Pipeline", "Signal"]
+if TYPE_CHECKING:
+    from litestar.types import Scope
+
+__all__ = ["Inbox", "LeanFlowControl", "Pipeline", "Signal", "forget_headers"]
 
 
 class Signal(asyncio.Event):
@@ -128,3 +133,20 @@ class Inbox:
             finally:
                 self._waiter = None
         return self._items.pop(0)
+
+
+def forget_headers(scope: Scope) -> None:
+    """Drop a request's headers, raw and as Litestar parsed them, once read.
+
+    For a connection that stays open after its head was read (credentials,
+    origin, ``Last-Event-ID``: an accepted WebSocket, a started stream); the
+    two copies cost about 1–2 KB, times every open connection.
+    """
+    scope["headers"] = []
+    with contextlib.suppress(Exception):  # Litestar's parsed copy, if it keeps one there
+        from litestar.types import Empty
+        from litestar.utils.scope.state import ScopeState
+
+        state = ScopeState.from_scope(scope)
+        if state.headers is not Empty:
+            state.headers = Empty

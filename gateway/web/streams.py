@@ -16,6 +16,7 @@ from gateway.core.sse import PING, Encoded, encode_cursor, retry_frame, sse_mess
 from gateway.hub.queue import CloseReason, QueueClosed, SubscriberQueue
 from gateway.service import Feed
 from gateway.web.fastpaths import DirectWrite, StreamWrite, stream_writer
+from gateway.web.lean import forget_headers
 
 __all__ = ["FeedResponse", "FeedStream", "Framing", "mux_sse", "ndjson", "single_sse"]
 
@@ -145,6 +146,7 @@ class FeedStream:
             self.initial = []  # a long-lived stream must not keep its catch-up alive
             await send({"type": "http.response.body", "body": head, "more_body": True})
             del head
+            forget_headers(scope)  # read already (auth, Accept, Last-Event-ID, CORS)
             if writer is not None:
                 feed.queue.direct = partial(_deliver_now, feed, framing, writer)
             while not feed.done and not _gone(writer, listener):

@@ -50,7 +50,7 @@ from gateway.web.auth import (
     may_poll,
 )
 from gateway.web.fastpaths import DirectWrite, direct_writer, frame_inbox
-from gateway.web.lean import Inbox
+from gateway.web.lean import Inbox, forget_headers
 from gateway.web.limits import RefundingBucket
 from gateway.web.routes import gateway_of
 
@@ -260,7 +260,8 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any], state: State) -> None:
         return
     await socket.accept()
     conn = Connection(socket, gw, principal)
-    _forget_headers(socket)
+    # Its handshake headers are read (credentials, origin): not kept while it is open.
+    forget_headers(socket.scope)
     try:
         if conn.inbox is not None:
             try:
@@ -294,20 +295,6 @@ async def _read_and_write(conn: Connection) -> None:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-
-
-def _forget_headers(socket: WebSocket[Any, Any, Any]) -> None:
-    """An accepted socket's handshake headers are read (credentials, origin) and
-    not needed again; an open WebSocket need not keep them, raw and parsed
-    (about 2 KB each, times every open socket)."""
-    socket.scope["headers"] = []
-    with contextlib.suppress(Exception):  # Litestar's parsed copy, if it keeps one there
-        from litestar.types import Empty
-        from litestar.utils.scope.state import ScopeState
-
-        state = ScopeState.from_scope(socket.scope)
-        if state.headers is not Empty:
-            state.headers = Empty
 
 
 async def _refuse(socket: WebSocket[Any, Any, Any], refused: InputError) -> None:

@@ -188,3 +188,30 @@ async def test_a_stream_whose_direct_write_raises_drops_its_connection_and_ends(
 
 def test_every_close_reason_has_a_closing_message() -> None:
     assert set(CLOSING_MESSAGES) == set(CloseReason)
+
+
+async def test_a_started_stream_keeps_no_request_headers() -> None:
+    # Read already (credentials, Accept, Last-Event-ID, CORS); an open stream
+    # that kept them would carry its request head for as long as it lives.
+    feed = OneTaskFeed()
+    sent: list[dict[str, Any]] = []
+    started = asyncio.Event()
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            started.set()
+
+    async def receive() -> Any:
+        await asyncio.Event().wait()  # the client stays (plain path: awaited, never answered)
+
+    scope: Any = {"type": "http", "headers": [(b"authorization", b"Bearer secret-token")]}
+    stream = FeedStream(feed, [], single_sse(3000))  # type: ignore[arg-type]
+    running = asyncio.create_task(stream(scope, receive, send))
+    await asyncio.wait_for(started.wait(), 2)
+    await asyncio.sleep(0)
+    assert scope["headers"] == []
+    feed.done = True  # the stream's last event went out: it ends
+    feed.queue.wake()
+    await asyncio.wait_for(running, 2)
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
