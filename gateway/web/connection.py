@@ -360,6 +360,14 @@ class WebSocketDirectWriter:
             and not protocol.transport.is_closing()
         )
 
+    @property
+    def inbox(self) -> Inbox:
+        """Where the protocol puts the frames it receives (its ``queue``)."""
+        queue = self.protocol.queue
+        if not isinstance(queue, Inbox):  # GuardedWebSocketProtocol makes every one an Inbox
+            raise TypeError(f"a fast-path WebSocket's queue is a {type(queue).__name__}")
+        return queue
+
     def write(self, frame: bytes) -> None:
         """One complete frame; only when :attr:`ready`."""
         self.protocol.transport.write(frame)

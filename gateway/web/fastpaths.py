@@ -38,11 +38,11 @@ __all__ = [
     "TESTED_UVICORN",
     "DirectWrite",
     "FastPaths",
+    "SocketWrite",
     "StreamWrite",
     "check",
-    "direct_writer",
     "expectations",
-    "frame_inbox",
+    "socket_writer",
     "stream_writer",
     "wanted",
 ]
@@ -70,6 +70,13 @@ class DirectWrite(Protocol):
     def abort(self) -> None: ...
 
 
+class SocketWrite(DirectWrite, Protocol):
+    """A WebSocket's direct writer, with the inbox its protocol receives frames into."""
+
+    @property
+    def inbox(self) -> Inbox: ...
+
+
 class StreamWrite(DirectWrite, Protocol):
     """An HTTP stream's direct writer, which also tells when the client has left."""
 
@@ -80,45 +87,32 @@ class StreamWrite(DirectWrite, Protocol):
         """Call ``wake`` whenever the client sends something or leaves (``None``: stop)."""
 
 
-def direct_writer(scope: Mapping[str, Any]) -> DirectWrite | None:
-    """The direct writer of a request or WebSocket the fast path serves, else ``None``.
-
-    ``None``: write through ASGI ``send``. On a WebSocket, ``write`` takes a
-    whole frame (``Encoded.ws_frame``); on an HTTP stream, a chunk's body.
-    """
-    ours = scope.get(DIRECT_WRITE)
-    if ours is None:
-        return None
-    # Only the fast path's protocols set the key, so their module is loaded already.
-    from gateway.web.connection import DirectWriter, WebSocketDirectWriter
-
-    if scope.get("type") == "websocket":
-        return WebSocketDirectWriter(ours)
-    return DirectWriter(ours)
-
-
 def stream_writer(scope: Mapping[str, Any]) -> StreamWrite | None:
-    """The direct writer of an HTTP stream the fast path serves, else ``None``."""
+    """The direct writer of an HTTP stream the fast path serves, else ``None``.
+
+    ``None``: write through ASGI ``send``. ``write`` takes a chunk's body.
+    """
     ours = scope.get(DIRECT_WRITE)
     if ours is None or scope.get("type") != "http":
         return None
+    # Only the fast path's protocols set the key, so their module is loaded already.
     from gateway.web.connection import DirectWriter
 
     return DirectWriter(ours)
 
 
-def frame_inbox(scope: Mapping[str, Any]) -> Inbox | None:
-    """Where the fast path's WebSocket protocol puts the frames it receives, else ``None``.
+def socket_writer(scope: Mapping[str, Any]) -> SocketWrite | None:
+    """The direct writer of a WebSocket the fast path serves, else ``None``.
 
-    Its ``on_put`` lets one task wait on events and frames together.
+    ``None``: write through ASGI ``send``. ``write`` takes a whole frame
+    (``Encoded.ws_frame``).
     """
     ours = scope.get(DIRECT_WRITE)
     if ours is None or scope.get("type") != "websocket":
         return None
-    from gateway.web.lean import Inbox
+    from gateway.web.connection import WebSocketDirectWriter
 
-    queue = getattr(ours, "queue", None)
-    return queue if isinstance(queue, Inbox) else None
+    return WebSocketDirectWriter(ours)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ from gateway.web.auth import (
     check_socket_origin,
     may_poll,
 )
-from gateway.web.fastpaths import DirectWrite, direct_writer, frame_inbox
+from gateway.web.fastpaths import SocketWrite, socket_writer
 from gateway.web.lean import Inbox, forget_headers
 from gateway.web.limits import RefundingBucket
 from gateway.web.routes import gateway_of
@@ -64,7 +64,7 @@ CREDENTIALS_BASE = 4000
 
 
 class Connection:
-    __slots__ = ("direct", "feed", "frames", "gw", "inbox", "lock", "principal", "socket")
+    __slots__ = ("direct", "feed", "frames", "gw", "lock", "principal", "socket")
 
     def __init__(self, socket: WebSocket[Any, Any, Any], gw: Gateway, principal: Principal) -> None:
         self.socket = socket
@@ -76,10 +76,9 @@ class Connection:
         self.lock = asyncio.Lock()
         server = gw.config.server
         self.frames = RefundingBucket(server.ws_frames_per_s, burst=server.ws_frames_per_s * 2)
-        self.direct: DirectWrite | None = direct_writer(socket.scope)
+        self.direct: SocketWrite | None = socket_writer(socket.scope)
         if self.direct is not None:
             self.feed.queue.direct = self.deliver_now
-        self.inbox: Inbox | None = frame_inbox(socket.scope)
 
     def deliver_now(self, enc: Encoded) -> bool:
         """A live event for an idle connection, written at once (``SubscriberQueue.direct``).
@@ -263,9 +262,9 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any], state: State) -> None:
     # Its handshake headers are read (credentials, origin): not kept while it is open.
     forget_headers(socket.scope)
     try:
-        if conn.inbox is not None:
+        if conn.direct is not None:  # the fast path: one task
             try:
-                await conn.serve(conn.inbox)
+                await conn.serve(conn.direct.inbox)
             except Exception as exc:
                 if not _is_disconnect(exc):
                     raise

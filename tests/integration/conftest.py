@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -9,6 +10,7 @@ import anyio
 import httpx
 import pytest
 
+from gateway.service import Gateway
 from gateway.web.fastpaths import ENV
 
 
@@ -66,6 +68,16 @@ def release_once_watched(
 
 def _watched(view: dict[str, Any], watchers: int) -> bool:
     return view.get("watchers", 0) >= watchers and view.get("state", "unknown") != "unknown"
+
+
+def gateway_tasks(gw: Gateway) -> int:
+    """How many asyncio tasks the event loop of ``gw`` (in its server thread) holds now."""
+    loop = next(h.task for h in gw.poller.loops.values() if h.task is not None).get_loop()
+
+    async def count() -> int:
+        return len(asyncio.all_tasks())
+
+    return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=10)
 
 
 def _task_url(base: str, task: str) -> str:

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.integration.conftest import create_sim_task, events_url
+from tests.integration.conftest import create_sim_task, events_url, gateway_tasks
 from tests.integration.gateway_server import running_gateway, sim_config
 
 
@@ -60,14 +60,6 @@ async def test_a_stream_holds_one_task_on_the_fast_path_and_ends_when_its_client
     task = await create_sim_task(client, sim, "ailab", quiet)
     doc = sim_config(sim, server={"heartbeat_s": 60.0})
     with running_gateway(doc) as (base, gw):
-        loop = next(h.task for h in gw.poller.loops.values() if h.task is not None).get_loop()
-
-        async def count() -> int:
-            return len(asyncio.all_tasks())
-
-        def tasks() -> int:
-            return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=10)
-
         host, port = base.removeprefix("http://").split(":")
         path = events_url(base, task).removeprefix(base)
         head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
@@ -79,7 +71,7 @@ async def test_a_stream_holds_one_task_on_the_fast_path_and_ends_when_its_client
             while b"event: snapshot" not in got:
                 got += await asyncio.wait_for(reader.read(4096), 10)
             streams.append(writer)
-        before = tasks()
+        before = gateway_tasks(gw)
         assert len(gw.feeds) == STREAMS
         for writer in streams:
             writer.close()
@@ -91,7 +83,7 @@ async def test_a_stream_holds_one_task_on_the_fast_path_and_ends_when_its_client
         ended_s = time.monotonic() - started
         assert not gw.feeds, f"{len(gw.feeds)} streams on {ended_s:.1f} s after their clients left"
         await asyncio.sleep(0.2)  # the handlers' last steps
-        after = tasks()
+        after = gateway_tasks(gw)
 
     per_stream = 1 if http_path == "fast" else 2
     # A poll in flight at either count may add or take a task.

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.service import Gateway
-from tests.integration.conftest import create_sim_task, events_url
+from tests.integration.conftest import create_sim_task, events_url, gateway_tasks
 from tests.integration.gateway_server import running_gateway, sim_config
 from tests.integration.readers import read_sse, read_ws, transitions
 
@@ -148,14 +148,6 @@ async def test_an_idle_websocket_holds_one_task_on_the_fast_path_and_still_answe
     quiet = [{"at": 0, "state": "running", "progress": 5}, {"at": 120, "state": "succeeded"}]
     task = await create_sim_task(client, sim, "videoproc", quiet)
     with running_gateway(sim_config(sim)) as (base, gw):
-        loop = next(h.task for h in gw.poller.loops.values() if h.task is not None).get_loop()
-
-        async def count() -> int:
-            return len(asyncio.all_tasks())
-
-        def tasks() -> int:
-            return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=10)
-
         ws_url = base.replace("http", "ws") + "/v1/ws"
         async with contextlib.AsyncExitStack() as stack:
             sockets = [
@@ -166,7 +158,7 @@ async def test_an_idle_websocket_holds_one_task_on_the_fast_path_and_still_answe
                 await ws.send(json.dumps({"op": "subscribe", "tasks": [task]}))
                 assert json.loads(await ws.recv())["event"] == "subscribed"
                 assert json.loads(await ws.recv())["event"] == "snapshot"
-            before_close = tasks()
+            before_close = gateway_tasks(gw)
             # An idle socket's task is waiting for events: a frame must wake it.
             for ws in sockets:
                 await ws.send(json.dumps({"op": "ping"}))
@@ -177,10 +169,10 @@ async def test_an_idle_websocket_holds_one_task_on_the_fast_path_and_still_answe
                 assert frame == {"event": "pong"}
         # The sockets are closed: their tasks end with them. Counted once the
         # count has held still for half a second (every socket's tasks ended).
-        counts = [tasks()]
+        counts = [gateway_tasks(gw)]
         for _ in range(200):
             await asyncio.sleep(0.05)
-            counts.append(tasks())
+            counts.append(gateway_tasks(gw))
             if len(set(counts[-10:])) == 1 and len(counts) >= 10:
                 break
 

@@ -28,7 +28,14 @@ from gateway.web.connection import (
     WebSocketDirectWriter,
     guarded_http_protocol,
 )
-from gateway.web.fastpaths import DIRECT_WRITE, TESTED_UVICORN, check, direct_writer, expectations
+from gateway.web.fastpaths import (
+    DIRECT_WRITE,
+    TESTED_UVICORN,
+    check,
+    expectations,
+    socket_writer,
+    stream_writer,
+)
 from gateway.web.lean import Inbox, LeanFlowControl, Pipeline, Signal
 
 
@@ -131,7 +138,7 @@ async def test_a_request_on_the_fast_protocol_carries_the_objects_it_relies_on()
         assert protocol.scope[DIRECT_WRITE] is cycle  # type: ignore[literal-required]
         assert cycle.flow is protocol.flow and cycle.transport is transport
 
-        writer = direct_writer(protocol.scope)
+        writer = stream_writer(protocol.scope)
         assert isinstance(writer, DirectWriter)
         assert not writer.ready  # nothing started yet
         await cycle.send({"type": "http.response.start", "status": 200, "headers": []})
@@ -216,8 +223,9 @@ async def test_an_upgrade_hands_the_socket_to_the_lean_websocket_protocol_and_le
         # Few enough attributes left in its dict for CPython's compact shared-key
         # form (at most 30 keys); the rest of uvicorn's are in the subclass's slots.
         assert len(vars(ws)) <= 30, sorted(vars(ws))
-        writer = direct_writer(ws.scope)
+        writer = socket_writer(ws.scope)
         assert isinstance(writer, WebSocketDirectWriter) and writer.ready
+        assert writer.inbox is ws.queue
         start = len(transport.written)
         writer.write(ws_text_frame(b'{"a":1}'))
         assert bytes(transport.written[start:]) == b'\x81\x07{"a":1}'
