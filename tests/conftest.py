@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -14,10 +15,37 @@ from tests.scheduling import deal
 
 @pytest.hookimpl(trylast=True)  # on what is left after -m and -k
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On an xdist worker: the collection dealt out over the workers (tests/scheduling.py)."""
+    """On an xdist worker: the collection dealt out over the workers (tests/scheduling.py).
+
+    Raises:
+        pytest.UsageError: a mark on a helper rather than a test (pytest never
+            reads it: a ``solo`` test would run in the parallel pass unseen).
+    """
+    misplaced = _marked_helpers(items)
+    if misplaced:
+        raise pytest.UsageError(f"marks on functions that are not tests: {', '.join(misplaced)}")
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         items[:] = deal(items, int(workerinput["workercount"]))
+
+
+def _marked_helpers(items: list[pytest.Item]) -> list[str]:
+    seen: set[str] = set()
+    found: list[str] = []
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None or module.__name__ in seen:
+            continue
+        seen.add(module.__name__)
+        for name, obj in vars(module).items():
+            if (
+                inspect.isfunction(obj)
+                and obj.__module__ == module.__name__
+                and not name.startswith("test")
+                and getattr(obj, "pytestmark", None)
+            ):
+                found.append(f"{module.__name__}.{name}")
+    return found
 
 
 @pytest.fixture(autouse=True)

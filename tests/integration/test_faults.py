@@ -137,11 +137,11 @@ async def test_slow_upstream_is_noticed_and_never_overlapped(
     assert during <= FAULT_S / 0.25 + 1
 
 
-@pytest.mark.solo
 def _limited(event: dict[str, Any]) -> bool:
     return event.get("code") == "upstream_rate_limited"
 
 
+@pytest.mark.solo
 async def test_retry_after_holds_polling_back_by_simulator_counts(
     sim: str, client: httpx.AsyncClient
 ) -> None:
