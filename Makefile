@@ -46,11 +46,13 @@ test: $(STAMP) system-deps
 check-ruff: $(STAMP)
 	$(VENV)/bin/ruff check gateway tests clients/python
 
+# Each check its own cache: two mypy processes starting side by side on one empty
+# cache can crash (an INTERNAL ERROR seen on a fresh clone).
 check-mypy-gateway: $(STAMP)
-	$(VENV)/bin/mypy --strict gateway
+	$(VENV)/bin/mypy --strict --cache-dir .mypy_cache/gateway gateway
 
 check-mypy-client: $(STAMP)
-	$(VENV)/bin/mypy --strict clients/python/pollcast_client
+	$(VENV)/bin/mypy --strict --cache-dir .mypy_cache/client clients/python/pollcast_client
 
 compile-tests: $(STAMP)
 	@$(PY) -m pytest -p no:xdist --collect-only -qq > /dev/null || true
@@ -82,9 +84,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check gateway tests clients/python
 	$(VENV)/bin/ruff format --check gateway tests clients/python
 
-typecheck: $(STAMP)
-	$(VENV)/bin/mypy --strict gateway
-	$(VENV)/bin/mypy --strict clients/python/pollcast_client
+typecheck: check-mypy-gateway check-mypy-client
 
 bench: $(STAMP)
 	$(PY) -m tests.bench
