@@ -45,6 +45,11 @@ __all__ = [
 
 log = logging.getLogger("pollcast")
 
+# After SIGTERM, how long uvicorn's shutdown waits for the open streams to
+# write their last notice and end (looked at every DRAIN_POLL_S).
+DRAIN_WAIT_S = 1.0
+DRAIN_POLL_S = 0.01
+
 
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
@@ -57,8 +62,34 @@ class DrainingServer(uvicorn.Server):
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.gateway.drain)
+        """The first signal drains; uvicorn shuts down once every stream has had its
+        ``server_draining`` notice (or after ``DRAIN_WAIT_S``). A second one goes
+        straight to uvicorn.
+
+        uvicorn's shutdown closes every WebSocket with 1012 at once: started
+        together, it could beat a stream's notice to the socket.
+        """
+        loop = self._loop
+        if loop is None or self.gateway.draining:
+            self._exit(sig, frame)
+            return
+        loop.call_soon_threadsafe(self._drain_then_exit, sig, frame)
+
+    def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.gateway.drain()
+        asyncio.get_running_loop().create_task(
+            self._exit_when_drained(sig, frame), name="pollcast-drain"
+        )
+
+    async def _exit_when_drained(self, sig: int, frame: FrameType | None) -> None:
+        steps = max(1, math.ceil(DRAIN_WAIT_S / DRAIN_POLL_S))
+        for _ in range(steps):
+            if not self.gateway.feeds:
+                break
+            await asyncio.sleep(DRAIN_POLL_S)
+        self._exit(sig, frame)
+
+    def _exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         # uvicorn re-raises the signal once shut down, so the process dies
         # "by SIGTERM". A completed drain is a clean exit: status 0. (An
